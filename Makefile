@@ -1,0 +1,63 @@
+# The two commands a newcomer needs: `make up` and `make test` (see README.md).
+# Everything they need is installed on first use: the virtual env, the project,
+# the Kafka jars (from Maven Central, cached under .rdv/cache).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+KAFKA_PORT ?= 9092
+
+.PHONY: help install kafka-jars up down test unit integration lint format clean
+
+help:
+	@echo "make up          start the platform locally (Kafka broker + topics for now)"
+	@echo "make down        stop it"
+	@echo "make test        lint + the full test suite against a real Kafka broker"
+	@echo "make unit        unit tests only (no broker)"
+	@echo "make lint        ruff + mypy"
+	@echo "make clean       remove the virtual env and the local broker's data"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
+		{ echo "Python 3.11+ is needed ($(PYTHON) is $$($(PYTHON) --version 2>&1))"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+kafka-jars: install
+	$(BIN)/rdv kafka fetch
+
+up: kafka-jars
+	$(BIN)/rdv kafka start --port $(KAFKA_PORT)
+	$(BIN)/rdv kafka topics --port $(KAFKA_PORT)
+
+down: install
+	$(BIN)/rdv kafka stop --port $(KAFKA_PORT)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# The test session starts its own broker on a free port (or uses RDV_KAFKA_BOOTSTRAP)
+# and stops it at the end; a running `make up` broker is left alone.
+test: kafka-jars lint
+	$(BIN)/python -m pytest
+
+unit: install
+	$(BIN)/python -m pytest tests/unit
+
+integration: kafka-jars
+	$(BIN)/python -m pytest tests/integration
+
+clean:
+	-$(BIN)/rdv kafka stop --port $(KAFKA_PORT)
+	rm -rf $(VENV) .rdv

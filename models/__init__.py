@@ -1,0 +1,1 @@
+"""Pure model code (torch, numpy): no Kafka, no HTTP, no settings."""

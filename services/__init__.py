@@ -1,0 +1,1 @@
+"""Rendezvous services: one sub-package per process type, plus ``common``."""

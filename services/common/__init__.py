@@ -1,0 +1,1 @@
+"""The kernel every service shares: messages, topics, settings, Kafka, the poll loop."""

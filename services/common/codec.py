@@ -1,0 +1,162 @@
+"""Bytes <-> messages. The only place that encodes or decodes a record.
+
+Decoding either returns a valid message of the expected kind or raises
+``MessageError``; no parser or validation error escapes. ``reason`` on the error
+is ``"unsupported_version"`` for a schema version this build cannot read and
+``"malformed"`` for everything else.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from services.common.errors import MessageError
+from services.common.messages import (
+    SCHEMA_VERSION,
+    BaseMessage,
+    ControlEntry,
+    DeadLetter,
+    Decision,
+    Message,
+    ModelRegistration,
+    PolicyEntry,
+    Reply,
+    RequestEnvelope,
+    Score,
+)
+
+M = TypeVar("M", bound=BaseMessage)
+
+SUPPORTED_VERSIONS: frozenset[int] = frozenset({SCHEMA_VERSION})
+
+MAX_ERROR_CHARS = 2000
+_MAX_REPORTED_ERRORS = 3
+_MAX_ERROR_MSG_CHARS = 160
+
+_CONTROL_KINDS: dict[str, type[ModelRegistration] | type[PolicyEntry]] = {
+    "model": ModelRegistration,
+    "policy": PolicyEntry,
+}
+
+
+def encode(msg: BaseMessage) -> bytes:
+    """Compact UTF-8 JSON of a message, every field included."""
+    return msg.model_dump_json().encode("utf-8")
+
+
+def decode(data: bytes | None, kind: type[M]) -> M:
+    """Parse ``data`` as a message of type ``kind``; raise ``MessageError`` otherwise."""
+    obj = _parse(data)
+    expected = kind_of(kind)
+    if obj.get("kind") != expected:
+        raise MessageError(f"expected kind {expected!r}, got {_short(obj.get('kind'))}")
+    return _validate(obj, kind)
+
+
+def decode_control(data: bytes | None) -> ControlEntry | None:
+    """Decode a control-topic value; ``None`` for a tombstone (no value or empty value)."""
+    if not data:
+        return None
+    obj = _parse(data)
+    kind = obj.get("kind")
+    cls = _CONTROL_KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        expected = " or ".join(repr(k) for k in _CONTROL_KINDS)
+        raise MessageError(f"expected kind {expected}, got {_short(kind)}")
+    return _validate(obj, cls)
+
+
+def message_key(msg: Message) -> bytes:
+    """The Kafka key of a message: what it is partitioned and compacted by."""
+    match msg:
+        case RequestEnvelope() | Score() | Decision() | Reply():
+            return msg.request_id.encode("utf-8")
+        case ModelRegistration():
+            return f"model/{msg.name}".encode()
+        case PolicyEntry():
+            return f"policy/{msg.endpoint}".encode()
+        case DeadLetter():
+            return b"" if msg.key is None else msg.key.encode("utf-8")
+
+
+def make_dead_letter(
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    error: Exception,
+    service: str,
+    now_ms: int,
+) -> DeadLetter:
+    """A dead letter for the record at ``topic``/``partition``/``offset`` that failed."""
+    return DeadLetter(
+        origin_topic=topic,
+        origin_partition=partition,
+        origin_offset=offset,
+        error_code=str(getattr(error, "code", type(error).__name__)),
+        error=str(error)[:MAX_ERROR_CHARS],
+        service=service,
+        key=None if key is None else key.decode("utf-8", errors="replace"),
+        value_b64="" if value is None else base64.b64encode(value).decode("ascii"),
+        failed_ms=now_ms,
+    )
+
+
+def kind_of(cls: type[BaseMessage]) -> str:
+    """The ``kind`` discriminator a message class writes, e.g. ``"request"``."""
+    return str(cls.model_fields["kind"].default)
+
+
+def _parse(data: bytes | None) -> dict[str, Any]:
+    """Bytes -> JSON object with a supported ``v``; kind and fields not yet checked."""
+    if not data:
+        raise MessageError("empty message")
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise MessageError(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
+    except (ValueError, RecursionError) as exc:
+        raise MessageError(f"not JSON: {_short(str(exc))}") from None
+    if not isinstance(obj, dict):
+        raise MessageError(f"expected a JSON object, got {type(obj).__name__}")
+    version = obj.get("v")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise MessageError(f"schema version 'v' missing or not an integer: {_short(version)}")
+    if version not in SUPPORTED_VERSIONS:
+        supported = ", ".join(str(v) for v in sorted(SUPPORTED_VERSIONS))
+        raise MessageError(
+            f"unsupported schema version {version} (supported: {supported})",
+            reason="unsupported_version",
+        )
+    return obj
+
+
+def _validate(obj: dict[str, Any], kind: type[M]) -> M:
+    try:
+        return kind.model_validate(obj)
+    except ValidationError as exc:
+        raise MessageError(f"invalid {kind_of(kind)}: {_summarise(exc)}") from None
+
+
+def _summarise(exc: ValidationError) -> str:
+    """The first few errors as ``path: message``; never the input values."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    parts = [
+        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg'][:_MAX_ERROR_MSG_CHARS]}"
+        for e in errors[:_MAX_REPORTED_ERRORS]
+    ]
+    if len(errors) > _MAX_REPORTED_ERRORS:
+        parts.append(f"(+{len(errors) - _MAX_REPORTED_ERRORS} more)")
+    return "; ".join(parts)
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """A repr of a value from the wire, cut so an error never echoes a whole payload."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

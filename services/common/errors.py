@@ -1,0 +1,65 @@
+"""One error tree for the whole platform.
+
+Every error carries a stable ``code`` string. Errors are converted at exactly two
+edges: the HTTP edge maps them to a status and a JSON body, the stream edge turns
+them into an error score or a dead letter. Nothing else catches them to translate.
+"""
+
+from __future__ import annotations
+
+
+class RendezvousError(Exception):
+    """Base of every error the platform raises on purpose."""
+
+    code: str = "rendezvous_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"[{self.code}] {self.message}"
+
+
+class MessageError(RendezvousError):
+    """Bytes that are not a valid message of the expected kind and schema version.
+
+    ``reason`` is ``"malformed"`` (not JSON, wrong fields, wrong types) or
+    ``"unsupported_version"`` (a schema version this build cannot read).
+    """
+
+    code = "bad_message"
+
+    def __init__(self, message: str, *, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ConfigError(RendezvousError):
+    """Settings or data files (topics, policies) that cannot be used as given."""
+
+    code = "bad_config"
+
+
+class KafkaUnavailableError(RendezvousError):
+    """The broker did not answer in time (not reachable, not started, not ready)."""
+
+    code = "kafka_unavailable"
+
+
+class BackpressureError(RendezvousError):
+    """The local producer queue is full: the caller must shed load, not wait."""
+
+    code = "backpressure"
+
+
+class DeliveryError(RendezvousError):
+    """The broker did not acknowledge a produced record before its timeout."""
+
+    code = "delivery_failed"
+
+
+class BrokerSetupError(RendezvousError):
+    """The local broker cannot be fetched, formatted or started (Java, Maven, ports)."""
+
+    code = "broker_setup"

@@ -1,0 +1,261 @@
+"""The one poll loop every stream service runs: poll -> decode -> process -> produce ->
+store offsets.
+
+A record's offset is stored (and so committed) only after every output it caused was
+acknowledged by the broker and no processor holds it open: at-least-once, never
+at-most-once. Undecodable records, and records on which the processor raises, go to
+the dead-letter topic with their origin; the loop keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from prometheus_client import Counter, Histogram
+
+from services.common.codec import encode, make_dead_letter, message_key
+from services.common.errors import DeliveryError, MessageError
+from services.common.kafka import Consumer, Outbound, Producer, Record
+from services.common.offsets import OffsetTracker, Ticket
+
+log = logging.getLogger("rdv.loop")
+
+RECORDS = Counter("rdv_stream_records_total", "Records consumed", ["service", "topic"])
+DEAD_LETTERS = Counter(
+    "rdv_stream_dead_letters_total", "Records sent to dead letters", ["service", "topic"]
+)
+DELIVERY_FAILURES = Counter(
+    "rdv_stream_delivery_failures_total", "Outputs the broker did not acknowledge", ["service"]
+)
+BATCH = Histogram(
+    "rdv_stream_batch_records",
+    "Records per consumed batch",
+    ["service"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+
+Decoder = Callable[[bytes | None], Any]
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """A consumed record and its decoded message."""
+
+    record: Record
+    message: Any
+
+
+@dataclass
+class Context:
+    """What a processor may do; effects apply only if its call returns normally."""
+
+    emits: list[tuple[Outbound, Record | None]] = field(default_factory=list)
+    holds: list[Record] = field(default_factory=list)
+    releases: list[Record] = field(default_factory=list)
+
+    def emit(self, out: Outbound, source: Record | None = None) -> None:
+        """Produce ``out``; ``source``'s offset waits until the broker acknowledged it."""
+        self.emits.append((out, source))
+
+    def hold(self, record: Record) -> None:
+        """Keep ``record``'s offset uncommitted until ``release`` (an open mailbox)."""
+        self.holds.append(record)
+
+    def release(self, record: Record) -> None:
+        self.releases.append(record)
+
+
+class Processor(Protocol):
+    """A service's logic. ``process`` gets each decoded batch, ``tick`` runs every turn."""
+
+    def process(self, batch: Sequence[Inbound], ctx: Context) -> None: ...
+
+    def tick(self, now_ms: float, ctx: Context) -> None: ...
+
+
+@dataclass
+class RunStats:
+    records: int = 0
+    dead_letters: int = 0
+    produced: int = 0
+
+
+class StreamRunner:
+    """Drives one consumer, one producer and one processor until stopped."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        consumer: Consumer,
+        producer: Producer,
+        decoders: Mapping[str, Decoder],
+        processor: Processor,
+        dead_letter_topic: str,
+        batch_size: int = 64,
+        poll_timeout_s: float = 0.02,
+        flush_timeout_s: float = 10.0,
+    ) -> None:
+        self.service = service
+        self._consumer = consumer
+        self._producer = producer
+        self._decoders = dict(decoders)
+        self._processor = processor
+        self._dlq = dead_letter_topic
+        self._batch_size = batch_size
+        self._poll_timeout_s = poll_timeout_s
+        self._flush_timeout_s = flush_timeout_s
+        self._tracker = OffsetTracker()
+        self._failures: list[str] = []
+        self._stop = threading.Event()
+        self.stats = RunStats()
+
+    def stop(self) -> None:
+        """Ask the loop to finish its turn and shut down (safe from signals, threads)."""
+        self._stop.set()
+
+    @property
+    def ready(self) -> bool:
+        """True once the group gave this member partitions to read."""
+        return bool(self._consumer.assignment)
+
+    def run(
+        self, *, max_records: int | None = None, idle_timeout_s: float | None = None
+    ) -> RunStats:
+        """Loop until stop(), ``max_records`` consumed, or no record for ``idle_timeout_s``;
+        then wait for outputs in flight (bounded), store and commit what is done."""
+        self._consumer.subscribe(self._decoders)
+        last_activity = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                want = (
+                    self._batch_size
+                    if max_records is None
+                    else min(self._batch_size, max_records - self.stats.records)
+                )
+                if want <= 0:
+                    break
+                if self._turn(want):
+                    last_activity = time.monotonic()
+                if idle_timeout_s is not None and time.monotonic() - last_activity > idle_timeout_s:
+                    break
+            self._producer.flush(self._flush_timeout_s)
+            self._settle()
+            self._consumer.commit()
+        finally:
+            self._consumer.close()
+        return self.stats
+
+    def _turn(self, max_records: int) -> bool:
+        records = self._consumer.consume(max_records, self._poll_timeout_s)
+        batch: list[Inbound] = []
+        for rec in records:
+            RECORDS.labels(self.service, rec.topic).inc()
+            self._tracker.begin(rec.topic, rec.partition, rec.offset)
+            try:
+                batch.append(Inbound(rec, self._decoders[rec.topic](rec.value)))
+            except MessageError as exc:
+                self._dead_letter(rec, exc)
+        if records:
+            BATCH.labels(self.service).observe(len(records))
+            self.stats.records += len(records)
+        if batch:
+            self._process(batch)
+        for rec in records:
+            self._finish(rec)
+        ctx = Context()
+        self._processor.tick(time.time() * 1000.0, ctx)
+        self._apply(ctx)
+        self._settle()
+        return bool(records)
+
+    def _process(self, batch: list[Inbound]) -> None:
+        ctx = Context()
+        try:
+            self._processor.process(batch, ctx)
+        except Exception:
+            log.exception(
+                "processor failed on a batch; retrying record by record",
+                extra={"service": self.service, "records": len(batch)},
+            )
+            for item in batch:
+                one = Context()
+                try:
+                    self._processor.process([item], one)
+                except Exception as exc:  # noqa: BLE001
+                    self._dead_letter(item.record, exc)
+                    continue
+                self._apply(one)
+            return
+        self._apply(ctx)
+
+    def _apply(self, ctx: Context) -> None:
+        for rec in ctx.holds:
+            if (ticket := self._ticket(rec)) is not None:
+                self._tracker.add(ticket)
+        for out, source in ctx.emits:
+            self._send(out, self._ticket(source) if source is not None else None)
+        for rec in ctx.releases:
+            if (ticket := self._ticket(rec)) is not None:
+                self._tracker.done(ticket)
+
+    def _ticket(self, rec: Record) -> Ticket | None:
+        return self._tracker.get(rec.topic, rec.partition, rec.offset)
+
+    def _send(self, out: Outbound, ticket: Ticket | None) -> None:
+        if ticket is not None:
+            self._tracker.add(ticket)
+
+        def delivered(error: str | None) -> None:
+            if error is not None:
+                DELIVERY_FAILURES.labels(self.service).inc()
+                self._failures.append(f"{out.topic}: {error}")
+            elif ticket is not None:
+                self._tracker.done(ticket)
+
+        self._producer.produce(out, on_delivery=delivered)
+        self.stats.produced += 1
+
+    def _dead_letter(self, rec: Record, exc: Exception) -> None:
+        DEAD_LETTERS.labels(self.service, rec.topic).inc()
+        self.stats.dead_letters += 1
+        log.warning(
+            "record sent to dead letters",
+            extra={
+                "service": self.service,
+                "topic": rec.topic,
+                "partition": rec.partition,
+                "offset": rec.offset,
+                "error": str(exc)[:500],
+            },
+        )
+        letter = make_dead_letter(
+            topic=rec.topic,
+            partition=rec.partition,
+            offset=rec.offset,
+            key=rec.key,
+            value=rec.value,
+            error=exc,
+            service=self.service,
+            now_ms=int(time.time() * 1000),
+        )
+        self._send(Outbound(self._dlq, message_key(letter), encode(letter)), self._ticket(rec))
+
+    def _finish(self, rec: Record) -> None:
+        if (ticket := self._ticket(rec)) is not None:
+            self._tracker.done(ticket)
+
+    def _settle(self) -> None:
+        """Serve delivery reports and store every offset that became committable."""
+        self._producer.poll(0)
+        if self._failures:
+            raise DeliveryError(
+                f"{len(self._failures)} outputs were not acknowledged, first: {self._failures[0]}"
+            )
+        self._tracker.retain(self._consumer.assignment)
+        self._consumer.store_offsets(self._tracker.committable())

@@ -1,0 +1,214 @@
+"""The message contract: every record on every topic is one of these models.
+
+Each top-level message carries ``v`` (schema version) and ``kind`` (what it is).
+Models are frozen and ignore unknown fields, so a newer build of the same
+schema version may add optional fields without breaking older readers. A change
+that older readers cannot ignore needs a new ``v``. Times are epoch
+milliseconds. Bytes on the wire are produced and read only by ``codec``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal, Self, TypeAlias
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
+
+SCHEMA_VERSION = 1
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+"""An endpoint or model name: lowercase, digits, ``_.-``, 1..64 characters."""
+
+RequestId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+class Role(StrEnum):
+    """What a model's answer is for."""
+
+    CHAMPION = "champion"  # the default answer for its endpoint
+    CHALLENGER = "challenger"  # may be picked instead of the champion
+    CANARY = "canary"  # scored and compared, picked only by policy
+    DETECTOR = "detector"  # scores the request itself (drift, abuse); never returned
+    DECOY = "decoy"  # records traffic; never returned
+
+
+class ScoreStatus(StrEnum):
+    """How a model's attempt at a request ended."""
+
+    OK = "ok"
+    ERROR = "error"
+    SKIPPED = "skipped"  # the model chose not to score (e.g. past the deadline)
+
+
+class _Frozen(BaseModel):
+    """Immutable, tolerant of unknown fields, finite floats only (JSON has no NaN)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
+
+
+class BaseMessage(_Frozen):
+    """Base of every top-level message; subclasses add a ``kind`` literal."""
+
+    v: int = SCHEMA_VERSION
+
+
+class ReturnAddress(_Frozen):
+    """Where the reply to a request goes."""
+
+    topic: str = Field(min_length=1)
+    # None lets the producer's partitioner pick by key.
+    partition: int | None = Field(default=None, ge=0)
+
+
+class RequestEnvelope(BaseMessage):
+    """One inference request, as the gateway puts it on the requests topic."""
+
+    kind: Literal["request"] = "request"
+    request_id: RequestId
+    endpoint: Name
+    payload: JsonValue
+    return_address: ReturnAddress
+    deadline_ms: int  # absolute: the answer must be decided by then
+    created_ms: int
+    trace_id: str
+    # Free-form string tags, e.g. a sticky routing key or a replay mark.
+    attributes: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _deadline_after_creation(self) -> Self:
+        if self.deadline_ms <= self.created_ms:
+            raise ValueError(
+                f"deadline_ms ({self.deadline_ms}) must be after created_ms ({self.created_ms})"
+            )
+        return self
+
+
+class Timings(_Frozen):
+    """When a worker got, started and finished a request (epoch ms, sub-ms precision)."""
+
+    received_ms: float
+    started_ms: float
+    finished_ms: float
+
+    @model_validator(mode="after")
+    def _in_order(self) -> Self:
+        if not self.received_ms <= self.started_ms <= self.finished_ms:
+            raise ValueError("timings must satisfy received_ms <= started_ms <= finished_ms")
+        return self
+
+
+class Score(BaseMessage):
+    """One model's answer (or failure) for one request, on the scores topic."""
+
+    kind: Literal["score"] = "score"
+    request_id: RequestId
+    endpoint: Name
+    model: Name
+    model_version: str
+    role: Role
+    status: ScoreStatus
+    output: JsonValue = None  # the model's answer; None unless status is ok
+    error: str | None = None  # why it failed (required for status error)
+    timings: Timings
+
+    @model_validator(mode="after")
+    def _status_matches_error(self) -> Self:
+        if self.status is ScoreStatus.ERROR and not self.error:
+            raise ValueError("a score with status 'error' needs a non-empty error")
+        if self.status is ScoreStatus.OK and self.error is not None:
+            raise ValueError("a score with status 'ok' must not carry an error")
+        return self
+
+
+class Decision(BaseMessage):
+    """What the rendezvous decided for one request, and why (the audit record)."""
+
+    kind: Literal["decision"] = "decision"
+    request_id: RequestId
+    endpoint: Name
+    chosen_model: str | None  # None when the default answer was given
+    reason: str
+    in_time: list[str]  # models whose score arrived before the decision
+    late: list[str]  # models whose score arrived after it
+    # Per model: score arrival minus request arrival at the rendezvous.
+    latencies_ms: dict[str, float]
+    elapsed_ms: float  # decision time minus request arrival
+    decided_ms: float
+    # Probability with which the returned model was picked (for off-policy evaluation).
+    propensity: float = Field(default=1.0, gt=0.0, le=1.0)
+    policy_version: int | None = None  # None when no policy entry was in force
+
+
+class ErrorBody(_Frozen):
+    """A machine-readable error: a stable code and a human message."""
+
+    code: str
+    message: str
+
+
+class Reply(BaseMessage):
+    """The answer sent to a request's return address."""
+
+    kind: Literal["reply"] = "reply"
+    request_id: RequestId
+    model: str | None  # the model whose output this is; None for the default answer
+    reason: str
+    output: JsonValue = None
+    error: ErrorBody | None = None
+    decided_ms: float
+
+    @property
+    def ok(self) -> bool:
+        """True when the reply carries an answer rather than an error."""
+        return self.error is None
+
+
+class ModelRegistration(BaseMessage):
+    """Control entry: a model and where it serves (key ``model/<name>``)."""
+
+    kind: Literal["model"] = "model"
+    name: Name
+    version: str
+    role: Role
+    endpoints: list[Name]
+    runtime: str  # which worker runtime adapter loads it
+    params: dict[str, JsonValue] = Field(default_factory=dict)  # runtime-specific settings
+    changed_by: str
+    changed_ms: int
+
+
+class PolicyEntry(BaseMessage):
+    """Control entry: the rendezvous policy of one endpoint (key ``policy/<endpoint>``)."""
+
+    kind: Literal["policy"] = "policy"
+    endpoint: Name
+    version: int = Field(ge=1)  # increases with every change of this endpoint's policy
+    policy: dict[str, JsonValue]
+    changed_by: str
+    changed_ms: int
+
+
+class DeadLetter(BaseMessage):
+    """A record a service could not handle, kept with its origin for inspection and replay."""
+
+    kind: Literal["dead_letter"] = "dead_letter"
+    origin_topic: str
+    origin_partition: int
+    origin_offset: int
+    error_code: str
+    error: str
+    service: str  # the service that gave up on it
+    key: str | None  # the original key, decoded as UTF-8 with errors="replace"
+    value_b64: str  # the original value bytes, base64; "" when the value was None
+    failed_ms: int
+
+
+ControlEntry: TypeAlias = ModelRegistration | PolicyEntry
+"""What a compacted control topic holds."""
+
+Message: TypeAlias = (
+    RequestEnvelope | Score | Decision | Reply | ModelRegistration | PolicyEntry | DeadLetter
+)
+"""Every top-level message kind."""

@@ -1,0 +1,60 @@
+"""Valid messages for tests, with only the fields a test cares about to change."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from pydantic import JsonValue
+
+from services.common.messages import (
+    RequestEnvelope,
+    ReturnAddress,
+    Role,
+    Score,
+    ScoreStatus,
+    Timings,
+)
+
+
+def request(
+    payload: JsonValue = None,
+    *,
+    request_id: str | None = None,
+    endpoint: str = "demo",
+    deadline_in_ms: int = 2000,
+    reply_topic: str = "rdv.replies",
+) -> RequestEnvelope:
+    now = int(time.time() * 1000)
+    rid = request_id or uuid.uuid4().hex
+    return RequestEnvelope(
+        request_id=rid,
+        endpoint=endpoint,
+        payload=payload,
+        return_address=ReturnAddress(topic=reply_topic),
+        deadline_ms=now + deadline_in_ms,
+        created_ms=now,
+        trace_id=rid,
+    )
+
+
+def score_for(
+    req: RequestEnvelope,
+    *,
+    model: str = "echo",
+    output: JsonValue = None,
+    status: ScoreStatus = ScoreStatus.OK,
+    error: str | None = None,
+) -> Score:
+    now = time.time() * 1000
+    return Score(
+        request_id=req.request_id,
+        endpoint=req.endpoint,
+        model=model,
+        model_version="1",
+        role=Role.CHAMPION,
+        status=status,
+        output=output,
+        error=error,
+        timings=Timings(received_ms=now, started_ms=now, finished_ms=now),
+    )

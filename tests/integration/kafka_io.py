@@ -1,0 +1,48 @@
+"""Small helpers for integration tests: produce and read back with the real wrapper."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from services.common.kafka import (
+    Consumer,
+    Outbound,
+    Producer,
+    Record,
+    consumer_config,
+    producer_config,
+)
+from services.common.settings import KafkaSettings
+
+
+def produce_all(settings: KafkaSettings, records: list[Outbound]) -> None:
+    producer = Producer(producer_config(settings, "test-producer"))
+    errors: list[str] = []
+    for out in records:
+        producer.produce(out, on_delivery=lambda e: errors.append(e) if e else None)
+    assert producer.flush(15) == 0
+    assert errors == []
+
+
+def read_exactly(
+    settings: KafkaSettings, topic: str, count: int, timeout_s: float = 30.0
+) -> list[Record]:
+    """Read ``count`` records from the start of ``topic`` (fails if fewer arrive), then
+    make sure no extra record follows within a short grace period."""
+    consumer = Consumer(
+        consumer_config(
+            settings, f"reader-{uuid.uuid4().hex}", "test-reader", {"auto.offset.reset": "earliest"}
+        )
+    )
+    consumer.subscribe([topic])
+    out: list[Record] = []
+    try:
+        until = time.monotonic() + timeout_s
+        while len(out) < count and time.monotonic() < until:
+            out.extend(consumer.consume(100, 0.2))
+        assert len(out) >= count, f"{topic}: expected {count} records, got {len(out)}"
+        out.extend(consumer.consume(100, 0.5))
+    finally:
+        consumer.close()
+    return out
