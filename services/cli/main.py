@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     kafka.add_argument(
         "--port",
         type=int,
-        default=int(os.environ.get("RDV_KAFKA_PORT", "9092")),
+        default=os.environ.get("RDV_KAFKA_PORT", "9092"),
         help="client port on 127.0.0.1 (controller: port+1); default $RDV_KAFKA_PORT or 9092",
     )
     kafka.add_argument(

@@ -181,7 +181,7 @@ class StreamRunner:
         except Exception:
             log.exception(
                 "processor failed on a batch; retrying record by record",
-                extra={"service": self.service, "records": len(batch)},
+                extra={"loop": self.service, "records": len(batch)},
             )
             for item in batch:
                 one = Context()
@@ -227,7 +227,7 @@ class StreamRunner:
         log.warning(
             "record sent to dead letters",
             extra={
-                "service": self.service,
+                "loop": self.service,
                 "topic": rec.topic,
                 "partition": rec.partition,
                 "offset": rec.offset,

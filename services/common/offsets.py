@@ -31,7 +31,10 @@ class OffsetTracker:
 
     def begin(self, topic: str, partition: int, offset: int) -> Ticket:
         ticket = Ticket((topic, partition), offset)
-        self._queues.setdefault(ticket.partition, deque()).append(ticket)
+        queue = self._queues.setdefault(ticket.partition, deque())
+        while queue and queue[-1].offset >= offset:  # the consumer rewound (rebalance)
+            del self._by_key[(topic, partition, queue.pop().offset)]
+        queue.append(ticket)
         self._by_key[(topic, partition, offset)] = ticket
         return ticket
 
@@ -43,11 +46,15 @@ class OffsetTracker:
     @staticmethod
     def add(ticket: Ticket, count: int = 1) -> None:
         """The record now waits for ``count`` more things (outputs in flight, holds)."""
+        if count < 1:
+            raise ValueError(f"count must be at least 1, not {count}")
         ticket.pending += count
 
     @staticmethod
     def done(ticket: Ticket, count: int = 1) -> None:
         """``count`` of the things the record waited for are finished."""
+        if count < 1:
+            raise ValueError(f"count must be at least 1, not {count}")
         if ticket.pending < count:
             raise ValueError(f"ticket at offset {ticket.offset} finished more than it began")
         ticket.pending -= count

@@ -6,7 +6,7 @@ it receives them as arguments. Each service adds its own class with its own pref
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -40,6 +40,19 @@ class KafkaSettings(BaseSettings):
     client_config: dict[str, str] = Field(default_factory=dict)
     """Extra librdkafka properties (JSON object), applied after the defaults and
     before the settings the platform pins (see services.common.kafka)."""
+
+    @field_validator("client_config", mode="before")
+    @classmethod
+    def _stringify(cls, value: object) -> object:
+        """librdkafka takes every property as a string; accept JSON numbers and bools."""
+        if isinstance(value, dict):
+            return {
+                k: (str(v).lower() if isinstance(v, bool) else str(v))
+                if isinstance(v, int | float | bool)
+                else v
+                for k, v in value.items()
+            }
+        return value
 
     def security_config(self) -> dict[str, str]:
         """The librdkafka security properties these settings ask for."""

@@ -48,9 +48,14 @@ class Topics:
             )
         if spec.topics["control"].config.get("cleanup.policy") != "compact":
             raise ConfigError("the control topic must have cleanup.policy: compact")
+        extra = sorted(set(spec.topics) - set(ROLES))
+        if extra:
+            raise ConfigError(f"topics file has unknown roles {extra}; known: {list(ROLES)}")
+        names = {role: prefix + t.name for role, t in spec.topics.items()}
+        if len(set(names.values())) != len(names):
+            raise ConfigError(f"two roles share a topic name: {names}")
         self.spec = spec
         self.prefix = prefix
-        names = {role: prefix + t.name for role, t in spec.topics.items()}
         self.requests = names["requests"]
         self.scores = names["scores"]
         self.decisions = names["decisions"]
@@ -84,7 +89,7 @@ def load_topics(path: Path | None = None, prefix: str = "") -> Topics:
     """Read and validate a topics file (the repo's by default)."""
     source = path or DEFAULT_FILE
     try:
-        raw = yaml.safe_load(source.read_text())
+        raw = yaml.safe_load(source.read_bytes())
         return Topics(TopicFile.model_validate(raw), prefix)
     except OSError as exc:
         raise ConfigError(f"cannot read topics file {source}: {exc}") from exc
