@@ -133,17 +133,31 @@ class Outbound:
     key: bytes
     value: bytes
     headers: tuple[tuple[str, bytes], ...] = field(default=())
+    partition: int | None = None  # None: murmur2 of the key picks it
+
+
+ErrorHook = Callable[[str, bool], None]
+"""Called with (error name, all brokers down?) on client-level errors."""
+
+
+def _error_cb(hook: ErrorHook | None) -> Callable[[confluent_kafka.KafkaError], None]:
+    def on_error(err: confluent_kafka.KafkaError) -> None:
+        log.warning("kafka client error", extra={"code": err.name(), "error": err.str()})
+        if hook is not None:
+            hook(err.name(), err.code() == confluent_kafka.KafkaError._ALL_BROKERS_DOWN)
+
+    return on_error
 
 
 def _on_client_error(err: confluent_kafka.KafkaError) -> None:
-    log.warning("kafka client error", extra={"code": err.name(), "error": err.str()})
+    _error_cb(None)(err)
 
 
 class Producer:
     """An idempotent producer whose local queue is bounded and fails fast when full."""
 
-    def __init__(self, config: Mapping[str, str]) -> None:
-        self._producer = confluent_kafka.Producer({**config, "error_cb": _on_client_error})
+    def __init__(self, config: Mapping[str, str], on_error: ErrorHook | None = None) -> None:
+        self._producer = confluent_kafka.Producer({**config, "error_cb": _error_cb(on_error)})
 
     def produce(
         self, out: Outbound, on_delivery: Callable[[str | None], None] | None = None
@@ -155,13 +169,23 @@ class Producer:
                 on_delivery(None if err is None else f"{err.name()}: {err.str()}")
 
         try:
-            self._producer.produce(
-                out.topic,
-                key=out.key,
-                value=out.value,
-                headers=list(out.headers) or None,
-                on_delivery=report,
-            )
+            if out.partition is None:
+                self._producer.produce(
+                    out.topic,
+                    key=out.key,
+                    value=out.value,
+                    headers=list(out.headers) or None,
+                    on_delivery=report,
+                )
+            else:
+                self._producer.produce(
+                    out.topic,
+                    key=out.key,
+                    value=out.value,
+                    partition=out.partition,
+                    headers=list(out.headers) or None,
+                    on_delivery=report,
+                )
         except BufferError as exc:
             raise BackpressureError(
                 f"producer queue full ({len(self._producer)} records waiting)"
@@ -192,8 +216,8 @@ def _record(msg: confluent_kafka.Message) -> Record:
 class Consumer:
     """A group consumer that commits only offsets stored after output was produced."""
 
-    def __init__(self, config: Mapping[str, str]) -> None:
-        self._consumer = confluent_kafka.Consumer({**config, "error_cb": _on_client_error})
+    def __init__(self, config: Mapping[str, str], on_error: ErrorHook | None = None) -> None:
+        self._consumer = confluent_kafka.Consumer({**config, "error_cb": _error_cb(on_error)})
         self._assigned: set[tuple[str, int]] = set()
 
     def subscribe(self, topics: Iterable[str]) -> None:
@@ -204,6 +228,26 @@ class Consumer:
             self._assigned.difference_update((p.topic, p.partition) for p in parts)
 
         self._consumer.subscribe(list(topics), on_assign=on_assign, on_revoke=on_revoke)
+
+    def assign_at_end(self, topic: str, partition: int, timeout_s: float = 10.0) -> int:
+        """Read one partition without a group, from its current end (records produced
+        from now on); returns that offset. Positioned when this returns."""
+        tp = confluent_kafka.TopicPartition(topic, partition)
+        _, end = self._consumer.get_watermark_offsets(tp, timeout=timeout_s)
+        self._consumer.assign([confluent_kafka.TopicPartition(topic, partition, end)])
+        self._assigned = {(topic, partition)}
+        return int(end)
+
+    def lag(self, timeout_s: float = 1.0) -> dict[tuple[str, int], int]:
+        """(topic, partition) -> records not yet read, for the partitions owned now
+        (cached watermarks: no broker round trip)."""
+        out: dict[tuple[str, int], int] = {}
+        parts = [confluent_kafka.TopicPartition(t, p) for t, p in self._assigned]
+        for tp in self._consumer.position(parts) if parts else []:
+            _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if tp.offset >= 0 and high >= 0:
+                out[(tp.topic, tp.partition)] = max(high - tp.offset, 0)
+        return out
 
     @property
     def assignment(self) -> frozenset[tuple[str, int]]:
