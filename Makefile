@@ -8,10 +8,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 KAFKA_PORT ?= 9092
 
-.PHONY: help install kafka-jars up down test unit integration lint format clean
+.PHONY: help install kafka-jars up down ps test unit integration lint format clean
 
 help:
-	@echo "make up          start the platform locally (Kafka broker + topics for now)"
+	@echo "make up          start the platform locally and print a request to try"
 	@echo "make down        stop it"
 	@echo "make test        lint + the full test suite against a real Kafka broker"
 	@echo "make unit        unit tests only (no broker)"
@@ -31,12 +31,16 @@ install: $(STAMP)
 kafka-jars: install
 	$(BIN)/rdv kafka fetch
 
+# The broker, the topics, then every process of deploy/local/stack.yaml, each waited
+# for on its readiness URL; prints a curl command that works.
 up: kafka-jars
-	$(BIN)/rdv kafka start --port $(KAFKA_PORT)
-	$(BIN)/rdv kafka topics --port $(KAFKA_PORT)
+	$(BIN)/rdv up --port $(KAFKA_PORT)
 
 down: install
-	$(BIN)/rdv kafka stop --port $(KAFKA_PORT)
+	$(BIN)/rdv down --port $(KAFKA_PORT)
+
+ps: install
+	$(BIN)/rdv ps --port $(KAFKA_PORT)
 
 lint: install
 	$(BIN)/ruff check .
@@ -59,5 +63,5 @@ integration: kafka-jars
 	$(BIN)/python -m pytest tests/integration
 
 clean:
-	-$(BIN)/rdv kafka stop --port $(KAFKA_PORT)
+	-$(BIN)/rdv down --port $(KAFKA_PORT)
 	rm -rf $(VENV) .rdv

@@ -64,9 +64,33 @@ def _ensure_topics(bootstrap: str) -> int:
     return 0
 
 
+def _stack(args: argparse.Namespace) -> int:
+    from services.cli import up  # noqa: PLC0415
+
+    action = {"up": up.up, "down": up.down, "ps": up.ps}[args.command]
+    return action(args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rdv", description="Rendezvous command line.")
     commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("up", "start the local platform (broker, services, models)"),
+        ("down", "stop the local platform"),
+        ("ps", "show what of the local platform runs"),
+    ):
+        cmd = commands.add_parser(
+            name,
+            help=text,
+            description=text + "; the processes are declared in deploy/local/stack.yaml",
+        )
+        cmd.add_argument(
+            "--port",
+            type=int,
+            default=os.environ.get("RDV_KAFKA_PORT", "9092"),
+            help="the local broker's port (default $RDV_KAFKA_PORT or 9092)",
+        )
+        cmd.set_defaults(func=_stack)
     kafka = commands.add_parser(
         "kafka",
         help="the local single-node Kafka broker (KRaft)",

@@ -219,10 +219,12 @@ class Consumer:
     def __init__(self, config: Mapping[str, str], on_error: ErrorHook | None = None) -> None:
         self._consumer = confluent_kafka.Consumer({**config, "error_cb": _error_cb(on_error)})
         self._assigned: set[tuple[str, int]] = set()
+        self._fresh: set[tuple[str, int]] = set()
 
     def subscribe(self, topics: Iterable[str]) -> None:
         def on_assign(_c: object, parts: list[confluent_kafka.TopicPartition]) -> None:
             self._assigned.update((p.topic, p.partition) for p in parts)
+            self._fresh.update((p.topic, p.partition) for p in parts)
 
         def on_revoke(_c: object, parts: list[confluent_kafka.TopicPartition]) -> None:
             self._assigned.difference_update((p.topic, p.partition) for p in parts)
@@ -249,15 +251,30 @@ class Consumer:
                 out[(tp.topic, tp.partition)] = max(high - tp.offset, 0)
         return out
 
+    def take_fresh_assignments(self) -> frozenset[tuple[str, int]]:
+        """Partitions assigned since the last call (a processor may need to catch up on
+        them before it handles their records)."""
+        fresh, self._fresh = frozenset(self._fresh), set()
+        return fresh
+
     @property
     def assignment(self) -> frozenset[tuple[str, int]]:
         """(topic, partition) pairs this member owns now."""
         return frozenset(self._assigned)
 
-    def consume(self, max_records: int, timeout_s: float) -> list[Record]:
-        """Up to max_records records; transport errors are logged, not returned."""
+    def consume(self, max_records: int, timeout_s: float, linger_s: float = 0.0) -> list[Record]:
+        """Up to max_records records: waits up to ``timeout_s`` for the first one, then
+        up to ``linger_s`` for more (0: only what has arrived already). So a lone record
+        is handed over at once, and batches form by themselves under load.
+        Transport errors are logged, not returned."""
+        first = self._consumer.poll(timeout_s)
+        if first is None:
+            return []
+        msgs = [first]
+        if max_records > 1:
+            msgs += self._consumer.consume(num_messages=max_records - 1, timeout=linger_s)
         out: list[Record] = []
-        for msg in self._consumer.consume(num_messages=max_records, timeout=timeout_s):
+        for msg in msgs:
             err = msg.error()
             if err is not None:
                 if err.code() != confluent_kafka.KafkaError._PARTITION_EOF:
@@ -299,6 +316,49 @@ class Consumer:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def read_since(
+    config: Mapping[str, str],
+    topic: str,
+    partitions: Iterable[int],
+    since_ms: int,
+    timeout_s: float = 10.0,
+) -> list[Record]:
+    """Every record of ``topic``'s given partitions written since ``since_ms`` (epoch
+    ms) up to their current end, read without a consumer group."""
+    conf: dict[str, Any] = {
+        **config,
+        "group.id": "rdv-read-since",
+        "enable.auto.commit": "false",
+        "error_cb": _error_cb(None),
+    }
+    consumer = confluent_kafka.Consumer(conf)
+    try:
+        wanted = [confluent_kafka.TopicPartition(topic, p, since_ms) for p in partitions]
+        starts = consumer.offsets_for_times(wanted, timeout=timeout_s) if wanted else []
+        ends = {
+            tp.partition: consumer.get_watermark_offsets(tp, timeout=timeout_s)[1] for tp in wanted
+        }
+        todo = [tp for tp in starts if 0 <= tp.offset < ends[tp.partition]]
+        if not todo:
+            return []
+        consumer.assign(todo)
+        left = {tp.partition: ends[tp.partition] for tp in todo}
+        out: list[Record] = []
+        until = time.monotonic() + timeout_s
+        while left and time.monotonic() < until:
+            for msg in consumer.consume(500, 0.2):
+                if msg.error() is None:
+                    rec = _record(msg)
+                    out.append(rec)
+                    if rec.offset + 1 >= left.get(rec.partition, 0):
+                        left.pop(rec.partition, None)
+        if left:
+            raise KafkaUnavailableError(f"could not read {topic} to its end in {timeout_s} s")
+        return out
+    finally:
+        consumer.close()
 
 
 def wait_for_broker(

@@ -54,13 +54,15 @@ class Inbound:
 class Context:
     """What a processor may do; effects apply only if its call returns normally."""
 
-    emits: list[tuple[Outbound, Record | None]] = field(default_factory=list)
+    emits: list[tuple[Outbound, Sequence[Record]]] = field(default_factory=list)
     holds: list[Record] = field(default_factory=list)
     releases: list[Record] = field(default_factory=list)
 
-    def emit(self, out: Outbound, source: Record | None = None) -> None:
-        """Produce ``out``; ``source``'s offset waits until the broker acknowledged it."""
-        self.emits.append((out, source))
+    def emit(self, out: Outbound, source: Record | Sequence[Record] | None = None) -> None:
+        """Produce ``out``; the offsets of ``source`` (one record or several) wait until
+        the broker acknowledged it."""
+        sources = () if source is None else (source,) if isinstance(source, Record) else source
+        self.emits.append((out, tuple(sources)))
 
     def hold(self, record: Record) -> None:
         """Keep ``record``'s offset uncommitted until ``release`` (an open mailbox)."""
@@ -100,6 +102,8 @@ class StreamRunner:
         batch_size: int = 64,
         poll_timeout_s: float = 0.02,
         flush_timeout_s: float = 10.0,
+        on_assign: Callable[[frozenset[tuple[str, int]]], None] | None = None,
+        batch_linger_s: float = 0.0,
     ) -> None:
         self.service = service
         self._consumer = consumer
@@ -111,9 +115,12 @@ class StreamRunner:
         self._poll_timeout_s = poll_timeout_s
         self._flush_timeout_s = flush_timeout_s
         self._tracker = OffsetTracker()
+        self._on_assign = on_assign
+        self._linger_s = batch_linger_s
         self._failures: list[str] = []
         self._stop = threading.Event()
         self.stats = RunStats()
+        self.last_turn: float | None = None  # monotonic seconds of the latest turn
 
     def stop(self) -> None:
         """Ask the loop to finish its turn and shut down (safe from signals, threads)."""
@@ -151,8 +158,15 @@ class StreamRunner:
             self._consumer.close()
         return self.stats
 
+    def healthy(self, stall_s: float = 60.0) -> bool:
+        """The loop has turned within ``stall_s`` (or has not started yet)."""
+        return self.last_turn is None or time.monotonic() - self.last_turn < stall_s
+
     def _turn(self, max_records: int) -> bool:
-        records = self._consumer.consume(max_records, self._poll_timeout_s)
+        self.last_turn = time.monotonic()
+        records = self._consumer.consume(max_records, self._poll_timeout_s, self._linger_s)
+        if self._on_assign is not None and (fresh := self._consumer.take_fresh_assignments()):
+            self._on_assign(fresh)  # before any record of those partitions is handled
         batch: list[Inbound] = []
         for rec in records:
             RECORDS.labels(self.service, rec.topic).inc()
@@ -198,8 +212,8 @@ class StreamRunner:
         for rec in ctx.holds:
             if (ticket := self._ticket(rec)) is not None:
                 self._tracker.add(ticket)
-        for out, source in ctx.emits:
-            self._send(out, self._ticket(source) if source is not None else None)
+        for out, sources in ctx.emits:
+            self._send(out, [t for rec in sources if (t := self._ticket(rec)) is not None])
         for rec in ctx.releases:
             if (ticket := self._ticket(rec)) is not None:
                 self._tracker.done(ticket)
@@ -207,15 +221,16 @@ class StreamRunner:
     def _ticket(self, rec: Record) -> Ticket | None:
         return self._tracker.get(rec.topic, rec.partition, rec.offset)
 
-    def _send(self, out: Outbound, ticket: Ticket | None) -> None:
-        if ticket is not None:
+    def _send(self, out: Outbound, tickets: Sequence[Ticket]) -> None:
+        for ticket in tickets:
             self._tracker.add(ticket)
 
         def delivered(error: str | None) -> None:
             if error is not None:
                 DELIVERY_FAILURES.labels(self.service).inc()
                 self._failures.append(f"{out.topic}: {error}")
-            elif ticket is not None:
+                return
+            for ticket in tickets:
                 self._tracker.done(ticket)
 
         self._producer.produce(out, on_delivery=delivered)
@@ -244,7 +259,11 @@ class StreamRunner:
             service=self.service,
             now_ms=int(time.time() * 1000),
         )
-        self._send(Outbound(self._dlq, message_key(letter), encode(letter)), self._ticket(rec))
+        ticket = self._ticket(rec)
+        self._send(
+            Outbound(self._dlq, message_key(letter), encode(letter)),
+            [] if ticket is None else [ticket],
+        )
 
     def _finish(self, rec: Record) -> None:
         if (ticket := self._ticket(rec)) is not None:

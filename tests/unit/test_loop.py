@@ -25,7 +25,7 @@ class FakeConsumer:
     def subscribe(self, topics: object) -> None:
         pass
 
-    def consume(self, max_records: int, timeout_s: float) -> list[Record]:
+    def consume(self, max_records: int, timeout_s: float, linger_s: float = 0.0) -> list[Record]:
         batch, self.pending = self.pending[:max_records], self.pending[max_records:]
         return batch
 

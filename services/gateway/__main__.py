@@ -1,0 +1,55 @@
+"""``python -m services.gateway``: settings -> clients -> app -> uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from services.common.endpoints import load_endpoints
+from services.common.errors import RendezvousError
+from services.common.kafka import Admin, admin_config
+from services.common.logs import configure_logging
+from services.common.settings import KafkaSettings
+from services.common.topics import load_topics
+from services.gateway.app import build_app
+from services.gateway.replies import connect
+from services.gateway.settings import GatewaySettings
+
+log = logging.getLogger("rdv.gateway")
+
+
+def main() -> int:
+    configure_logging("gateway")
+    try:
+        settings = GatewaySettings()
+        kafka = KafkaSettings()
+    except ValidationError as exc:
+        log.error("invalid settings", extra={"error": str(exc)})
+        return 2
+    configure_logging("gateway", settings.log_level)
+    try:
+        topics = load_topics(settings.topics_file, prefix=kafka.topic_prefix)
+        endpoints = load_endpoints(settings.policies)
+        topics.ensure(Admin(admin_config(kafka)))
+        bus = connect(kafka, topics, settings.reply_partition)
+        app = build_app(settings, bus=bus, topics=topics, endpoints=endpoints)
+    except RendezvousError as exc:
+        log.error("cannot start the gateway", extra={"code": exc.code, "error": exc.message})
+        return 2
+    # uvicorn turns SIGTERM/SIGINT into a graceful stop: in-flight requests finish,
+    # then the lifespan stops the reply thread and flushes the producer.
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # keep the JSON lines configured above
+        access_log=settings.access_log,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""``build_app``: the gateway's FastAPI app around an injected bus, with its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from services.common.endpoints import EndpointSpec, load_endpoints
+from services.common.errors import ConfigError
+from services.common.messages import ReturnAddress
+from services.common.topics import Topics
+from services.gateway.bus import Bus
+from services.gateway.errors import install_error_handlers
+from services.gateway.pending import PendingReplies
+from services.gateway.routes import health, infer
+from services.gateway.service import Gateway
+from services.gateway.settings import GatewaySettings
+
+log = logging.getLogger("rdv.gateway")
+
+
+def build_app(
+    settings: GatewaySettings,
+    *,
+    bus: Bus,
+    topics: Topics,
+    endpoints: Mapping[str, EndpointSpec] | None = None,
+) -> FastAPI:
+    """The gateway app. ``bus`` carries requests out and replies in (``replies.connect``
+    for Kafka); ``topics`` names the requests topic and the return address; endpoints
+    default to the policies at ``settings.policies``. The lifespan starts the bus and,
+    at shutdown, stops its reply thread and flushes it within settings.flush_timeout_s."""
+    if endpoints is None:
+        endpoints = load_endpoints(settings.policies)
+    replies = topics.partitions("replies")
+    if settings.reply_partition >= replies:
+        raise ConfigError(
+            f"reply_partition {settings.reply_partition} does not exist: {topics.replies} "
+            f"has {replies} partitions"
+        )
+    pending = PendingReplies()
+    gateway = Gateway(
+        settings,
+        bus=bus,
+        endpoints=endpoints,
+        requests_topic=topics.requests,
+        reply_address=ReturnAddress(topic=topics.replies, partition=settings.reply_partition),
+        pending=pending,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        pending.bind(asyncio.get_running_loop())
+        bus.start(pending.deliver)
+        log.info(
+            "gateway started",
+            extra={
+                "endpoints": sorted(gateway.endpoints),
+                "requests": topics.requests,
+                "replies": f"{topics.replies}/{settings.reply_partition}",
+            },
+        )
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(bus.close, settings.flush_timeout_s)
+            pending.cancel_all()
+            log.info("gateway stopped")
+
+    app = FastAPI(title="Rendezvous gateway", lifespan=lifespan, openapi_url=None)
+    app.state.gateway = gateway
+    install_error_handlers(app, settings.retry_after_s)
+    app.include_router(infer.router)
+    app.include_router(health.router)
+    return app

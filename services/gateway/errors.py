@@ -1,0 +1,154 @@
+"""The HTTP edge of the error tree: gateway errors, and the ONE function that maps any
+error (the platform's tree, HTTP problems, the unexpected) to a status and a JSON body
+``{"error": {"code", "message"}}``."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from services.common.errors import (
+    BackpressureError,
+    ConfigError,
+    DeliveryError,
+    KafkaUnavailableError,
+    MessageError,
+    RendezvousError,
+)
+
+log = logging.getLogger("rdv.gateway")
+
+REQUEST_ID_HEADER = "x-rdv-request-id"
+MODEL_HEADER = "x-rdv-model"
+REASON_HEADER = "x-rdv-reason"
+TRACE_HEADER = "x-rdv-trace-id"
+
+
+class UnknownEndpointError(RendezvousError):
+    """The URL names an endpoint no policy file defines."""
+
+    code = "unknown_endpoint"
+
+
+class BodyTooLargeError(RendezvousError):
+    """The request body is larger than the gateway accepts."""
+
+    code = "body_too_large"
+
+
+class UnsupportedMediaTypeError(RendezvousError):
+    """The request body is declared as something other than JSON."""
+
+    code = "unsupported_media_type"
+
+
+class InvalidRequestError(RendezvousError):
+    """The body is not JSON, or its fields are missing, unknown or of the wrong type."""
+
+    code = "invalid_request"
+
+
+class OverloadedError(RendezvousError):
+    """Too many requests are waiting for replies already: shed load."""
+
+    code = "overloaded"
+
+
+class NoAnswerError(RendezvousError):
+    """No reply reached the gateway by the request's deadline (plus the grace)."""
+
+    code = "no_answer"
+
+
+class ReplyError(RendezvousError):
+    """The rendezvous answered with an error; its code is kept as given."""
+
+    def __init__(self, code: str, message: str, *, model: str | None, reason: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.model = model
+        self.reason = reason
+
+
+DEADLINE_EXCEEDED = "deadline_exceeded"
+_REPLY_STATUS = {  # the rendezvous's error codes; any other is a 502
+    DEADLINE_EXCEEDED: HTTPStatus.GATEWAY_TIMEOUT,
+    "overloaded": HTTPStatus.SERVICE_UNAVAILABLE,  # its mailboxes are full: retry later
+    "unknown_endpoint": HTTPStatus.NOT_FOUND,  # the gateway knows it, the rendezvous not
+}
+_KNOWN = frozenset(s.value for s in HTTPStatus)
+
+_STATUS: tuple[tuple[type[RendezvousError], HTTPStatus], ...] = (
+    (UnknownEndpointError, HTTPStatus.NOT_FOUND),
+    (BodyTooLargeError, HTTPStatus.REQUEST_ENTITY_TOO_LARGE),
+    (UnsupportedMediaTypeError, HTTPStatus.UNSUPPORTED_MEDIA_TYPE),
+    (InvalidRequestError, HTTPStatus.UNPROCESSABLE_ENTITY),
+    (OverloadedError, HTTPStatus.SERVICE_UNAVAILABLE),
+    (KafkaUnavailableError, HTTPStatus.SERVICE_UNAVAILABLE),
+    (BackpressureError, HTTPStatus.SERVICE_UNAVAILABLE),
+    (DeliveryError, HTTPStatus.SERVICE_UNAVAILABLE),
+    (NoAnswerError, HTTPStatus.GATEWAY_TIMEOUT),
+    (MessageError, HTTPStatus.BAD_GATEWAY),
+    (ConfigError, HTTPStatus.INTERNAL_SERVER_ERROR),
+)
+
+
+def error_response(
+    exc: Exception, *, request_id: str | None = None, retry_after_s: int = 1
+) -> JSONResponse:
+    """Status + ``{"error": {"code", "message"}}`` for any exception; 503s carry
+    Retry-After, and the request id header once the gateway has stamped one."""
+    status, code, message = _classify(exc)
+    headers: dict[str, str] = {}
+    if isinstance(exc, HTTPException) and exc.headers:
+        headers.update(exc.headers)
+    if status == HTTPStatus.SERVICE_UNAVAILABLE:
+        headers["Retry-After"] = str(retry_after_s)
+    if request_id is not None:
+        headers[REQUEST_ID_HEADER] = request_id
+    if isinstance(exc, ReplyError):
+        headers[REASON_HEADER] = header_value(exc.reason)
+        if exc.model is not None:
+            headers[MODEL_HEADER] = header_value(exc.model)
+    body = {"error": {"code": code, "message": message}}
+    return JSONResponse(body, status_code=int(status), headers=headers)
+
+
+def _classify(exc: Exception) -> tuple[HTTPStatus, str, str]:
+    if isinstance(exc, ReplyError):
+        return _REPLY_STATUS.get(exc.code, HTTPStatus.BAD_GATEWAY), exc.code, exc.message
+    if isinstance(exc, RendezvousError):
+        for cls, status in _STATUS:
+            if isinstance(exc, cls):
+                return status, exc.code, exc.message
+        return HTTPStatus.INTERNAL_SERVER_ERROR, exc.code, exc.message
+    if isinstance(exc, RequestValidationError):
+        problems = "; ".join(str(e.get("msg", "")) for e in list(exc.errors())[:3])
+        return HTTPStatus.UNPROCESSABLE_ENTITY, InvalidRequestError.code, problems or "invalid"
+    if isinstance(exc, HTTPException) and exc.status_code in _KNOWN:
+        status = HTTPStatus(exc.status_code)
+        return status, status.phrase.lower().replace(" ", "_").replace("-", "_"), str(exc.detail)
+    log.error("unexpected error", exc_info=exc)
+    return HTTPStatus.INTERNAL_SERVER_ERROR, "internal_error", "internal error (see the logs)"
+
+
+def header_value(text: str, limit: int = 200) -> str:
+    """``text`` made safe for an HTTP header: printable ASCII, bounded length."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text[:limit])
+
+
+def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
+    """Route every error FastAPI/Starlette handles outside the routes through
+    ``error_response`` (unknown paths, wrong methods, validation, the unexpected)."""
+
+    async def handle(request: Request, exc: Exception) -> Response:
+        request_id = getattr(request.state, "request_id", None)
+        return error_response(exc, request_id=request_id, retry_after_s=retry_after_s)
+
+    for exc_type in (RendezvousError, HTTPException, RequestValidationError, Exception):
+        app.add_exception_handler(exc_type, handle)

@@ -1,0 +1,1 @@
+"""HTTP routes: inference, and health/readiness/metrics."""

@@ -1,0 +1,50 @@
+"""The HTTP request body of ``POST /v1/infer/{endpoint}``, and readable validation errors."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StrictInt,
+    StringConstraints,
+    ValidationError,
+)
+
+MAX_ATTRIBUTES = 32
+_MAX_REPORTED = 3
+
+AttributeKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+AttributeValue = Annotated[str, StringConstraints(max_length=256)]
+
+
+class InferRequest(BaseModel):
+    """What a client sends: the model inputs and, optionally, a shorter deadline."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    inputs: JsonValue
+    """The payload every model of the endpoint scores (any JSON value)."""
+
+    deadline_ms: StrictInt | None = Field(default=None, gt=0)
+    """Relative milliseconds; at most the endpoint's deadline (longer ones are cut)."""
+
+    attributes: Annotated[dict[AttributeKey, AttributeValue], Field(max_length=MAX_ATTRIBUTES)] = (
+        Field(default_factory=dict)
+    )
+    """String tags for the rendezvous, e.g. a user id for sticky canary routing."""
+
+
+def describe(exc: ValidationError) -> str:
+    """The first few problems as ``field: message``; never echoes the input."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    parts = [
+        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg'][:160]}"
+        for e in errors[:_MAX_REPORTED]
+    ]
+    if len(errors) > _MAX_REPORTED:
+        parts.append(f"(+{len(errors) - _MAX_REPORTED} more)")
+    return "; ".join(parts)

@@ -1,0 +1,149 @@
+"""The gateway's work, free of HTTP: check, stamp, produce, await the reply."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from functools import partial
+
+from pydantic import ValidationError
+
+from services.common.clock import Clock, mono_ms, wall_ms
+from services.common.codec import encode
+from services.common.endpoints import EndpointSpec
+from services.common.errors import DeliveryError, KafkaUnavailableError
+from services.common.kafka import Outbound
+from services.common.messages import Reply, RequestEnvelope, ReturnAddress
+from services.gateway.bus import Bus
+from services.gateway.errors import (
+    InvalidRequestError,
+    NoAnswerError,
+    OverloadedError,
+    ReplyError,
+    UnknownEndpointError,
+)
+from services.gateway.metrics import DELIVERY_FAILURES
+from services.gateway.pending import PendingReplies
+from services.gateway.schemas import InferRequest, describe
+from services.gateway.settings import GatewaySettings
+
+log = logging.getLogger("rdv.gateway")
+
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def trace_id_from(headers: Mapping[str, str], default: str) -> str:
+    """The W3C ``traceparent`` trace id, else a sane ``x-request-id``, else ``default``."""
+    match = _TRACEPARENT.match(headers.get("traceparent", "").strip().lower())
+    if match and match.group(1) != "0" * 32:
+        return match.group(1)
+    incoming = headers.get("x-request-id", "").strip()
+    return incoming if _REQUEST_ID.match(incoming) else default
+
+
+class Gateway:
+    """Turns a validated request into an envelope on the requests topic and waits for
+    the reply on this instance's return address."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        bus: Bus,
+        endpoints: Mapping[str, EndpointSpec],
+        requests_topic: str,
+        reply_address: ReturnAddress,
+        pending: PendingReplies,
+        clock: Clock = mono_ms,
+        wall: Callable[[], float] = wall_ms,
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.endpoints = dict(endpoints)
+        self.pending = pending
+        self._requests_topic = requests_topic
+        self._reply_address = reply_address
+        self._clock = clock
+        self._wall = wall
+
+    def endpoint(self, name: str) -> EndpointSpec:
+        spec = self.endpoints.get(name)
+        if spec is None:
+            known = ", ".join(sorted(self.endpoints)) or "none"
+            raise UnknownEndpointError(f"no endpoint named {name[:64]!r} (known: {known})")
+        return spec
+
+    def ready(self) -> bool:
+        return self.bus.ready()
+
+    async def infer(
+        self, spec: EndpointSpec, req: InferRequest, *, request_id: str, trace_id: str
+    ) -> Reply:
+        """The successful reply to ``req``; raises a gateway error for anything else."""
+        deadline_ms = min(req.deadline_ms or spec.deadline_ms, spec.deadline_ms)
+        self._check_capacity()
+        started = self._clock()
+        envelope = self._envelope(spec, req, request_id, trace_id, deadline_ms)
+        out = Outbound(self._requests_topic, request_id.encode(), encode(envelope))
+        fut = self.pending.open(request_id)
+        try:
+            self.bus.produce(out, partial(self._delivered, request_id))
+            left_ms = deadline_ms + self.settings.grace_ms - (self._clock() - started)
+            try:
+                reply = await asyncio.wait_for(fut, max(left_ms, 0.0) / 1000.0)
+            except TimeoutError:
+                raise NoAnswerError(f"no answer by the deadline ({deadline_ms} ms)") from None
+        finally:
+            self.pending.close(request_id)
+        if reply.error is not None:
+            raise ReplyError(
+                reply.error.code, reply.error.message, model=reply.model, reason=reply.reason
+            )
+        return reply
+
+    def _check_capacity(self) -> None:
+        if not self.bus.ready():
+            raise KafkaUnavailableError("Kafka is not reachable (or not ready yet); retry later")
+        if len(self.pending) >= self.settings.max_in_flight:
+            raise OverloadedError(
+                f"{self.settings.max_in_flight} requests are waiting already; retry later"
+            )
+
+    def _envelope(
+        self,
+        spec: EndpointSpec,
+        req: InferRequest,
+        request_id: str,
+        trace_id: str,
+        deadline_ms: int,
+    ) -> RequestEnvelope:
+        created = int(self._wall())
+        try:
+            return RequestEnvelope(
+                request_id=request_id,
+                endpoint=spec.endpoint,
+                payload=req.inputs,
+                return_address=self._reply_address,
+                deadline_ms=created + deadline_ms,
+                created_ms=created,
+                trace_id=trace_id,
+                attributes=dict(req.attributes),
+            )
+        except ValidationError as exc:  # e.g. NaN or Infinity in the inputs
+            raise InvalidRequestError(describe(exc)) from None
+
+    def _delivered(self, request_id: str, error: str | None) -> None:
+        """Delivery report (reply listener thread): a lost request fails at once."""
+        if error is None:
+            return
+        DELIVERY_FAILURES.inc()
+        log.warning("request not delivered", extra={"request_id": request_id, "error": error})
+        self.pending.fail(request_id, DeliveryError(f"Kafka did not take the request: {error}"))

@@ -1,0 +1,56 @@
+"""Gateway settings (env prefix ``RDV_GATEWAY_``); only ``main()`` reads the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_POLICIES = REPO_ROOT / "deploy" / "policies"
+
+
+class GatewaySettings(BaseSettings):
+    """How the gateway serves HTTP and waits for replies (env prefix ``RDV_GATEWAY_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="RDV_GATEWAY_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    """Interface to listen on (0.0.0.0 for every interface)."""
+
+    port: int = Field(default=8080, ge=0, le=65535)
+    """TCP port to listen on (0 picks a free one)."""
+
+    policies: Path = DEFAULT_POLICIES
+    """A policy file or a folder of them (*.yaml, *.yml, *.json): the endpoints served
+    and the longest deadline each allows."""
+
+    topics_file: Path | None = None
+    """The topics file; None means the repo's deploy/kafka/topics.yaml."""
+
+    reply_partition: int = Field(default=0, ge=0)
+    """The partition of the replies topic this instance reads its replies from (its
+    return address); give every gateway instance its own."""
+
+    max_in_flight: int = Field(default=1000, ge=1)
+    """Requests waiting for a reply at once; more are refused with 503 + Retry-After."""
+
+    max_body_bytes: int = Field(default=1_048_576, ge=1)
+    """Largest request body accepted; larger ones get 413 and never reach Kafka."""
+
+    grace_ms: int = Field(default=30, ge=0, le=10_000)
+    """How long after a request's deadline the gateway still waits for its reply
+    before answering 504 itself."""
+
+    retry_after_s: int = Field(default=1, ge=0, le=3600)
+    """The Retry-After value (seconds) sent with every 503."""
+
+    flush_timeout_s: float = Field(default=5.0, ge=0.0, le=120.0)
+    """At shutdown, how long to wait for produced requests to be acknowledged."""
+
+    log_level: str = "INFO"
+    """Log level of the structured (JSON lines) logs on stderr."""
+
+    access_log: bool = False
+    """Log one line per HTTP request (uvicorn's access log)."""

@@ -1,0 +1,155 @@
+"""``python -m services.rendezvous``: answer every request by its deadline and policy.
+
+Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 2 for a configuration error (one
+line on stderr), 1 when it fails while running.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from services.common.clock import wall_ms
+from services.common.codec import decode
+from services.common.errors import ConfigError, MessageError, RendezvousError
+from services.common.kafka import (
+    Admin,
+    Consumer,
+    Producer,
+    admin_config,
+    consumer_config,
+    producer_config,
+    read_since,
+)
+from services.common.lifecycle import install_stop_signals
+from services.common.logs import configure_logging
+from services.common.loop import StreamRunner
+from services.common.messages import Decision, RequestEnvelope, Score
+from services.common.ops import OpsServer
+from services.common.settings import KafkaSettings
+from services.common.topics import Topics, load_topics
+from services.rendezvous import metrics
+from services.rendezvous.mailbox import MailboxStore, StoreLimits
+from services.rendezvous.policy import Policy, load_policies
+from services.rendezvous.service import Rendezvous
+from services.rendezvous.settings import RendezvousSettings
+
+log = logging.getLogger("rdv.rendezvous")
+PROG = "python -m services.rendezvous"
+
+
+def build(
+    settings: RendezvousSettings, kafka: KafkaSettings, auto_offset_reset: str = "latest"
+) -> tuple[StreamRunner, Rendezvous]:
+    """Policies, topics, clients and the loop; raises ConfigError on bad settings."""
+    policies = load_policies(settings.policies)
+    topics = load_topics(settings.topics_file, prefix=kafka.topic_prefix)
+    if topics.partitions("decisions") != topics.partitions("requests"):
+        raise ConfigError(
+            "decisions must have as many partitions as requests: a restarted "
+            "rendezvous reads back the decisions of the partitions it owns"
+        )
+    topics.ensure(Admin(admin_config(kafka)))
+    store = MailboxStore(
+        StoreLimits(max_open=settings.max_open, orphan_ttl_ms=settings.orphan_ttl_ms)
+    )
+    processor = Rendezvous(policies=policies, topics=topics, store=store)
+    consumer = Consumer(
+        consumer_config(
+            kafka,
+            kafka.topic_prefix + settings.group_id,
+            "rendezvous",
+            {"auto.offset.reset": settings.auto_offset_reset},
+        )
+    )
+    runner = StreamRunner(
+        service="rendezvous",
+        consumer=consumer,
+        producer=Producer(producer_config(kafka, "rendezvous")),
+        decoders={
+            topics.requests: lambda b: decode(b, RequestEnvelope),
+            topics.scores: lambda b: decode(b, Score),
+        },
+        processor=processor,
+        dead_letter_topic=topics.dead_letters,
+        batch_size=settings.batch_size,
+        poll_timeout_s=settings.poll_ms / 1000.0,
+        flush_timeout_s=settings.flush_timeout_s,
+        on_assign=lambda fresh: catch_up(kafka, topics, policies, settings, processor, fresh=fresh),
+    )
+    return runner, processor
+
+
+def catch_up(
+    kafka: KafkaSettings,
+    topics: Topics,
+    policies: dict[str, Policy],
+    settings: RendezvousSettings,
+    processor: Rendezvous,
+    *,
+    fresh: frozenset[tuple[str, int]],
+) -> None:
+    """Read back recent decisions of newly owned partitions: those requests are done."""
+    parts = sorted(p for t, p in fresh if t == topics.requests)
+    if not parts:
+        return
+    longest = max((p.deadline_ms for p in policies.values()), default=0)
+    since = int(wall_ms()) - longest - settings.catchup_margin_ms
+    records = read_since(
+        consumer_config(kafka, "unused", "rendezvous-catchup"), topics.decisions, parts, since
+    )
+    ids = []
+    for rec in records:
+        try:
+            ids.append(decode(rec.value, Decision).request_id)
+        except MessageError:
+            continue  # not ours to judge here; the decisions topic has no other reader
+    processor.mark_decided(ids)
+    metrics.CATCHUP.inc(len(ids))
+    log.info("caught up on decisions", extra={"partitions": parts, "decisions": len(ids)})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] in ("-h", "--help"):
+        print(
+            __doc__ + "\nSettings: RDV_RENDEZVOUS_* (policies, ops_port, max_open, ...) "
+            "and RDV_KAFKA_* (bootstrap, topic_prefix, security)."
+        )
+        return 0
+    try:
+        settings, kafka = RendezvousSettings(), KafkaSettings()
+    except ValidationError as exc:
+        print(f"{PROG}: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    configure_logging("rendezvous", settings.log_level)
+    try:
+        runner, _ = build(settings, kafka)
+        ops = OpsServer(
+            settings.ops_host, settings.ops_port, ready=lambda: runner.ready, healthy=runner.healthy
+        ).start()
+    except (ConfigError, OSError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    except RendezvousError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    log.info("rendezvous starting", extra={"ops_port": ops.port})
+    install_stop_signals(runner.stop)
+    try:
+        stats = runner.run()
+    except RendezvousError as exc:
+        log.error("rendezvous failed", extra={"error": str(exc)})
+        return 1
+    finally:
+        ops.close()
+    log.info("rendezvous stopped", extra={"records": stats.records})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

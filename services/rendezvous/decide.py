@@ -1,0 +1,207 @@
+"""The decision: a pure function of (mailbox, policy, now). No clock reads, no I/O.
+
+Time is elapsed monotonic ms since the mailbox opened. The effective deadline is the
+earlier of the request's own deadline and the policy's ``deadline_ms``. A decision at
+``now`` considers the scores that arrived by ``min(now, deadline)``, so a timer that
+fires a little late decides exactly as one that fired on time.
+
+Before the deadline (``decide`` may return None: wait):
+
+1. Canary branch (the request falls in the canary share): the canary model's ok
+   score wins at once. The canary gets the first stage's window to answer: while it
+   has not reported and the first stage has not ended, nothing else is answered.
+   Once it failed, was skipped or the window passed, the normal schedule applies
+   (its ok answer still wins whenever it has arrived).
+2. Normal schedule: the current stage is the first whose boundary is still ahead.
+   The most preferred acceptable model with an ok score answers at once. A stage
+   whose acceptable models have all reported without an ok is exhausted: the next
+   stage applies at once. When every remaining stage is exhausted (and no canary is
+   pending) the default answers at once.
+
+At or past the deadline (never None): the canary's ok score (canary branch), else the
+last stage's most preferred ok score, else the default.
+
+``accept: any`` takes roster models in roster order (every model, in arrival order,
+when the roster is empty), except scores whose role is detector, decoy or canary:
+those are returned only when named.
+
+Reasons (``Verdict.reason``):
+
+- ``champion_in_time``: an ok answer picked by the first stage's accept list;
+- ``fallback:<i>``: an ok answer picked by stage ``i`` (i >= 1; at the deadline, the last);
+- ``canary``: the canary model's ok answer, for a request in the canary share;
+- ``all_failed``: the default, because every model that could still be accepted
+  reported error or skipped;
+- ``deadline_exceeded``: the default, because the deadline came with nothing acceptable;
+- ``overloaded``, ``no_policy``: verdicts the service gives without a mailbox
+  (``error_verdict``).
+
+A default answer has ``chosen_model`` None and carries the policy's ``default``
+(an error, or a configured output with ``error`` None).
+
+Propensity (the probability of the branch that answered, for off-policy evaluation):
+1.0 when the policy has no canary; otherwise ``share`` for every verdict of a request
+in the canary share (whichever model or default answered) and ``1 - share`` for every
+verdict of a request outside it. Canary membership hashes (sha256) the endpoint, the
+canary model and the key: the sticky attribute's value when the request carries it,
+else the request id. It is stable across processes, and raising the share only adds
+requests to the canary branch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from pydantic import JsonValue
+
+from services.common.messages import ErrorBody, RequestEnvelope, Role, Score, ScoreStatus
+from services.rendezvous.mailbox import Mailbox
+from services.rendezvous.policy import Policy, Stage
+
+CHAMPION_IN_TIME = "champion_in_time"
+CANARY = "canary"
+ALL_FAILED = "all_failed"
+DEADLINE_EXCEEDED = "deadline_exceeded"
+OVERLOADED = "overloaded"
+NO_POLICY = "no_policy"
+
+_NOT_BY_ANY = frozenset({Role.DETECTOR, Role.DECOY, Role.CANARY})
+_HASH_SPACE = float(2**64)
+
+
+def fallback_reason(stage_index: int) -> str:
+    """The reason for an answer picked by stage ``stage_index`` (>= 1)."""
+    return f"fallback:{stage_index}"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What to answer: a model's output, or the default (chosen_model None)."""
+
+    chosen_model: str | None
+    reason: str
+    output: JsonValue
+    error: ErrorBody | None
+    propensity: float
+
+
+def error_verdict(reason: str, code: str, message: str) -> Verdict:
+    """An error verdict outside the policy (e.g. ``OVERLOADED``, ``NO_POLICY``)."""
+    return Verdict(None, reason, None, ErrorBody(code=code, message=message), 1.0)
+
+
+def deadline_at(mailbox: Mailbox, policy: Policy) -> float:
+    """Monotonic ms of the effective deadline (the request's, capped by the policy's)."""
+    return min(mailbox.deadline_at_ms, mailbox.arrived_ms + policy.deadline_ms)
+
+
+def in_canary(request: RequestEnvelope, policy: Policy) -> bool:
+    """Whether the request falls in the policy's canary share (False without a canary)."""
+    canary = policy.canary
+    if canary is None:
+        return False
+    attribute = canary.sticky_attribute
+    sticky = None if attribute is None else request.attributes.get(attribute)
+    key = f"a:{sticky}" if sticky is not None else f"r:{request.request_id}"
+    digest = hashlib.sha256(f"{policy.endpoint}\0{canary.model}\0{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / _HASH_SPACE < canary.share
+
+
+def propensity(request: RequestEnvelope, policy: Policy) -> float:
+    """The probability of the branch the request was routed through (see module doc)."""
+    if policy.canary is None:
+        return 1.0
+    share = policy.canary.share
+    return share if in_canary(request, policy) else 1.0 - share
+
+
+def decide(mailbox: Mailbox, policy: Policy, now_ms: float) -> Verdict | None:
+    """The verdict at ``now_ms``, or None to wait (never None at or past the deadline)."""
+    dead = deadline_at(mailbox, policy)
+    final = now_ms >= dead
+    cut = min(now_ms, dead)
+    seen = {m: a.score for m, a in mailbox.scores.items() if a.at_ms <= cut}
+    weight = propensity(mailbox.request, policy)
+    bounds = _bounds(mailbox, policy, dead)
+    canary = policy.canary.model if policy.canary and in_canary(mailbox.request, policy) else None
+    if canary is not None:
+        score = seen.get(canary)
+        if score is not None and score.status is ScoreStatus.OK:
+            return Verdict(canary, CANARY, score.output, None, weight)
+        if score is None and cut < bounds[0]:
+            return None  # the canary's window (the first stage) is still open
+    first = len(bounds) - 1 if final else next(i for i, b in enumerate(bounds) if b > cut)
+    for index in range(first, len(policy.stages)):
+        stage = policy.stages[index]
+        pick = _pick(policy, stage, seen)
+        if pick is not None:
+            reason = CHAMPION_IN_TIME if index == 0 else fallback_reason(index)
+            return Verdict(pick.model, reason, pick.output, None, weight)
+        if not _exhausted(policy, stage, seen):
+            return _default(policy, DEADLINE_EXCEEDED, weight) if final else None
+    if canary is not None and canary not in seen:
+        return _default(policy, DEADLINE_EXCEEDED, weight) if final else None
+    return _default(policy, ALL_FAILED, weight)
+
+
+def next_check(mailbox: Mailbox, policy: Policy, now_ms: float) -> float:
+    """Monotonic ms at which the verdict can next change without a new score: the next
+    stage boundary after ``now_ms``, or the deadline (returned once it has passed)."""
+    dead = deadline_at(mailbox, policy)
+    return next((b for b in _bounds(mailbox, policy, dead) if b > now_ms), dead)
+
+
+def verdict_latencies(mailbox: Mailbox) -> dict[str, float]:
+    """Per model: when its score reached the mailbox minus when the request did."""
+    return {m: a.at_ms - mailbox.arrived_ms for m, a in mailbox.scores.items()}
+
+
+def in_time_and_late(
+    mailbox: Mailbox, policy: Policy, now_ms: float
+) -> tuple[list[str], list[str]]:
+    """For a Decision made at ``now_ms``: the models whose scores the decision considered
+    (arrival order), and the rest, sorted: roster models without a score yet and scores
+    that arrived after the deadline."""
+    cut = min(now_ms, deadline_at(mailbox, policy))
+    in_time = [m for m, a in mailbox.scores.items() if a.at_ms <= cut]
+    late = (set(policy.models) | set(mailbox.scores)) - set(in_time)
+    return in_time, sorted(late)
+
+
+def _bounds(mailbox: Mailbox, policy: Policy, dead: float) -> list[float]:
+    """Monotonic end of each stage (the last ends at the deadline)."""
+    start = mailbox.arrived_ms
+    return [
+        dead if s.until_ms == "deadline" else min(start + s.until_ms, dead) for s in policy.stages
+    ]
+
+
+def _candidates(policy: Policy, stage: Stage, seen: dict[str, Score]) -> list[str]:
+    if stage.accept != "any":
+        return list(stage.accept)
+    return list(policy.models) if policy.models else list(seen)
+
+
+def _pick(policy: Policy, stage: Stage, seen: dict[str, Score]) -> Score | None:
+    """The most preferred acceptable ok score of a stage, if any arrived."""
+    for model in _candidates(policy, stage, seen):
+        score = seen.get(model)
+        if score is None or score.status is not ScoreStatus.OK:
+            continue
+        if stage.accept == "any" and score.role in _NOT_BY_ANY:
+            continue
+        return score
+    return None
+
+
+def _exhausted(policy: Policy, stage: Stage, seen: dict[str, Score]) -> bool:
+    """True when no model of the stage can still give an acceptable answer."""
+    if stage.accept == "any" and not policy.models:
+        return False  # any model at all may still answer
+    return all(model in seen for model in _candidates(policy, stage, seen))
+
+
+def _default(policy: Policy, reason: str, weight: float) -> Verdict:
+    answer = policy.default
+    return Verdict(None, reason, answer.output, answer.error_body(), weight)

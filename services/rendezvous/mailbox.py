@@ -1,0 +1,298 @@
+"""Mailboxes (one per open request) and the bounded store that owns them. No I/O, no clock:
+every method takes the monotonic time it should act at.
+
+Refs are opaque handles of the Kafka records that built a mailbox (the service holds
+each record's offset until the mailbox closes). The rule that lets the caller release
+every ref exactly once: **a ref passed in is either kept by the store or handed back
+in a ``release`` tuple**. Kept refs come back later, exactly once, through
+``close`` (in ``Mailbox.refs``), ``mark_decided`` or ``expire``.
+
+Bounds: at most ``max_open`` open mailboxes (a new request beyond that is refused with
+``Outcome.FULL``: the caller answers it with an overload error at once, and the id is
+remembered as decided; open requests are never dropped), at most ``max_orphans``
+orphan scores (when full, the oldest orphan group is dropped), and a decided-id memory
+bounded in size (``max_decided``) and age (``decided_ttl_ms``).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import NamedTuple
+
+from services.common.messages import RequestEnvelope, Score
+
+
+class ScoreArrival(NamedTuple):
+    """A score and the monotonic ms at which it reached its mailbox."""
+
+    score: Score
+    at_ms: float
+
+
+@dataclass(eq=False)
+class Mailbox:
+    """One open request: its clock, its deadline, the first score of each model."""
+
+    request: RequestEnvelope
+    arrived_ms: float  # monotonic: the request's clock starts here
+    deadline_at_ms: float  # monotonic: the request's own deadline
+    scores: dict[str, ScoreArrival] = field(default_factory=dict)  # model -> first score
+    refs: list[object] = field(default_factory=list)
+    duplicates: int = 0  # scores dropped because their model had already scored
+    closed: bool = False
+    next_check_ms: float | None = None  # when due() returns it next; None: not scheduled
+    _seq: int = field(default=-1, repr=False)  # which heap entry is current
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    def add(self, score: Score, at_ms: float) -> bool:
+        """Keep the first score per model; False (and counted) for a repeat."""
+        if score.model in self.scores:
+            self.duplicates += 1
+            return False
+        self.scores[score.model] = ScoreArrival(score, at_ms)
+        return True
+
+
+class Outcome(StrEnum):
+    """What the store did with a request or score record."""
+
+    OPENED = "opened"  # request: new mailbox, ref kept
+    REDELIVERED = "redelivered"  # request: already open; ref kept in that mailbox
+    ALREADY_DECIDED = "already_decided"  # request: decided before; ref handed back
+    FULL = "full"  # request: refused, store full; ref handed back, id now decided
+    FILLED = "filled"  # score: went into its open mailbox, ref kept
+    DUPLICATE = "duplicate"  # score: its model already scored this request; ref handed back
+    LATE = "late"  # score: its request was decided; ref handed back
+    ORPHANED = "orphaned"  # score: request not seen yet; kept until it arrives or expires
+
+
+@dataclass(frozen=True, slots=True)
+class Handled:
+    """A store call's result: what happened, the mailbox to (re)decide, refs to release now."""
+
+    outcome: Outcome
+    mailbox: Mailbox | None = None
+    release: tuple[object, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StoreLimits:
+    """Memory bounds of a MailboxStore."""
+
+    max_open: int = 100_000
+    max_orphans: int = 100_000  # orphan scores held, over all requests
+    orphan_ttl_ms: float = 60_000.0  # a group expires this long after its first score
+    max_decided: int = 1_000_000  # decided ids remembered for late/duplicate detection
+    decided_ttl_ms: float = 600_000.0
+
+    def __post_init__(self) -> None:
+        if min(self.max_open, self.max_orphans, self.max_decided) < 1:
+            raise ValueError(f"store limits must be at least 1: {self}")
+        if min(self.orphan_ttl_ms, self.decided_ttl_ms) <= 0:
+            raise ValueError(f"store time limits must be positive: {self}")
+
+
+@dataclass
+class StoreCounters:
+    """Monotonic counts the service exports as metrics."""
+
+    late_scores: int = 0
+    duplicate_scores: int = 0
+    duplicate_requests: int = 0  # request records for an id already open or decided
+    orphans_expired: int = 0  # orphan scores whose request never came in time
+    orphans_dropped: int = 0  # orphan scores evicted because the orphan pool was full
+    rejected_full: int = 0  # requests refused because max_open mailboxes were open
+
+
+@dataclass(frozen=True, slots=True)
+class _Orphan:
+    score: Score
+    ref: object
+
+
+@dataclass
+class _OrphanGroup:
+    first_ms: float
+    scores: dict[str, _Orphan] = field(default_factory=dict)
+
+
+class MailboxStore:
+    """Open mailboxes, orphan scores and recently decided ids, all bounded."""
+
+    def __init__(self, limits: StoreLimits | None = None) -> None:
+        self.limits = limits or StoreLimits()
+        self.counters = StoreCounters()
+        self._open: dict[str, Mailbox] = {}
+        self._heap: list[tuple[float, int, Mailbox]] = []
+        self._seq = 0
+        self._orphans: OrderedDict[str, _OrphanGroup] = OrderedDict()  # oldest first
+        self._orphan_count = 0
+        self._decided: OrderedDict[str, float] = OrderedDict()  # id -> when, oldest first
+
+    def __len__(self) -> int:
+        """Open mailboxes."""
+        return len(self._open)
+
+    @property
+    def orphan_count(self) -> int:
+        return self._orphan_count
+
+    @property
+    def decided_count(self) -> int:
+        return len(self._decided)
+
+    def get(self, request_id: str) -> Mailbox | None:
+        return self._open.get(request_id)
+
+    def is_decided(self, request_id: str) -> bool:
+        return request_id in self._decided
+
+    def open(self, request: RequestEnvelope, ref: object, now_ms: float, wall_ms: float) -> Handled:
+        """Open the request's mailbox (clock starts at ``now_ms``), attaching its orphans.
+
+        The mailbox's deadline is ``now_ms + request.deadline_ms - wall_ms``; it is
+        scheduled at that deadline until the caller calls ``schedule`` with an earlier time.
+        """
+        rid = request.request_id
+        if rid in self._decided:
+            self.counters.duplicate_requests += 1
+            return Handled(Outcome.ALREADY_DECIDED, release=(ref,))
+        existing = self._open.get(rid)
+        if existing is not None:
+            self.counters.duplicate_requests += 1
+            existing.refs.append(ref)
+            return Handled(Outcome.REDELIVERED, existing)
+        if len(self._open) >= self.limits.max_open:
+            self.counters.rejected_full += 1
+            released = self._drop_orphans(rid)
+            self._remember(rid, now_ms)
+            return Handled(Outcome.FULL, release=(ref, *released))
+        mailbox = Mailbox(request, now_ms, now_ms + (request.deadline_ms - wall_ms), refs=[ref])
+        group = self._orphans.pop(rid, None)
+        if group is not None:
+            self._orphan_count -= len(group.scores)
+            for orphan in group.scores.values():  # they count as arriving with the request
+                mailbox.add(orphan.score, now_ms)
+                mailbox.refs.append(orphan.ref)
+        self._open[rid] = mailbox
+        self.schedule(mailbox, mailbox.deadline_at_ms)
+        return Handled(Outcome.OPENED, mailbox)
+
+    def add_score(self, score: Score, ref: object, now_ms: float) -> Handled:
+        """File a score: into its open mailbox, as late, as a duplicate, or as an orphan."""
+        rid = score.request_id
+        if rid in self._decided:
+            self.counters.late_scores += 1
+            return Handled(Outcome.LATE, release=(ref,))
+        mailbox = self._open.get(rid)
+        if mailbox is not None:
+            if not mailbox.add(score, now_ms):
+                self.counters.duplicate_scores += 1
+                return Handled(Outcome.DUPLICATE, release=(ref,))
+            mailbox.refs.append(ref)
+            return Handled(Outcome.FILLED, mailbox)
+        group = self._orphans.get(rid)
+        if group is not None and score.model in group.scores:
+            self.counters.duplicate_scores += 1
+            return Handled(Outcome.DUPLICATE, release=(ref,))
+        released: list[object] = []
+        while self._orphan_count >= self.limits.max_orphans:
+            oldest = next(iter(self._orphans))
+            self.counters.orphans_dropped += len(self._orphans[oldest].scores)
+            released.extend(self._drop_orphans(oldest))
+        group = self._orphans.get(rid)
+        if group is None:
+            group = self._orphans[rid] = _OrphanGroup(now_ms)
+        group.scores[score.model] = _Orphan(score, ref)
+        self._orphan_count += 1
+        return Handled(Outcome.ORPHANED, release=tuple(released))
+
+    def close(self, request_id: str, now_ms: float) -> Mailbox:
+        """The request was answered: forget its mailbox, remember its id as decided.
+
+        The caller releases ``mailbox.refs``. KeyError if the request is not open.
+        """
+        mailbox = self._open.pop(request_id)
+        mailbox.closed = True
+        mailbox.next_check_ms = None
+        self._remember(request_id, now_ms)
+        return mailbox
+
+    def mark_decided(self, request_id: str, now_ms: float) -> tuple[object, ...]:
+        """Someone (an earlier run, another instance) decided this request: close its
+        mailbox and drop its orphans without deciding. Returns the refs to release."""
+        if request_id in self._open:
+            return tuple(self.close(request_id, now_ms).refs)
+        released = self._drop_orphans(request_id)  # scores for a decided request: late
+        self.counters.late_scores += len(released)
+        self._remember(request_id, now_ms)
+        return tuple(released)
+
+    def schedule(self, mailbox: Mailbox, at_ms: float) -> None:
+        """``due`` returns the mailbox once ``at_ms`` has come (replacing its earlier time)."""
+        if self._open.get(mailbox.request_id) is not mailbox:
+            raise ValueError(f"mailbox {mailbox.request_id!r} is not open in this store")
+        self._seq += 1
+        mailbox._seq = self._seq
+        mailbox.next_check_ms = at_ms
+        heapq.heappush(self._heap, (at_ms, self._seq, mailbox))
+        if len(self._heap) > 2 * len(self._open) + 64:  # drop entries that were replaced
+            self._heap = [e for e in self._heap if self._current(e)]
+            heapq.heapify(self._heap)
+
+    def due(self, now_ms: float) -> list[Mailbox]:
+        """Open mailboxes whose check time has come, earliest first. They are no longer
+        scheduled: the caller decides and closes each, or schedules it again."""
+        out: list[Mailbox] = []
+        while self._heap and self._heap[0][0] <= now_ms:
+            entry = heapq.heappop(self._heap)
+            if self._current(entry):
+                entry[2].next_check_ms = None
+                entry[2]._seq = -1
+                out.append(entry[2])
+        return out
+
+    def expire(self, now_ms: float) -> list[object]:
+        """Evict orphan groups older than ``orphan_ttl_ms`` (returns their refs to release)
+        and forget decided ids older than ``decided_ttl_ms``."""
+        released: list[object] = []
+        ttl = self.limits.orphan_ttl_ms
+        while self._orphans:
+            rid, group = next(iter(self._orphans.items()))
+            if group.first_ms + ttl > now_ms:
+                break
+            self.counters.orphans_expired += len(group.scores)
+            released.extend(self._drop_orphans(rid))
+        self._forget_decided(now_ms)
+        return released
+
+    def _current(self, entry: tuple[float, int, Mailbox]) -> bool:
+        return not entry[2].closed and entry[2]._seq == entry[1]
+
+    def _drop_orphans(self, request_id: str) -> list[object]:
+        group = self._orphans.pop(request_id, None)
+        if group is None:
+            return []
+        self._orphan_count -= len(group.scores)
+        return [orphan.ref for orphan in group.scores.values()]
+
+    def _remember(self, request_id: str, now_ms: float) -> None:
+        self._decided[request_id] = now_ms
+        self._decided.move_to_end(request_id)
+        while len(self._decided) > self.limits.max_decided:
+            self._decided.popitem(last=False)
+        self._forget_decided(now_ms)
+
+    def _forget_decided(self, now_ms: float) -> None:
+        horizon = now_ms - self.limits.decided_ttl_ms
+        while self._decided:
+            rid, at = next(iter(self._decided.items()))
+            if at > horizon:
+                break
+            del self._decided[rid]

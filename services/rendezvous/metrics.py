@@ -1,0 +1,48 @@
+"""The rendezvous's Prometheus metrics (prefix ``rdv_rendezvous_``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from services.rendezvous.mailbox import StoreCounters
+
+DECISIONS = Counter(
+    "rdv_rendezvous_decisions_total", "Requests answered", ["endpoint", "model", "reason"]
+)
+ELAPSED = Histogram(
+    "rdv_rendezvous_decision_seconds",
+    "Time from a request's arrival at the rendezvous to its decision",
+    ["endpoint"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+OPEN = Gauge("rdv_rendezvous_open_mailboxes", "Requests waiting for a decision")
+LATE = Counter(
+    "rdv_rendezvous_late_scores_total", "Scores that came after the decision", ["endpoint", "model"]
+)
+STORE = Counter(
+    "rdv_rendezvous_store_events_total",
+    "Mailbox store events: duplicate scores or requests, expired or dropped "
+    "orphan scores, requests refused while full",
+    ["event"],
+)
+CATCHUP = Counter(
+    "rdv_rendezvous_catchup_decisions_total", "Earlier decisions read back on partition assignment"
+)
+
+
+class CounterSync:
+    """Turns the store's plain counts into Prometheus counter increments."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, int] = {}
+
+    def update(self, counters: StoreCounters) -> None:
+        for name, value in asdict(counters).items():
+            if name == "late_scores":
+                continue  # counted per endpoint and model where it happens
+            delta = value - self._last.get(name, 0)
+            if delta > 0:
+                STORE.labels(name).inc(delta)
+            self._last[name] = value

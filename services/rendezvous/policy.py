@@ -1,0 +1,224 @@
+"""Rendezvous policies as data: one YAML/JSON document per endpoint.
+
+A policy is a schedule over the time elapsed since the request reached the
+rendezvous (see deploy/policies/demo.yaml for an annotated example)::
+
+    endpoint: demo            # an endpoint name (services.common.messages.NAME_PATTERN)
+    deadline_ms: 1000         # the endpoint's longest deadline; a request may ask for less
+    version: 1                # optional (default 1), recorded in decisions
+    models: [fast, slow]      # the roster: models expected to score every request
+    stages:                   # non-empty; until_ms strictly increasing, < deadline_ms
+      - {until_ms: 300, accept: [fast]}        # before 300 ms only fast is acceptable
+      - {until_ms: 800, accept: [fast, slow]}  # list order = preference
+      - {until_ms: deadline, accept: any}      # the last stage, and only it, runs to the deadline
+    default:                  # optional; exactly one of error / output
+      error: {code: deadline_exceeded, message: "no acceptable answer by the deadline"}
+      # output: <any JSON>    # a configured safe reply instead of an error
+    canary:                   # optional
+      model: slow             # the challenger that gets a share of the answers
+      share: 0.05             # 0 < share < 1
+      sticky_attribute: user  # optional RequestEnvelope.attributes key
+
+``accept: any`` means any roster model, or any model at all when the roster is
+empty. When the roster is non-empty, every model named in an accept list or as
+the canary must be on it. Documents are strict: an unknown key is an error, and
+every error is a ``ConfigError`` that names the file (or control entry) it came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    model_validator,
+)
+
+from services.common.endpoints import read_documents
+from services.common.errors import ConfigError
+from services.common.messages import ErrorBody, Name, PolicyEntry
+
+MAX_DEADLINE_MS = 600_000  # as services.common.endpoints.EndpointSpec allows
+
+Millis = Annotated[int, Field(strict=True, ge=1, le=MAX_DEADLINE_MS)]
+
+
+def _one_error(expected: str) -> WrapValidator:
+    """Report a union's failure as one plain message instead of one per branch."""
+
+    def validate(value: object, handler: ValidatorFunctionWrapHandler) -> object:
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError(f"must be {expected}, not {value!r}"[:200]) from None
+
+    return WrapValidator(validate)
+
+
+Until = Annotated[
+    Millis | Literal["deadline"],
+    _one_error(f"a whole number of ms from 1 to {MAX_DEADLINE_MS}, or 'deadline'"),
+]
+Accept = Annotated[
+    Annotated[tuple[Name, ...], Field(min_length=1)] | Literal["any"],
+    _one_error("a non-empty list of model names, or 'any'"),
+]
+
+
+class _Strict(BaseModel):
+    """Frozen, unknown keys rejected, finite numbers only."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+class Stage(_Strict):
+    """Until ``until_ms`` of elapsed time (or the deadline), these models are acceptable."""
+
+    until_ms: Until
+    accept: Accept
+
+    @model_validator(mode="after")
+    def _no_repeats(self) -> Self:
+        if self.accept != "any" and len(set(self.accept)) != len(self.accept):
+            raise ValueError(f"accept names a model twice: {list(self.accept)}")
+        return self
+
+
+class DefaultError(_Strict):
+    """The error a client gets when no acceptable answer exists."""
+
+    code: str = Field(min_length=1)
+    message: str = Field(min_length=1)
+
+
+class DefaultAnswer(_Strict):
+    """What to answer when the schedule ends with nothing acceptable."""
+
+    error: DefaultError | None = None
+    output: JsonValue = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        has_output = "output" in self.model_fields_set
+        if (self.error is None) == (not has_output):
+            raise ValueError("default needs exactly one of 'error' or 'output'")
+        return self
+
+    def error_body(self) -> ErrorBody | None:
+        """The error as it goes into a Reply; None when the default is an output."""
+        if self.error is None:
+            return None
+        return ErrorBody(code=self.error.code, message=self.error.message)
+
+
+DEFAULT_ANSWER = DefaultAnswer(
+    error=DefaultError(code="deadline_exceeded", message="no acceptable answer by the deadline")
+)
+
+
+class Canary(_Strict):
+    """A challenger whose answer is preferred for a fixed share of requests."""
+
+    model: Name
+    share: float = Field(gt=0.0, lt=1.0)
+    sticky_attribute: str | None = Field(default=None, min_length=1)
+
+
+class Policy(_Strict):
+    """One endpoint's rendezvous policy (the module docstring shows the document)."""
+
+    endpoint: Name
+    deadline_ms: Millis
+    version: int = Field(default=1, strict=True, ge=1)
+    models: tuple[Name, ...] = ()
+    stages: tuple[Stage, ...]
+    default: DefaultAnswer = DEFAULT_ANSWER
+    canary: Canary | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(f"models names a model twice: {list(self.models)}")
+        self._check_schedule()
+        self._check_roster()
+        return self
+
+    def _check_schedule(self) -> None:
+        if not self.stages:
+            raise ValueError("stages must not be empty")
+        *body, last = self.stages
+        if last.until_ms != "deadline":
+            raise ValueError("the last stage must have until_ms: deadline")
+        previous = 0
+        for index, stage in enumerate(body):
+            if stage.until_ms == "deadline":
+                raise ValueError(f"stage {index}: only the last stage may run to the deadline")
+            if stage.until_ms <= previous:
+                raise ValueError(f"stage {index}: until_ms must increase ({stage.until_ms})")
+            if stage.until_ms >= self.deadline_ms:
+                raise ValueError(
+                    f"stage {index}: until_ms {stage.until_ms} must be below "
+                    f"deadline_ms {self.deadline_ms}"
+                )
+            previous = stage.until_ms
+
+    def _check_roster(self) -> None:
+        if not self.models:
+            return
+        roster = set(self.models)
+        for index, stage in enumerate(self.stages):
+            unknown = [] if stage.accept == "any" else [m for m in stage.accept if m not in roster]
+            if unknown:
+                raise ValueError(f"stage {index}: models {unknown} are not in models")
+        if self.canary is not None and self.canary.model not in roster:
+            raise ValueError(f"canary model {self.canary.model!r} is not in models")
+
+
+def parse_policy(data: Mapping[str, Any], source: str) -> Policy:
+    """Validate one policy document; ``source`` (a file, a control key) names it in errors."""
+    try:
+        return Policy.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(f"invalid policy in {source}: {_summarise(exc)}") from None
+
+
+def policy_from_entry(entry: PolicyEntry) -> Policy:
+    """The policy a control entry carries; the entry's version wins over the document's."""
+    source = f"control entry policy/{entry.endpoint}"
+    policy = parse_policy({**entry.policy, "version": entry.version}, source)
+    if policy.endpoint != entry.endpoint:
+        raise ConfigError(f"invalid policy in {source}: it names endpoint {policy.endpoint!r}")
+    return policy
+
+
+def load_policies(path: Path) -> dict[str, Policy]:
+    """Endpoint -> policy, from a policy file or a folder of them; duplicates are an error."""
+    out: dict[str, Policy] = {}
+    origin: dict[str, Path] = {}
+    for file, data in read_documents(path):
+        policy = parse_policy(data, str(file))
+        if policy.endpoint in out:
+            raise ConfigError(
+                f"endpoint {policy.endpoint!r} is defined twice ({origin[policy.endpoint]}, {file})"
+            )
+        out[policy.endpoint] = policy
+        origin[policy.endpoint] = file
+    return out
+
+
+def _summarise(exc: ValidationError) -> str:
+    """Every error as ``path: message``, without echoing input values."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    parts = []
+    for e in errors:
+        where = ".".join(str(p) for p in e["loc"]) or "<document>"
+        parts.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)

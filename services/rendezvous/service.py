@@ -1,0 +1,203 @@
+"""The rendezvous processor: requests open mailboxes, scores fill them, the policy
+decides, and each request gets exactly one reply and one decision.
+
+Offsets: every request and score record placed in a mailbox is held (uncommitted)
+until its mailbox closes and the reply and decision it caused are acknowledged. After
+a restart the open requests are therefore read again and their mailboxes rebuilt;
+requests already answered are recognised from the decisions topic (read back on every
+partition assignment), so nothing is answered twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from services.common.clock import mono_ms, wall_ms
+from services.common.codec import encode, message_key
+from services.common.kafka import Outbound, Record
+from services.common.loop import Context, Inbound
+from services.common.messages import Decision, ErrorBody, Reply, RequestEnvelope, Score
+from services.common.topics import Topics
+from services.rendezvous import metrics
+from services.rendezvous.decide import (
+    NO_POLICY,
+    OVERLOADED,
+    Verdict,
+    decide,
+    error_verdict,
+    in_time_and_late,
+    next_check,
+    verdict_latencies,
+)
+from services.rendezvous.mailbox import Mailbox, MailboxStore, Outcome
+from services.rendezvous.policy import Policy
+
+log = logging.getLogger("rdv.rendezvous")
+
+
+class Rendezvous:
+    """A services.common.loop Processor over the requests and scores topics."""
+
+    def __init__(
+        self,
+        *,
+        policies: dict[str, Policy],
+        topics: Topics,
+        store: MailboxStore,
+        clock: Callable[[], float] = mono_ms,
+        wall: Callable[[], float] = wall_ms,
+    ) -> None:
+        self.policies = policies
+        self.topics = topics
+        self.store = store
+        self._clock = clock
+        self._wall = wall
+        self._synced = metrics.CounterSync()
+
+    # -- the loop's hooks -------------------------------------------------------------
+
+    def process(self, batch: Sequence[Inbound], ctx: Context) -> None:
+        now, wall = self._clock(), self._wall()
+        for item in batch:
+            ctx.hold(item.record)  # every record handed to the store is held until released
+            if item.record.topic == self.topics.requests:
+                self._on_request(item.message, item.record, ctx, now, wall)
+            else:
+                self._on_score(item.message, item.record, ctx, now)
+
+    def tick(self, now_ms: float, ctx: Context) -> None:
+        now = self._clock()
+        for mailbox in self.store.due(now):
+            self._evaluate(mailbox, ctx, now)
+        for ref in self.store.expire(now):
+            ctx.release(_rec(ref))
+        metrics.OPEN.set(len(self.store))
+        self._synced.update(self.store.counters)
+
+    def mark_decided(self, request_ids: Sequence[str]) -> None:
+        """Requests answered before (by this or another instance): never answer again."""
+        now = self._clock()
+        for rid in request_ids:
+            self.store.mark_decided(rid, now)  # refs of stale mailboxes: partitions gone
+
+    # -- arrivals ---------------------------------------------------------------------
+
+    def _on_request(
+        self, req: RequestEnvelope, rec: Record, ctx: Context, now: float, wall: float
+    ) -> None:
+        handled = self.store.open(req, rec, now, wall)
+        if handled.outcome is Outcome.FULL:
+            verdict = error_verdict(
+                OVERLOADED, "overloaded", "the rendezvous has too many open requests"
+            )
+            self._answer(req, verdict, [_rec(r) for r in handled.release], ctx, now=now, box=None)
+            return
+        for ref in handled.release:
+            ctx.release(_rec(ref))
+        if handled.mailbox is not None and handled.outcome is Outcome.OPENED:
+            self._evaluate(handled.mailbox, ctx, now)
+
+    def _on_score(self, score: Score, rec: Record, ctx: Context, now: float) -> None:
+        handled = self.store.add_score(score, rec, now)
+        for ref in handled.release:
+            ctx.release(_rec(ref))
+        if handled.outcome is Outcome.LATE:
+            metrics.LATE.labels(score.endpoint, score.model).inc()
+        if handled.mailbox is not None and handled.outcome is Outcome.FILLED:
+            self._evaluate(handled.mailbox, ctx, now)
+
+    # -- deciding ---------------------------------------------------------------------
+
+    def _evaluate(self, mailbox: Mailbox, ctx: Context, now: float) -> None:
+        policy = self.policies.get(mailbox.request.endpoint)
+        if policy is None:
+            verdict: Verdict | None = error_verdict(
+                NO_POLICY,
+                "unknown_endpoint",
+                f"no policy for endpoint {mailbox.request.endpoint!r}",
+            )
+        else:
+            verdict = decide(mailbox, policy, now)
+        if verdict is None:
+            assert policy is not None  # no policy always gives a verdict
+            self.store.schedule(mailbox, next_check(mailbox, policy, now))
+            return
+        closed = self.store.close(mailbox.request_id, now)
+        self._answer(
+            closed.request,
+            verdict,
+            [_rec(r) for r in closed.refs],
+            ctx,
+            now=now,
+            box=(closed, policy),
+        )
+
+    def _answer(
+        self,
+        req: RequestEnvelope,
+        verdict: Verdict,
+        refs: list[Record],
+        ctx: Context,
+        *,
+        now: float,
+        box: tuple[Mailbox, Policy | None] | None,
+    ) -> None:
+        wall = self._wall()
+        reply = Reply(
+            request_id=req.request_id,
+            model=verdict.chosen_model,
+            reason=verdict.reason,
+            output=verdict.output,
+            error=verdict.error,
+            decided_ms=wall,
+        )
+        ret = req.return_address
+        ctx.emit(
+            Outbound(ret.topic, message_key(reply), encode(reply), partition=ret.partition),
+            source=refs,
+        )
+        in_time: list[str] = []
+        late: list[str] = []
+        latencies: dict[str, float] = {}
+        elapsed = 0.0
+        if box is not None:
+            mailbox, policy = box
+            elapsed = now - mailbox.arrived_ms
+            latencies = verdict_latencies(mailbox)
+            if policy is not None:
+                in_time, late = in_time_and_late(mailbox, policy, now)
+        decision = Decision(
+            request_id=req.request_id,
+            endpoint=req.endpoint,
+            chosen_model=verdict.chosen_model,
+            reason=verdict.reason,
+            in_time=in_time,
+            late=late,
+            latencies_ms=latencies,
+            elapsed_ms=max(elapsed, 0.0),
+            decided_ms=wall,
+            propensity=verdict.propensity,
+            policy_version=box[1].version if box is not None and box[1] else None,
+        )
+        ctx.emit(
+            Outbound(self.topics.decisions, message_key(decision), encode(decision)), source=refs
+        )
+        for rec in refs:
+            ctx.release(rec)
+        metrics.DECISIONS.labels(req.endpoint, verdict.chosen_model or "-", verdict.reason).inc()
+        metrics.ELAPSED.labels(req.endpoint).observe(max(elapsed, 0.0) / 1000.0)
+        if verdict.error is not None:
+            _log_default(req, verdict.error)
+
+
+def _rec(ref: object) -> Record:
+    assert isinstance(ref, Record), "the store hands back the records it was given"
+    return ref
+
+
+def _log_default(req: RequestEnvelope, error: ErrorBody) -> None:
+    log.debug(
+        "default answer",
+        extra={"request_id": req.request_id, "endpoint": req.endpoint, "code": error.code},
+    )

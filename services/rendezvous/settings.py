@@ -1,0 +1,61 @@
+"""The rendezvous's settings (env prefix ``RDV_RENDEZVOUS_``); Kafka's are KafkaSettings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class RendezvousSettings(BaseSettings):
+    """How the rendezvous process runs."""
+
+    model_config = SettingsConfigDict(env_prefix="RDV_RENDEZVOUS_", extra="forbid")
+
+    policies: Path = REPO / "deploy" / "policies"
+    """A policy file or a folder of them (one endpoint each)."""
+
+    topics_file: Path | None = None
+    """The topics file; default the repo's deploy/kafka/topics.yaml."""
+
+    group_id: str = "rdv.rendezvous"
+    """Consumer group of the rendezvous instances (they share the partitions); the
+    Kafka topic prefix is prepended."""
+
+    auto_offset_reset: Literal["latest", "earliest"] = "latest"
+    """Where a new group starts reading: "latest" (requests from now on) or "earliest"
+    (everything retained, each old request answered at once as past its deadline).
+    A group with committed offsets always resumes from them."""
+
+    ops_host: str = "127.0.0.1"
+    """Interface of the /healthz, /readyz and /metrics server."""
+
+    ops_port: int = Field(default=9100, ge=0, le=65535)
+    """Port of the ops server (0 picks a free one)."""
+
+    batch_size: int = Field(default=256, ge=1, le=10_000)
+    """Most records handled per loop turn."""
+
+    poll_ms: float = Field(default=2.0, gt=0, le=100)
+    """Longest wait for records in one turn: timers (stage boundaries, deadlines) fire
+    at most this late."""
+
+    max_open: int = Field(default=100_000, ge=1)
+    """Open mailboxes at most; a request beyond that is answered at once (overloaded)."""
+
+    orphan_ttl_ms: float = Field(default=60_000, gt=0)
+    """How long a score waits for its request to arrive."""
+
+    catchup_margin_ms: int = Field(default=60_000, ge=0)
+    """On partition assignment, decisions written in the last (longest endpoint deadline
+    + this margin) are read back so no request is answered twice after a restart."""
+
+    flush_timeout_s: float = Field(default=10.0, gt=0)
+    """How long to wait at shutdown for replies and decisions in flight."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Log level of the JSON logs on stderr."""

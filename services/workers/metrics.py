@@ -1,0 +1,48 @@
+"""The worker's Prometheus metrics (prefix ``rdv_worker_``, label ``model``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from prometheus_client import Counter, Gauge, Histogram
+
+PREDICT_SECONDS = Histogram(
+    "rdv_worker_predict_seconds",
+    "Time one predict_batch call took",
+    ["model"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+BATCH_SIZE = Histogram(
+    "rdv_worker_batch_size",
+    "Requests per predict_batch call",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+SCORED = Counter("rdv_worker_scored_total", "Requests scored successfully (status ok)", ["model"])
+ERRORS = Counter("rdv_worker_errors_total", "Requests answered with an error score", ["model"])
+SKIPPED = Counter(
+    "rdv_worker_skipped_total",
+    "Requests not predicted because their deadline had passed",
+    ["model"],
+)
+LAG = Gauge(
+    "rdv_worker_consumer_lag",
+    "Requests not yet read, per owned partition of the requests topic",
+    ["model", "partition"],
+)
+
+
+class LagGauge:
+    """Publishes one model's per-partition lag; forgets partitions it no longer owns."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self._shown: set[str] = set()
+
+    def publish(self, lag: Mapping[tuple[str, int], int]) -> None:
+        current = {str(partition): count for (_topic, partition), count in lag.items()}
+        for gone in self._shown - current.keys():
+            LAG.remove(self.model, gone)
+        for partition, count in current.items():
+            LAG.labels(self.model, partition).set(count)
+        self._shown = set(current)

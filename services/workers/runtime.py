@@ -1,0 +1,140 @@
+"""The one small interface every model implements, and the registry that names them.
+
+A runtime adapts a model to the worker, as MLServer's ``MLModel`` does::
+
+    class MyModel(ModelRuntime):
+        def load(self) -> None:          # read weights, warm up; then
+            super().load()               # ... mark the model ready
+        def predict_batch(self, payloads):
+            return [answer(p) for p in payloads]
+
+``predict_batch`` gets the payloads of one micro-batch and returns one entry per
+payload, in order: the output (any JSON value) or a ``PredictionError`` for a payload
+it could not score. Raising fails the whole batch. ``params`` is the spec's
+runtime-specific mapping; a runtime validates it in ``__init__`` and raises
+``ConfigError`` when it cannot use it (no I/O there: loading happens in ``load``).
+
+The registry maps runtime names to ``"module:Class"`` import strings, imported only
+when a spec uses them, so heavy runtimes (torch) cost nothing to the others. A spec
+may also name a runtime class directly as ``"package.module:Class"``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import TypeAlias, TypeVar
+
+from pydantic import BaseModel, JsonValue, ValidationError
+
+from services.common.errors import ConfigError, RendezvousError
+
+Params: TypeAlias = Mapping[str, JsonValue]
+P = TypeVar("P", bound=BaseModel)
+
+
+class PredictionError(RendezvousError):
+    """A model could not score a request: returned in place of one output, or raised
+    for the whole batch. Becomes an ``error`` score, never a dead letter."""
+
+    code = "prediction_failed"
+
+
+Prediction: TypeAlias = JsonValue | PredictionError
+"""What ``predict_batch`` gives for one payload: its output or why it failed."""
+
+
+class ModelRuntime(ABC):
+    """A loaded model that scores micro-batches of request payloads."""
+
+    def __init__(self, params: Params) -> None:
+        self.params = dict(params)
+        self._ready = False
+
+    @property
+    def ready(self) -> bool:
+        """True between a successful ``load()`` and ``unload()``."""
+        return self._ready
+
+    def load(self) -> None:
+        """Make the model able to predict (subclasses load first, then call super)."""
+        self._ready = True
+
+    @abstractmethod
+    def predict_batch(self, payloads: list[JsonValue]) -> list[Prediction]:
+        """One output or ``PredictionError`` per payload, in order."""
+
+    def unload(self) -> None:
+        """Release what ``load()`` took (subclasses call super first). Idempotent."""
+        self._ready = False
+
+
+def parse_params(model: type[P], params: Params, runtime: str) -> P:
+    """Validate a runtime's params against a pydantic model; ``ConfigError`` if invalid."""
+    try:
+        return model.model_validate(dict(params))
+    except ValidationError as exc:
+        raise ConfigError(f"invalid params for runtime {runtime!r}: {summarise(exc)}") from None
+
+
+def summarise(exc: ValidationError, limit: int = 3) -> str:
+    """A pydantic error as one line: ``path: message; ...`` (never the input values)."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    parts = [
+        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errors[:limit]
+    ]
+    if len(errors) > limit:
+        parts.append(f"(+{len(errors) - limit} more)")
+    return "; ".join(parts)
+
+
+_RUNTIMES: dict[str, str] = {
+    "echo": "services.workers.testmodels:EchoModel",
+    "latency": "services.workers.testmodels:LatencyModel",
+    "failing": "services.workers.testmodels:FailingModel",
+}
+
+
+def register_runtime(name: str, target: str) -> None:
+    """Name a runtime class given as ``"module:Class"`` (imported on first use)."""
+    if ":" not in target:
+        raise ValueError(f"runtime target must look like 'module:Class', not {target!r}")
+    _RUNTIMES[name] = target
+
+
+def runtime_names() -> list[str]:
+    """The registered runtime names, sorted."""
+    return sorted(_RUNTIMES)
+
+
+def is_runtime_ref(name: str) -> bool:
+    """True for a registered name or a direct ``"module:Class"`` reference."""
+    return name in _RUNTIMES or _is_target(name)
+
+
+def resolve_runtime(name: str) -> type[ModelRuntime]:
+    """Import the class a runtime name (or ``"module:Class"``) stands for."""
+    target = _RUNTIMES.get(name, name if _is_target(name) else None)
+    if target is None:
+        raise ConfigError(f"unknown runtime {name!r}; known: {', '.join(runtime_names())}")
+    module_name, _, attr = target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except ImportError as exc:
+        raise ConfigError(f"runtime {name!r} cannot be imported ({target}): {exc}") from exc
+    except AttributeError:
+        raise ConfigError(f"runtime {name!r}: {module_name} has no {attr!r}") from None
+    if not (isinstance(cls, type) and issubclass(cls, ModelRuntime)):
+        raise ConfigError(f"runtime {name!r}: {target} is not a ModelRuntime subclass")
+    return cls
+
+
+def create_runtime(name: str, params: Params) -> ModelRuntime:
+    """A new, not yet loaded model of runtime ``name`` with its ``params``."""
+    return resolve_runtime(name)(params)
+
+
+def _is_target(name: str) -> bool:
+    module, sep, attr = name.partition(":")
+    return bool(sep and module and attr.isidentifier())

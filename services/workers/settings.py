@@ -1,0 +1,50 @@
+"""The worker's settings (env prefix ``RDV_WORKER_``); Kafka's are ``KafkaSettings``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    """How one model worker process runs (the model itself is its spec)."""
+
+    model_config = SettingsConfigDict(env_prefix="RDV_WORKER_", extra="forbid")
+
+    model: str | None = None
+    """The model spec: a YAML/JSON file or the inline form ``runtime:key=value,...``
+    (see services.workers.spec). ``--model`` wins over it."""
+
+    ops_host: str = "127.0.0.1"
+    """Interface of the /healthz, /readyz and /metrics server (0.0.0.0 in a container)."""
+
+    ops_port: int = Field(default=0, ge=0, le=65535)
+    """Port of the ops server; 0 picks a free one (logged as "ops server listening"),
+    so several workers can share a host."""
+
+    topics_file: Path | None = None
+    """The topics file; default the repo's deploy/kafka/topics.yaml."""
+
+    auto_offset_reset: Literal["latest", "earliest"] = "latest"
+    """Where a model's new consumer group starts: "latest" scores requests from now
+    on (a model joining a live stream), "earliest" also scores what the topic holds.
+    A group with committed offsets always resumes from them."""
+
+    startup_timeout_s: float = Field(default=30.0, gt=0)
+    """How long to wait for the broker to create and confirm the topics at start."""
+
+    flush_timeout_s: float = Field(default=10.0, gt=0)
+    """How long to wait at shutdown for scores still in flight."""
+
+    lag_interval_s: float = Field(default=1.0, gt=0)
+    """How often the consumer-lag gauge is refreshed."""
+
+    stall_timeout_s: float = Field(default=120.0, gt=0)
+    """/healthz fails when the loop has not turned for this long (a hung model); keep it
+    above the slowest batch the model may take."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Log level of the JSON logs on stderr."""

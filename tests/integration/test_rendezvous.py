@@ -1,0 +1,226 @@
+"""The rendezvous on the real broker, fed with requests and scores written by the test
+(so each model's timing is exact): one reply and one decision per request."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.common.codec import decode, encode, message_key
+from services.common.kafka import Outbound
+from services.common.loop import StreamRunner
+from services.common.messages import Decision, Reply, RequestEnvelope, ScoreStatus
+from services.common.settings import KafkaSettings
+from services.common.topics import Topics
+from services.rendezvous.__main__ import build
+from services.rendezvous.settings import RendezvousSettings
+from tests.factories import request, score_for
+from tests.integration.kafka_io import produce_all, read_exactly
+
+POLICY = """
+endpoint: t
+deadline_ms: 5000
+models: [champ, backup]
+stages:
+  - {until_ms: 200, accept: [champ]}
+  - {until_ms: 600, accept: [champ, backup]}
+  - {until_ms: deadline, accept: any}
+default:
+  error: {code: deadline_exceeded, message: no acceptable answer by the deadline}
+"""
+
+
+@pytest.fixture
+def policy_file(tmp_path: Path) -> Path:
+    path = tmp_path / "t.yaml"
+    path.write_text(POLICY)
+    return path
+
+
+@pytest.fixture
+def rendezvous(
+    kafka_settings: KafkaSettings, topics: Topics, policy_file: Path
+) -> Iterator[StreamRunner]:
+    settings = RendezvousSettings(policies=policy_file, auto_offset_reset="earliest", ops_port=0)
+    runner, _ = build(settings, kafka_settings)
+    thread = threading.Thread(target=runner.run, kwargs={"idle_timeout_s": 120})
+    thread.start()
+    until = time.monotonic() + 60
+    while not runner.ready and time.monotonic() < until:
+        time.sleep(0.05)  # polling the group join, which has no event to wait on
+    assert runner.ready, "the rendezvous got no partitions within 60 s"
+    try:
+        yield runner
+    finally:
+        runner.stop()
+        thread.join(30)
+
+
+def req(topics: Topics, deadline_in_ms: int = 2000) -> RequestEnvelope:
+    return request("q", endpoint="t", deadline_in_ms=deadline_in_ms, reply_topic=topics.replies)
+
+
+def send(settings: KafkaSettings, topic: str, *messages: object) -> None:
+    produce_all(settings, [Outbound(topic, message_key(m), encode(m)) for m in messages])  # type: ignore[arg-type]
+
+
+def replies(settings: KafkaSettings, topics: Topics, count: int) -> dict[str, Reply]:
+    got = [decode(r.value, Reply) for r in read_exactly(settings, topics.replies, count)]
+    assert len(got) == count, f"expected exactly {count} replies, got {len(got)}"
+    return {r.request_id: r for r in got}
+
+
+def test_each_request_gets_the_answer_its_schedule_allows(
+    kafka_settings: KafkaSettings, topics: Topics, rendezvous: StreamRunner
+) -> None:
+    in_time, late_champ, failing, dup, nothing = (req(topics) for _ in range(5))
+    nothing = req(topics, deadline_in_ms=1500)  # arrives well before its deadline
+    # one producer, requests first: each score reaches the rendezvous right after its
+    # request, so "in time" and "late" are the schedule's doing, not the test's
+    produce_all(
+        kafka_settings,
+        [
+            *(
+                Outbound(topics.requests, message_key(r), encode(r))
+                for r in (in_time, late_champ, failing, dup, nothing)
+            ),
+            *(
+                Outbound(topics.scores, message_key(s), encode(s))
+                for s in (
+                    score_for(in_time, model="champ", output="c"),
+                    score_for(late_champ, model="backup", output="b"),
+                    score_for(failing, model="champ", status=ScoreStatus.ERROR, error="crash"),
+                    score_for(failing, model="backup", output="b"),
+                    score_for(dup, model="champ", output="first"),
+                    score_for(dup, model="champ", output="again"),
+                )
+            ),
+        ],
+    )
+
+    got = replies(kafka_settings, topics, 5)
+
+    assert (got[in_time.request_id].model, got[in_time.request_id].reason) == (
+        "champ",
+        "champion_in_time",
+    )
+    fallback = got[late_champ.request_id]
+    assert (fallback.model, fallback.reason) == ("backup", "fallback:1")
+    decisions = [
+        decode(r.value, Decision) for r in read_exactly(kafka_settings, topics.decisions, 5)
+    ]
+    by_id = {d.request_id: d for d in decisions}
+    assert by_id[late_champ.request_id].elapsed_ms >= 200  # waited for the champion
+    quick = got[failing.request_id]
+    assert (quick.model, quick.reason) == ("backup", "fallback:1")
+    assert by_id[failing.request_id].elapsed_ms < 200  # did not wait: the champion failed
+    assert got[dup.request_id].output == "first"
+    timed_out = got[nothing.request_id]
+    assert timed_out.error is not None
+    assert timed_out.error.code == "deadline_exceeded"
+    assert 0 <= timed_out.decided_ms - nothing.deadline_ms <= 50
+    assert sorted(by_id) == sorted(got)
+    assert by_id[late_champ.request_id].late == ["champ"]
+    assert by_id[in_time.request_id].in_time == ["champ"]
+
+
+def _start(settings: KafkaSettings, policy: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "RDV_KAFKA_BOOTSTRAP": settings.bootstrap,
+        "RDV_KAFKA_TOPIC_PREFIX": settings.topic_prefix,
+        # nothing is committed before the kill: the restart must rely on read-back
+        "RDV_KAFKA_CLIENT_CONFIG": '{"auto.commit.interval.ms": "600000"}',
+        "RDV_RENDEZVOUS_POLICIES": str(policy),
+        "RDV_RENDEZVOUS_OPS_PORT": "0",
+        "RDV_RENDEZVOUS_AUTO_OFFSET_RESET": "earliest",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.rendezvous"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def test_a_killed_rendezvous_restarts_without_answering_twice_or_forgetting(
+    kafka_settings: KafkaSettings, topics: Topics, policy_file: Path
+) -> None:
+    answered = [req(topics, deadline_in_ms=20_000) for _ in range(30)]
+    still_open = [req(topics, deadline_in_ms=20_000) for _ in range(10)]
+    first = _start(kafka_settings, policy_file)
+    try:
+        send(kafka_settings, topics.requests, *answered, *still_open)
+        send(
+            kafka_settings,
+            topics.scores,
+            *(score_for(r, model="champ", output=i) for i, r in enumerate(answered)),
+        )
+        assert len(replies(kafka_settings, topics, 30)) == 30
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    second = _start(kafka_settings, policy_file)
+    try:
+        send(
+            kafka_settings,
+            topics.scores,
+            *(score_for(r, model="champ", output="late") for r in still_open),
+        )
+        got = [decode(r.value, Reply) for r in read_exactly(kafka_settings, topics.replies, 40)]
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0
+    ids = [r.request_id for r in got]
+    assert len(ids) == len(set(ids)) == 40  # every request answered, none twice
+    assert {r.request_id for r in got if r.output == "late"} == {r.request_id for r in still_open}
+    decisions = read_exactly(kafka_settings, topics.decisions, 40)
+    assert len({decode(d.value, Decision).request_id for d in decisions}) == len(decisions)
+
+
+def test_malformed_records_on_both_inputs_go_to_dead_letters(
+    kafka_settings: KafkaSettings, topics: Topics, rendezvous: StreamRunner
+) -> None:
+    good = req(topics)
+    produce_all(
+        kafka_settings,
+        [
+            Outbound(topics.requests, b"x", b"not json"),
+            Outbound(topics.scores, b"y", b'{"v": 1, "kind": "score"}'),
+        ],
+    )
+    send(kafka_settings, topics.requests, good)
+    send(kafka_settings, topics.scores, score_for(good, model="champ", output="ok"))
+
+    assert replies(kafka_settings, topics, 1)[good.request_id].output == "ok"
+    letters = read_exactly(kafka_settings, topics.dead_letters, 2)
+    assert sorted(decode_origin(r.value) for r in letters) == sorted(
+        [topics.requests, topics.scores]
+    )
+    assert rendezvous.healthy()
+
+
+def decode_origin(value: bytes | None) -> str:
+    from services.common.messages import DeadLetter  # noqa: PLC0415
+
+    return decode(value, DeadLetter).origin_topic
+
+
+def test_a_request_for_an_endpoint_without_policy_is_answered_at_once(
+    kafka_settings: KafkaSettings, topics: Topics, rendezvous: StreamRunner
+) -> None:
+    stray = request("q", endpoint="nope", reply_topic=topics.replies)
+    began = time.time() * 1000
+    send(kafka_settings, topics.requests, stray)
+    reply = replies(kafka_settings, topics, 1)[stray.request_id]
+    assert reply.error is not None
+    assert reply.error.code == "unknown_endpoint"
+    assert reply.decided_ms - began < 1000

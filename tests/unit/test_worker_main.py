@@ -1,0 +1,84 @@
+"""The worker command before it touches the network: help and configuration errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.workers.__main__ import build_parser, configure, main
+
+SPECS = Path(__file__).resolve().parents[2] / "models" / "specs"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("RDV_WORKER_MODEL", "RDV_WORKER_OPS_PORT", "RDV_KAFKA_CLIENT_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_help_documents_the_inline_form(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "echo:name=fast,role=champion,endpoints=demo,latency_ms=2" in out
+    assert "Runtimes: echo, failing, latency" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "match"),
+    [
+        ([], {}, "no model: give --model SPEC or set RDV_WORKER_MODEL"),
+        (["--model", "echo:name=a"], {}, "invalid model spec 'echo:name=a'"),
+        (
+            ["--model", "echo:name=a,role=champion,endpoints=demo,x=1"],
+            {},
+            "params for runtime 'echo'",
+        ),
+        (["--model", str(SPECS / "nope.yaml")], {}, "cannot read model spec"),
+        (["--model", str(SPECS / "fast.yaml")], {"RDV_WORKER_OPS_PORT": "99999"}, "ops_port"),
+        (
+            ["--model", str(SPECS / "fast.yaml")],
+            {"RDV_KAFKA_CLIENT_CONFIG": "{oops"},
+            "invalid settings",
+        ),
+        (
+            ["--model", str(SPECS / "fast.yaml")],
+            {"RDV_WORKER_TOPICS_FILE": "/nonexistent/topics.yaml"},
+            "cannot read topics file",
+        ),
+    ],
+)
+def test_config_errors_exit_2_with_one_line(
+    argv: list[str],
+    env: dict[str, str],
+    match: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+    assert main(argv) == 2
+
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("python -m services.workers: [bad_config]")
+    assert match in err
+
+
+def test_flags_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RDV_WORKER_MODEL", "echo:name=from-env,role=canary,endpoints=demo")
+    monkeypatch.setenv("RDV_WORKER_OPS_PORT", "9100")
+    monkeypatch.setenv("RDV_KAFKA_TOPIC_PREFIX", "p.")
+
+    from_env = configure(build_parser().parse_args([]))
+    flagged = configure(
+        build_parser().parse_args(["--model", str(SPECS / "fast.yaml"), "--ops-port", "0"])
+    )
+
+    assert (from_env.spec.name, from_env.settings.ops_port) == ("from-env", 9100)
+    assert (flagged.spec.name, flagged.settings.ops_port) == ("fast", 0)
+    assert flagged.topics.requests == "p.rdv.requests"
+    assert not flagged.model.ready  # built, not loaded: loading waits for the broker
