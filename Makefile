@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 KAFKA_PORT ?= 9092
 
-.PHONY: help install kafka-jars up down ps test unit integration lint format clean
+.PHONY: help install kafka-jars up down ps bench test unit integration lint format clean
 
 help:
 	@echo "make up          start the platform locally and print a request to try"
@@ -16,6 +16,7 @@ help:
 	@echo "make test        lint + the full test suite against a real Kafka broker"
 	@echo "make unit        unit tests only (no broker)"
 	@echo "make lint        ruff + mypy"
+	@echo "make bench       the stream-overhead benchmark (figures: docs/benchmarks.md)"
 	@echo "make clean       remove the virtual env and the local broker's data"
 
 $(STAMP): pyproject.toml
@@ -61,6 +62,10 @@ unit: install
 
 integration: kafka-jars
 	$(BIN)/python -m pytest tests/integration
+
+# Benchmarks start their own broker (or use RDV_KAFKA_BOOTSTRAP) and stacks.
+bench: kafka-jars
+	$(BIN)/python -m bench.stream_overhead
 
 clean:
 	-$(BIN)/rdv down --port $(KAFKA_PORT)

@@ -48,7 +48,10 @@ CONSUMER_DEFAULTS: dict[str, str] = {
     "session.timeout.ms": "6000",  # librdkafka's default is 45 s: far too slow to fail over
     "heartbeat.interval.ms": "1500",
     "max.poll.interval.ms": "60000",
-    "fetch.wait.max.ms": "5",  # answer fetches within 5 ms on the request path
+    # The broker answers a fetch as soon as a record arrives (fetch.min.bytes=1), so
+    # this long-poll bound adds no latency; a small one only multiplies empty fetches
+    # (5 ms measured ~1 broker core of empty polls at 400 req/s on 2 cores).
+    "fetch.wait.max.ms": "100",
     "fetch.min.bytes": "1",
     "socket.nagle.disable": "true",
     "enable.auto.commit": "true",  # commits only offsets stored with store_offsets()
@@ -58,6 +61,28 @@ CONSUMER_DEFAULTS: dict[str, str] = {
     "partition.assignment.strategy": "range",
 }
 CONSUMER_PINNED: dict[str, str] = {"enable.auto.offset.store": "false"}
+
+
+PERMANENT_DELIVERY_ERRORS = frozenset(
+    {
+        "_UNKNOWN_PARTITION",
+        "_UNKNOWN_TOPIC",
+        "UNKNOWN_TOPIC_OR_PART",
+        "_MSG_SIZE_TOO_LARGE",
+        "MSG_SIZE_TOO_LARGE",
+        "RECORD_LIST_TOO_LARGE",
+        "INVALID_RECORD",
+        "_INVALID_ARG",
+        "TOPIC_AUTHORIZATION_FAILED",
+        "INVALID_TOPIC_EXCEPTION",
+    }
+)
+"""Delivery errors that no retry can fix (where the record goes, or what it is)."""
+
+
+def is_permanent(delivery_error: str) -> bool:
+    """Whether a delivery report's error (``"NAME: text"``) is one of those."""
+    return delivery_error.split(":", 1)[0].strip() in PERMANENT_DELIVERY_ERRORS
 
 
 def merge_config(*layers: Mapping[str, str], pinned: Mapping[str, str]) -> dict[str, str]:
@@ -241,14 +266,26 @@ class Consumer:
         return int(end)
 
     def lag(self, timeout_s: float = 1.0) -> dict[tuple[str, int], int]:
-        """(topic, partition) -> records not yet read, for the partitions owned now
-        (cached watermarks: no broker round trip)."""
-        out: dict[tuple[str, int], int] = {}
+        """(topic, partition) -> records not yet read, for the partitions owned now.
+        Where nothing was read yet since the assignment, the group's committed offset
+        stands in for the position."""
         parts = [confluent_kafka.TopicPartition(t, p) for t, p in self._assigned]
-        for tp in self._consumer.position(parts) if parts else []:
+        if not parts:
+            return {}
+        known = {(tp.topic, tp.partition): tp.offset for tp in self._consumer.position(parts)}
+        unknown = [tp for tp in parts if known.get((tp.topic, tp.partition), -1) < 0]
+        if unknown:
+            try:
+                for tp in self._consumer.committed(unknown, timeout=timeout_s):
+                    known[(tp.topic, tp.partition)] = tp.offset
+            except confluent_kafka.KafkaException as exc:  # a gauge is not worth a crash
+                log.debug("committed offsets unavailable", extra={"error": str(exc)})
+        out: dict[tuple[str, int], int] = {}
+        for (topic, part), offset in known.items():
+            tp = confluent_kafka.TopicPartition(topic, part)
             _, high = self._consumer.get_watermark_offsets(tp, cached=True)
-            if tp.offset >= 0 and high >= 0:
-                out[(tp.topic, tp.partition)] = max(high - tp.offset, 0)
+            if offset >= 0 and high >= 0:
+                out[(topic, part)] = max(high - offset, 0)
         return out
 
     def take_fresh_assignments(self) -> frozenset[tuple[str, int]]:

@@ -20,7 +20,7 @@ from prometheus_client import Counter, Histogram
 
 from services.common.codec import encode, make_dead_letter, message_key
 from services.common.errors import DeliveryError, MessageError
-from services.common.kafka import Consumer, Outbound, Producer, Record
+from services.common.kafka import Consumer, Outbound, Producer, Record, is_permanent
 from services.common.offsets import OffsetTracker, Ticket
 
 log = logging.getLogger("rdv.loop")
@@ -118,6 +118,7 @@ class StreamRunner:
         self._on_assign = on_assign
         self._linger_s = batch_linger_s
         self._failures: list[str] = []
+        self._undeliverable: list[tuple[Outbound, Record, Sequence[Ticket], str]] = []
         self._stop = threading.Event()
         self.stats = RunStats()
         self.last_turn: float | None = None  # monotonic seconds of the latest turn
@@ -213,7 +214,7 @@ class StreamRunner:
             if (ticket := self._ticket(rec)) is not None:
                 self._tracker.add(ticket)
         for out, sources in ctx.emits:
-            self._send(out, [t for rec in sources if (t := self._ticket(rec)) is not None])
+            self._send(out, sources)
         for rec in ctx.releases:
             if (ticket := self._ticket(rec)) is not None:
                 self._tracker.done(ticket)
@@ -221,22 +222,32 @@ class StreamRunner:
     def _ticket(self, rec: Record) -> Ticket | None:
         return self._tracker.get(rec.topic, rec.partition, rec.offset)
 
-    def _send(self, out: Outbound, tickets: Sequence[Ticket]) -> None:
+    def _send(
+        self, out: Outbound, sources: Sequence[Record], tickets: Sequence[Ticket] | None = None
+    ) -> None:
+        """Produce ``out``; the sources' offsets wait for its acknowledgement."""
+        if tickets is None:
+            tickets = [t for rec in sources if (t := self._ticket(rec)) is not None]
         for ticket in tickets:
             self._tracker.add(ticket)
 
         def delivered(error: str | None) -> None:
-            if error is not None:
-                DELIVERY_FAILURES.labels(self.service).inc()
-                self._failures.append(f"{out.topic}: {error}")
+            if error is None:
+                for ticket in tickets:
+                    self._tracker.done(ticket)
                 return
-            for ticket in tickets:
-                self._tracker.done(ticket)
+            DELIVERY_FAILURES.labels(self.service).inc()
+            if is_permanent(error) and sources:  # retrying cannot help: park the input
+                self._undeliverable.append((out, sources[0], tickets, error))
+            else:
+                self._failures.append(f"{out.topic}: {error}")
 
         self._producer.produce(out, on_delivery=delivered)
         self.stats.produced += 1
 
-    def _dead_letter(self, rec: Record, exc: Exception) -> None:
+    def _dead_letter(
+        self, rec: Record, exc: Exception, tickets: Sequence[Ticket] | None = None
+    ) -> None:
         DEAD_LETTERS.labels(self.service, rec.topic).inc()
         self.stats.dead_letters += 1
         log.warning(
@@ -259,11 +270,7 @@ class StreamRunner:
             service=self.service,
             now_ms=int(time.time() * 1000),
         )
-        ticket = self._ticket(rec)
-        self._send(
-            Outbound(self._dlq, message_key(letter), encode(letter)),
-            [] if ticket is None else [ticket],
-        )
+        self._send(Outbound(self._dlq, message_key(letter), encode(letter)), [rec], tickets)
 
     def _finish(self, rec: Record) -> None:
         if (ticket := self._ticket(rec)) is not None:
@@ -272,6 +279,16 @@ class StreamRunner:
     def _settle(self) -> None:
         """Serve delivery reports and store every offset that became committable."""
         self._producer.poll(0)
+        parked, self._undeliverable = self._undeliverable, []
+        for out, source, tickets, error in parked:  # e.g. a reply to a partition that
+            where = f"{out.topic}[{'any' if out.partition is None else out.partition}]"
+            self._dead_letter(  # does not exist: the input is parked, the loop goes on
+                source,
+                DeliveryError(f"its output to {where} cannot be delivered: {error}"),
+                tickets,
+            )
+            for ticket in tickets:
+                self._tracker.done(ticket)  # the dead letter now holds them
         if self._failures:
             raise DeliveryError(
                 f"{len(self._failures)} outputs were not acknowledged, first: {self._failures[0]}"

@@ -63,13 +63,14 @@ class PendingReplies:
             self._finished.popitem(last=False)
 
     def deliver(self, value: bytes | None) -> None:
-        """Hand over one record of the reply partition (any thread)."""
+        """Hand over one record of the reply partition (any thread). Raises
+        ``MessageError`` for bytes that are no reply (counted; the bus dead-letters it)."""
         try:
             reply = decode(value, Reply)
         except MessageError as exc:
             DROPPED_REPLIES.labels("undecodable").inc()
             log.warning("undecodable reply dropped", extra={"error": exc.message})
-            return
+            raise
         self._call(self._resolve, reply)
 
     def fail(self, request_id: str, exc: RendezvousError) -> None:

@@ -9,6 +9,8 @@ import time
 import uuid
 from collections.abc import Callable
 
+from services.common.codec import encode, make_dead_letter, message_key
+from services.common.errors import MessageError, RendezvousError
 from services.common.kafka import (
     Admin,
     Consumer,
@@ -45,6 +47,7 @@ class KafkaBus:
         partition: int,
         health: BrokerHealth,
         probe: Callable[[], object] | None = None,
+        dead_letters: str | None = None,
     ) -> None:
         """``probe`` asks the cluster for something and raises when no broker answers;
         while the clients report every broker down it runs every PROBE_EVERY_S."""
@@ -54,6 +57,7 @@ class KafkaBus:
         self._partition = partition
         self._health = health
         self._probe = probe
+        self._dead_letters = dead_letters  # where undecodable replies go (None: dropped)
         self._sink: ReplySink | None = None
         self._stop = threading.Event()
         self._positioned = threading.Event()
@@ -139,8 +143,29 @@ class KafkaBus:
                 continue
             try:
                 sink(rec.value)
+            except MessageError as exc:
+                self._dead_letter(rec, exc)
             except Exception:  # one bad record must not stop every reply
                 log.exception("reply handling failed", extra={"offset": rec.offset})
+
+    def _dead_letter(self, rec: Record, exc: MessageError) -> None:
+        if self._dead_letters is None:
+            return
+        letter = make_dead_letter(
+            topic=rec.topic,
+            partition=rec.partition,
+            offset=rec.offset,
+            key=rec.key,
+            value=rec.value,
+            error=exc,
+            service="gateway",
+            now_ms=int(time.time() * 1000),
+        )
+        out = Outbound(self._dead_letters, message_key(letter), encode(letter))
+        try:
+            self._producer.produce(out, lambda _err: None)
+        except RendezvousError as err:  # a full queue: the record is logged and counted
+            log.warning("dead letter not sent", extra={"error": str(err)})
 
     def _probe_broker(self) -> None:
         now = time.monotonic()
@@ -172,4 +197,5 @@ def connect(kafka: KafkaSettings, topics: Topics, partition: int) -> KafkaBus:
         partition=partition,
         health=health,
         probe=lambda: admin.partitions(timeout_s=1.0),
+        dead_letters=topics.dead_letters,
     )

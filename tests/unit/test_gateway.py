@@ -142,6 +142,7 @@ def test_stray_replies_are_counted_and_dropped(client: httpx.Client, bus: FakeBu
     assert resp.json()["output"] == "right"
     assert metric("rdv_gateway_dropped_replies_total", reason="unknown") == unknown + 1
     assert metric("rdv_gateway_dropped_replies_total", reason="undecodable") == junk + 2
+    assert bus.dead_lettered == [b"\x00junk", None]
     # the duplicate, and the one after the request finished; the latter is handled on
     # the loop, so check it through a request that is served after it
     client.get("/healthz")

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
 from services.common.codec import decode, encode
-from services.common.errors import BackpressureError
+from services.common.errors import BackpressureError, MessageError
 from services.common.kafka import Outbound
 from services.common.messages import ErrorBody, Reply, RequestEnvelope
 from services.gateway.bus import DeliveryReport, ReplySink
@@ -56,6 +56,7 @@ class FakeBus:
         self.full = False
         self.delivery_error: str | None = None
         self.sink: ReplySink | None = None
+        self.dead_lettered: list[bytes | None] = []
         self.closed_with: float | None = None
         self.produced_event = threading.Event()
 
@@ -77,7 +78,10 @@ class FakeBus:
 
     def reply(self, value: bytes | None) -> None:
         assert self.sink is not None
-        self.sink(value)
+        try:
+            self.sink(value)
+        except MessageError:  # as the Kafka bus does: such records go to dead letters
+            self.dead_lettered.append(value)
 
     def close(self, flush_timeout_s: float) -> None:
         self.closed_with = flush_timeout_s

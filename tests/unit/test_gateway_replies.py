@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.common.codec import encode
-from services.common.errors import DeliveryError, KafkaUnavailableError
+from services.common.errors import DeliveryError, KafkaUnavailableError, MessageError
 from services.common.kafka import Outbound, Record
 from services.common.messages import Reply
 from services.gateway import replies
@@ -72,8 +72,9 @@ def test_unmatched_replies_are_dropped_by_reason() -> None:
         pending.close("done")
         pending.deliver(encode(reply("stranger")))
         pending.deliver(encode(reply("done")))
-        pending.deliver(b'{"v": 1, "kind": "score"}')
-        pending.deliver(None)
+        for junk in (b'{"v": 1, "kind": "score"}', None):
+            with pytest.raises(MessageError):
+                pending.deliver(junk)  # the bus dead-letters what raises here
         pending.deliver(encode(reply("waiting")))
         assert (await asyncio.wait_for(waiting, 5)).request_id == "waiting"
         pending.deliver(encode(reply("waiting")))  # a duplicate while still open

@@ -171,3 +171,20 @@ def test_outputs_keep_the_request_key() -> None:
     loop.run(max_records=1)
     assert producer.sent[0].key == b"k0"
     assert message_key(request("x", request_id="abc")) == b"abc"
+
+
+def test_an_output_that_can_never_be_delivered_parks_its_input_in_dead_letters() -> None:
+    loop, consumer, producer = make([rec(0, req("a"))])
+    loop._turn(10)
+    producer.ack(error="_UNKNOWN_PARTITION: Local: Unknown partition")
+
+    loop._settle()  # no exception: retrying cannot help, so the input is parked
+    [letter_out] = [o for o in producer.sent if o.topic == "dlq"]
+    letter = decode(letter_out.value, DeadLetter)
+    assert (letter.origin_offset, letter.error_code) == (0, "delivery_failed")
+    assert "cannot be delivered" in letter.error
+    assert consumer.stored == {}  # not before the dead letter is acknowledged
+
+    producer.ack()
+    loop._settle()
+    assert consumer.stored == {("in", 0): 1}

@@ -1,0 +1,173 @@
+"""What the stream path costs: the full local stack (real Kafka broker, gateway,
+rendezvous, three echo models, each its own process) against an in-process baseline
+(the same echo model inside a FastAPI handler), under open-loop load.
+
+    python -m bench.stream_overhead            # about 3 minutes
+    python -m bench.stream_overhead --quick    # a smoke run, about 1 minute
+
+Reports the latency the stream path adds at 200 req/s (p50, p99, p99.9), the highest
+rate held with p99 under 100 ms, where the time goes (per hop, from the records'
+own timestamps), and the share of answers within deadline + 10 ms with a champion
+slow on 20% of requests and at twice the sustainable rate. The last line printed is
+one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from bench.loadgen import Run, measure, quantile
+from bench.stack import BenchStack, free_port
+from services.cli.stack import ProcessSpec, start, stop
+
+DEADLINE_MS = 250
+POLICY = f"""
+endpoint: bench
+deadline_ms: {DEADLINE_MS}
+models: [champ, chall, shadow]
+stages:
+  - {{until_ms: 100, accept: [champ]}}
+  - {{until_ms: deadline, accept: any}}
+"""
+ECHO = "echo:name={name},role={role},endpoints=bench,latency_ms=0"
+SLOW_CHAMP = (
+    "latency:name=champ,role=champion,endpoints=bench,latency_ms=0,"
+    "slow_share=0.2,slow_ms=400,seed=7"
+)
+BODY = {"inputs": {"text": "hello"}}
+
+
+def summary(run: Run) -> dict[str, float]:
+    ok = [r.latency_ms for r in run.results if r.status == 200]
+    return {
+        "p50": quantile(ok, 0.5),
+        "p99": quantile(ok, 0.99),
+        "p999": quantile(ok, 0.999),
+        "ok_share": len(ok) / max(len(run.results), 1),
+        "max_lag_ms": run.max_lag_ms,
+    }
+
+
+def within(run: Run, slack_ms: float) -> float:
+    """Share of all requests answered (any status) within the deadline + slack."""
+    good = sum(1 for r in run.results if r.status and r.latency_ms <= DEADLINE_MS + slack_ms)
+    return good / max(len(run.results), 1)
+
+
+def line(name: str, run: Run) -> str:
+    s = summary(run)
+    return (
+        f"{name:<28} rate {run.rate:>6.0f}/s  n {len(run.results):>6}  "
+        f"p50 {s['p50']:7.2f}  p99 {s['p99']:7.2f}  p99.9 {s['p999']:7.2f} ms  "
+        f"statuses {run.statuses()}"
+    )
+
+
+@contextmanager
+def baseline_server() -> Iterator[int]:
+    port = free_port()
+    spec = ProcessSpec(
+        name="baseline",
+        command=["python", "-m", "bench.baseline_server", "--port", str(port)],
+        ready=f"http://127.0.0.1:{port}/readyz",
+    )
+    with tempfile.TemporaryDirectory() as run_dir:
+        start(spec, dict(os.environ), Path(run_dir))
+        try:
+            yield port
+        finally:
+            stop(spec, Path(run_dir))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.stream_overhead")
+    parser.add_argument("--quick", action="store_true", help="short runs (a smoke test)")
+    args = parser.parse_args(argv)
+    dur = 4.0 if args.quick else 10.0
+    step_dur = 3.0 if args.quick else 5.0
+    rates = [200, 400, 600] if args.quick else [200, 300, 400, 500, 600, 800, 1000, 1200]
+    out: dict[str, object] = {"deadline_ms": DEADLINE_MS, "quick": args.quick}
+
+    with baseline_server() as base_port, BenchStack(POLICY) as stack:
+        stack.start_workers(
+            {
+                "champ": ECHO.format(name="champ", role="champion"),
+                "chall": ECHO.format(name="chall", role="challenger"),
+                "shadow": ECHO.format(name="shadow", role="canary"),
+            }
+        )
+        stack.start_front()
+        gw = stack.gateway_port
+        for port in (base_port, gw):  # warm both (connections, JIT-less caches, groups)
+            measure("127.0.0.1", port, "/v1/infer/bench", BODY, rate=100, duration_s=2)
+
+        base = measure("127.0.0.1", base_port, "/v1/infer/bench", BODY, rate=200, duration_s=dur)
+        mark = stack.clock_mark()
+        stream = measure("127.0.0.1", gw, "/v1/infer/bench", BODY, rate=200, duration_s=dur)
+        print(line("baseline (in-process)", base))
+        print(line("stream (full stack)", stream))
+        b, s = summary(base), summary(stream)
+        out["baseline_200"] = b
+        out["stream_200"] = s
+        out["added_ms"] = {k: s[k] - b[k] for k in ("p50", "p99", "p999")}
+        out["hops_ms"] = stack.hops(since_ms=mark)
+        print("where the time goes (medians, ms):", json.dumps(out["hops_ms"]))
+
+        best = 0.0
+        steps = []
+        for rate in rates:
+            run = measure("127.0.0.1", gw, "/v1/infer/bench", BODY, rate=rate, duration_s=step_dur)
+            s = summary(run)
+            held = s["ok_share"] == 1.0 and s["p99"] < 100
+            steps.append({"rate": rate, **s, "held": held})
+            print(line(f"step {'held' if held else 'NOT held'}", run))
+            if held:
+                best = float(rate)
+            elif best:
+                break
+        out["steps"] = steps
+        out["max_rate_p99_under_100ms"] = best
+
+        stack.start_workers({"champ": SLOW_CHAMP})
+        slow = measure("127.0.0.1", gw, "/v1/infer/bench", BODY, rate=200, duration_s=dur)
+        print(line("slow champion (20%)", slow))
+        out["slow_champion_200"] = {
+            "within_deadline_10ms": within(slow, 10),
+            "within_deadline_50ms": within(slow, 50),
+            "models": _models(slow),
+            **summary(slow),
+        }
+
+        stack.start_workers({"champ": ECHO.format(name="champ", role="champion")})
+        over_rate = max(2 * best, 400.0)
+        over = measure("127.0.0.1", gw, "/v1/infer/bench", BODY, rate=over_rate, duration_s=dur)
+        print(line("twice capacity", over))
+        shed = [r.latency_ms for r in over.results if r.status == 503]
+        out["twice_capacity"] = {
+            "rate": over_rate,
+            "statuses": {str(k): v for k, v in over.statuses().items()},
+            "within_deadline_10ms": within(over, 10),
+            "within_deadline_50ms": within(over, 50),
+            "shed_p99_ms": quantile(shed, 0.99),
+            **summary(over),
+        }
+    print(json.dumps(out, default=str))
+    return 0
+
+
+def _models(run: Run) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in run.results:
+        out[r.model or "-"] = out.get(r.model or "-", 0) + 1
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
