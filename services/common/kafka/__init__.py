@@ -1,0 +1,41 @@
+"""The one package that owns ``confluent_kafka``; nothing else imports it.
+
+``config`` merges client settings in a fixed order and pins what delivery depends on,
+``clients`` has the producer and the consumer, ``admin`` the cluster-level calls.
+"""
+
+from services.common.kafka.admin import Admin, read_since, wait_for_broker
+from services.common.kafka.clients import Consumer, ErrorHook, Outbound, Producer, Record
+from services.common.kafka.config import (
+    CONSUMER_DEFAULTS,
+    CONSUMER_PINNED,
+    PERMANENT_DELIVERY_ERRORS,
+    PRODUCER_DEFAULTS,
+    PRODUCER_PINNED,
+    admin_config,
+    consumer_config,
+    is_permanent,
+    merge_config,
+    producer_config,
+)
+
+__all__ = [
+    "CONSUMER_DEFAULTS",
+    "CONSUMER_PINNED",
+    "PERMANENT_DELIVERY_ERRORS",
+    "PRODUCER_DEFAULTS",
+    "PRODUCER_PINNED",
+    "Admin",
+    "Consumer",
+    "ErrorHook",
+    "Outbound",
+    "Producer",
+    "Record",
+    "admin_config",
+    "consumer_config",
+    "is_permanent",
+    "merge_config",
+    "producer_config",
+    "read_since",
+    "wait_for_broker",
+]

@@ -1,0 +1,145 @@
+"""Cluster-level operations: wait for a broker, create topics, read a time range."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import confluent_kafka
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from services.common.errors import ConfigError, KafkaUnavailableError
+from services.common.kafka.clients import Record, _error_cb, _on_client_error, _record
+
+log = logging.getLogger("rdv.kafka")
+
+
+def read_since(
+    config: Mapping[str, str],
+    topic: str,
+    partitions: Iterable[int],
+    since_ms: int,
+    timeout_s: float = 10.0,
+) -> list[Record]:
+    """Every record of ``topic``'s given partitions written since ``since_ms`` (epoch
+    ms) up to their current end, read without a consumer group."""
+    conf: dict[str, Any] = {
+        **config,
+        "group.id": "rdv-read-since",
+        "enable.auto.commit": "false",
+        "error_cb": _error_cb(None),
+    }
+    consumer = confluent_kafka.Consumer(conf)
+    try:
+        wanted = [confluent_kafka.TopicPartition(topic, p, since_ms) for p in partitions]
+        starts = consumer.offsets_for_times(wanted, timeout=timeout_s) if wanted else []
+        ends = {
+            tp.partition: consumer.get_watermark_offsets(tp, timeout=timeout_s)[1] for tp in wanted
+        }
+        todo = [tp for tp in starts if 0 <= tp.offset < ends[tp.partition]]
+        if not todo:
+            return []
+        consumer.assign(todo)
+        left = {tp.partition: ends[tp.partition] for tp in todo}
+        out: list[Record] = []
+        until = time.monotonic() + timeout_s
+        while left and time.monotonic() < until:
+            for msg in consumer.consume(500, 0.2):
+                if msg.error() is None:
+                    rec = _record(msg)
+                    out.append(rec)
+                    if rec.offset + 1 >= left.get(rec.partition, 0):
+                        left.pop(rec.partition, None)
+        if left:
+            raise KafkaUnavailableError(f"could not read {topic} to its end in {timeout_s} s")
+        return out
+    finally:
+        consumer.close()
+
+
+def wait_for_broker(
+    bootstrap: str, timeout_s: float, extra: Mapping[str, str] | None = None
+) -> int:
+    """Block until the cluster answers a metadata request; returns its broker count."""
+    quiet = logging.getLogger("rdv.kafka.probe")
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": quiet, **(extra or {})}
+    until = time.monotonic() + max(timeout_s, 0.1)
+    admin = AdminClient(conf)
+    while True:
+        left = until - time.monotonic()
+        try:
+            meta = admin.list_topics(timeout=max(min(left, 1.0), 0.1))
+            if meta.brokers:
+                return len(meta.brokers)
+        except confluent_kafka.KafkaException:
+            pass
+        if time.monotonic() >= until:
+            raise KafkaUnavailableError(
+                f"no Kafka broker answered on {bootstrap} within {timeout_s:.0f} s"
+            )
+
+
+class Admin:
+    """Topic administration: create what is missing and wait until it is usable."""
+
+    def __init__(self, config: Mapping[str, str]) -> None:
+        conf: dict[str, Any] = {**config, "error_cb": _on_client_error}
+        self._admin = AdminClient(conf)
+
+    def partitions(self, timeout_s: float = 10.0) -> dict[str, int]:
+        """Topic name -> partition count, for every topic the cluster knows."""
+        try:
+            meta = self._admin.list_topics(timeout=timeout_s)
+        except confluent_kafka.KafkaException as exc:
+            raise KafkaUnavailableError(f"cannot read cluster metadata: {exc}") from exc
+        return {name: len(t.partitions) for name, t in meta.topics.items() if t.error is None}
+
+    def create_topics(
+        self, specs: Iterable[tuple[str, int, int, Mapping[str, str]]], timeout_s: float = 30.0
+    ) -> list[str]:
+        """Create (name, partitions, replication, config) topics that do not exist yet;
+        returns the names created. Waits until every partition has a leader."""
+        existing = self.partitions(timeout_s)
+        todo = [
+            NewTopic(name, num_partitions=parts, replication_factor=repl, config=dict(conf))
+            for name, parts, repl, conf in specs
+            if name not in existing
+        ]
+        created: list[str] = []
+        if todo:
+            for name, fut in self._admin.create_topics(todo, request_timeout=timeout_s).items():
+                try:
+                    fut.result()
+                    created.append(name)
+                except confluent_kafka.KafkaException as exc:
+                    if exc.args[0].code() != confluent_kafka.KafkaError.TOPIC_ALREADY_EXISTS:
+                        raise ConfigError(f"cannot create topic {name}: {exc}") from exc
+        self._wait_leaders([t.topic for t in todo], time.monotonic() + timeout_s)
+        return created
+
+    def _wait_leaders(self, names: list[str], until: float) -> None:
+        pending = set(names)
+        while pending:
+            meta = self._admin.list_topics(timeout=5.0)
+            for name in list(pending):
+                topic = meta.topics.get(name)
+                if (
+                    topic is not None
+                    and topic.error is None
+                    and topic.partitions
+                    and all(p.leader >= 0 for p in topic.partitions.values())
+                ):
+                    pending.discard(name)
+            if pending and time.monotonic() >= until:
+                raise KafkaUnavailableError(f"topics not ready in time: {sorted(pending)}")
+            if pending:
+                time.sleep(0.05)  # metadata propagates within a few ms on one node
+
+    def delete_topics(self, names: Iterable[str], timeout_s: float = 30.0) -> None:
+        futures = self._admin.delete_topics(list(names), request_timeout=timeout_s)
+        for fut in futures.values():
+            fut.result()
