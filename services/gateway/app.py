@@ -56,6 +56,7 @@ def build_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         pending.bind(asyncio.get_running_loop())
         bus.start(pending.deliver)
+        gateway.lag.start()
         log.info(
             "gateway started",
             extra={
@@ -67,6 +68,7 @@ def build_app(
         try:
             yield
         finally:
+            await gateway.lag.stop()
             await asyncio.to_thread(bus.close, settings.flush_timeout_s)
             pending.cancel_all()
             log.info("gateway stopped")

@@ -26,6 +26,7 @@ from services.gateway.errors import (
     UnknownEndpointError,
 )
 from services.gateway.metrics import DELIVERY_FAILURES
+from services.gateway.overload import LoopLag
 from services.gateway.pending import PendingReplies
 from services.gateway.schemas import InferRequest, describe
 from services.gateway.settings import GatewaySettings
@@ -69,6 +70,7 @@ class Gateway:
         self.bus = bus
         self.endpoints = dict(endpoints)
         self.pending = pending
+        self.lag = LoopLag()
         self._requests_topic = requests_topic
         self._reply_address = reply_address
         self._clock = clock
@@ -112,6 +114,11 @@ class Gateway:
     def _check_capacity(self) -> None:
         if not self.bus.ready():
             raise KafkaUnavailableError("Kafka is not reachable (or not ready yet); retry later")
+        if self.lag.lag_ms > self.settings.max_loop_lag_ms:
+            raise OverloadedError(
+                f"the gateway is saturated (its event loop runs {self.lag.lag_ms:.0f} ms "
+                "late); retry later"
+            )
         if len(self.pending) >= self.settings.max_in_flight:
             raise OverloadedError(
                 f"{self.settings.max_in_flight} requests are waiting already; retry later"

@@ -3,6 +3,7 @@ load shedding, readiness and metrics, without a broker."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ from services.common.errors import ConfigError
 from services.common.messages import Reply
 from services.common.topics import Topics, load_topics
 from services.gateway.app import build_app
+from services.gateway.overload import LoopLag
 from services.gateway.server import serving
 from services.gateway.settings import GatewaySettings
 from tests.unit.test_gateway_fakes import FakeBus, failed, metric, ok, running, unit_settings
@@ -243,3 +245,37 @@ def test_reply_partition_must_exist(settings: GatewaySettings, topics: Topics) -
 def test_missing_policies_fail_at_build(tmp_path: Path, topics: Topics) -> None:
     with pytest.raises(ConfigError, match="policy"):
         build_app(GatewaySettings(policies=tmp_path), bus=FakeBus(), topics=topics)
+
+
+class StuckLoop(LoopLag):
+    """Reports a saturated event loop from the start and never recovers."""
+
+    async def _watch(self) -> None:
+        self.lag_ms = 500.0
+
+
+def test_a_saturated_event_loop_sheds_new_requests_at_once(
+    settings: GatewaySettings, bus: FakeBus, topics: Topics
+) -> None:
+    app = build_app(settings, bus=bus, topics=topics)
+    app.state.gateway.lag = StuckLoop()
+    with serving(app) as url, httpx.Client(base_url=url) as client:
+        client.get("/healthz")  # the lifespan has run the monitor by now
+        resp = client.post("/v1/infer/demo", json={"inputs": 1})
+    assert resp.status_code == 503
+    assert resp.headers["retry-after"] == str(settings.retry_after_s)
+    assert "saturated" in resp.json()["error"]["message"]
+    assert bus.produced == []
+
+
+def test_loop_lag_sees_a_blocked_loop() -> None:
+    async def scenario() -> float:
+        lag = LoopLag(interval_ms=5)
+        lag.start()
+        await asyncio.sleep(0.02)
+        time.sleep(0.08)  # the work that blocks the loop, as CPU saturation would
+        await asyncio.sleep(0.01)
+        await lag.stop()
+        return lag.lag_ms
+
+    assert asyncio.run(scenario()) >= 50
