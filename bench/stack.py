@@ -31,12 +31,15 @@ def free_port() -> int:
 class BenchStack:
     """Broker, topics, policy file; workers and front (rendezvous, gateway) on demand."""
 
-    def __init__(self, policy_yaml: str, *, max_in_flight: int = 256) -> None:
+    def __init__(
+        self, policy_yaml: str, *, max_in_flight: int = 256, max_loop_lag_ms: float = 20.0
+    ) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="rdv-bench-")
         self.dir = Path(self._tmp.name)
         self.policy = self.dir / "policy.yaml"
         self.policy.write_text(policy_yaml)
         self.max_in_flight = max_in_flight
+        self.max_loop_lag_ms = max_loop_lag_ms
         self.broker: LocalBroker | None = None
         self.kafka = KafkaSettings()
         self.specs: dict[str, ProcessSpec] = {}
@@ -120,6 +123,7 @@ class BenchStack:
                 env={
                     "RDV_GATEWAY_PORT": str(self.gateway_port),
                     "RDV_GATEWAY_MAX_IN_FLIGHT": str(self.max_in_flight),
+                    "RDV_GATEWAY_MAX_LOOP_LAG_MS": str(self.max_loop_lag_ms),
                 },
                 ready=f"http://127.0.0.1:{self.gateway_port}/readyz",
             )

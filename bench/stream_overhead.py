@@ -93,9 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     dur = 4.0 if args.quick else 10.0
     step_dur = 3.0 if args.quick else 5.0
     rates = [200, 400, 600] if args.quick else [200, 300, 400, 500, 600, 800, 1000, 1200]
-    out: dict[str, object] = {"deadline_ms": DEADLINE_MS, "quick": args.quick}
+    out: dict[str, object] = {
+        "deadline_ms": DEADLINE_MS,
+        "quick": args.quick,
+        "gateway": {"max_in_flight": 256, "max_loop_lag_ms": 20.0},
+    }
 
-    with baseline_server() as base_port, BenchStack(POLICY) as stack:
+    with (
+        baseline_server() as base_port,
+        BenchStack(POLICY, max_in_flight=256, max_loop_lag_ms=20.0) as stack,
+    ):
         stack.start_workers(
             {
                 "champ": ECHO.format(name="champ", role="champion"),

@@ -103,6 +103,7 @@ class StreamRunner:
         poll_timeout_s: float = 0.02,
         flush_timeout_s: float = 10.0,
         on_assign: Callable[[frozenset[tuple[str, int]]], None] | None = None,
+        on_revoke: Callable[[frozenset[tuple[str, int]]], None] | None = None,
         batch_linger_s: float = 0.0,
     ) -> None:
         self.service = service
@@ -116,6 +117,7 @@ class StreamRunner:
         self._flush_timeout_s = flush_timeout_s
         self._tracker = OffsetTracker()
         self._on_assign = on_assign
+        self._on_revoke = on_revoke
         self._linger_s = batch_linger_s
         self._failures: list[str] = []
         self._undeliverable: list[tuple[Outbound, Record, Sequence[Ticket], str]] = []
@@ -166,6 +168,9 @@ class StreamRunner:
     def _turn(self, max_records: int) -> bool:
         self.last_turn = time.monotonic()
         records = self._consumer.consume(max_records, self._poll_timeout_s, self._linger_s)
+        if self._on_revoke is not None and (gone := self._consumer.take_revoked()):
+            self._tracker.retain(self._consumer.assignment)
+            self._on_revoke(gone)  # their open work now belongs to another member
         if self._on_assign is not None and (fresh := self._consumer.take_fresh_assignments()):
             self._on_assign(fresh)  # before any record of those partitions is handled
         batch: list[Inbound] = []

@@ -78,6 +78,7 @@ def build(
         batch_size=settings.batch_size,
         poll_timeout_s=settings.poll_ms / 1000.0,
         flush_timeout_s=settings.flush_timeout_s,
+        on_revoke=processor.revoked,
         on_assign=lambda fresh: catch_up(kafka, topics, policies, settings, processor, fresh=fresh),
     )
     return runner, processor

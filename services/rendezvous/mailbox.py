@@ -234,6 +234,20 @@ class MailboxStore:
         self._remember(request_id, now_ms)
         return tuple(released)
 
+    def drop(self, request_id: str) -> tuple[object, ...]:
+        """Forget an open mailbox *without* deciding (its partition went to another
+        instance, which reads the request again). Returns the refs to release."""
+        mailbox = self._open.pop(request_id, None)
+        if mailbox is None:
+            return ()
+        mailbox.closed = True
+        mailbox.next_check_ms = None
+        return tuple(mailbox.refs)
+
+    def mailboxes(self) -> list[Mailbox]:
+        """The open mailboxes (a snapshot)."""
+        return list(self._open.values())
+
     def schedule(self, mailbox: Mailbox, at_ms: float) -> None:
         """``due`` returns the mailbox once ``at_ms`` has come (replacing its earlier time)."""
         if self._open.get(mailbox.request_id) is not mailbox:

@@ -75,6 +75,15 @@ class Rendezvous:
         metrics.OPEN.set(len(self.store))
         self._synced.update(self.store.counters)
 
+    def revoked(self, partitions: frozenset[tuple[str, int]]) -> None:
+        """These partitions went elsewhere: drop their open mailboxes undecided (their
+        offsets were not committed, so the new owner reads and answers them)."""
+        gone = {p for t, p in partitions if t == self.topics.requests}
+        for mailbox in self.store.mailboxes():
+            refs = [r for r in mailbox.refs if isinstance(r, Record)]
+            if any(r.topic == self.topics.requests and r.partition in gone for r in refs):
+                self.store.drop(mailbox.request_id)  # the runner forgot their tickets
+
     def mark_decided(self, request_ids: Sequence[str]) -> None:
         """Requests answered before (by this or another instance): never answer again."""
         now = self._clock()

@@ -46,3 +46,23 @@ def read_exactly(
     finally:
         consumer.close()
     return out
+
+
+def read_all_after(settings: KafkaSettings, topic: str, wall_ms: float) -> list[Record]:
+    """Every record of ``topic``, reading until the wall clock has passed ``wall_ms`` and
+    then until the end of the topic: for checking that nothing more was written."""
+    consumer = Consumer(
+        consumer_config(
+            settings, f"reader-{uuid.uuid4().hex}", "test-reader", {"auto.offset.reset": "earliest"}
+        )
+    )
+    consumer.subscribe([topic])
+    out: list[Record] = []
+    try:
+        while time.time() * 1000 < wall_ms or not consumer.assignment:
+            out.extend(consumer.consume(100, 0.2))
+        while batch := consumer.consume(100, 0.5):
+            out.extend(batch)
+    finally:
+        consumer.close()
+    return out

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +23,9 @@ from services.common.settings import KafkaSettings
 from services.common.topics import Topics
 from services.rendezvous.__main__ import build
 from services.rendezvous.settings import RendezvousSettings
+from tests.conftest import free_port_pair
 from tests.factories import request, score_for
-from tests.integration.kafka_io import produce_all, read_exactly
+from tests.integration.kafka_io import produce_all, read_all_after, read_exactly
 
 POLICY = """
 endpoint: t
@@ -132,7 +134,7 @@ def test_each_request_gets_the_answer_its_schedule_allows(
     assert by_id[in_time.request_id].in_time == ["champ"]
 
 
-def _start(settings: KafkaSettings, policy: Path) -> subprocess.Popen[bytes]:
+def _start(settings: KafkaSettings, policy: Path, ops_port: int = 0) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "RDV_KAFKA_BOOTSTRAP": settings.bootstrap,
@@ -140,7 +142,7 @@ def _start(settings: KafkaSettings, policy: Path) -> subprocess.Popen[bytes]:
         # nothing is committed before the kill: the restart must rely on read-back
         "RDV_KAFKA_CLIENT_CONFIG": '{"auto.commit.interval.ms": "600000"}',
         "RDV_RENDEZVOUS_POLICIES": str(policy),
-        "RDV_RENDEZVOUS_OPS_PORT": "0",
+        "RDV_RENDEZVOUS_OPS_PORT": str(ops_port),
         "RDV_RENDEZVOUS_AUTO_OFFSET_RESET": "earliest",
     }
     return subprocess.Popen(
@@ -224,3 +226,68 @@ def test_a_request_for_an_endpoint_without_policy_is_answered_at_once(
     assert reply.error is not None
     assert reply.error.code == "unknown_endpoint"
     assert reply.decided_ms - began < 1000
+
+
+def test_two_instances_share_the_partitions_and_answer_each_request_once(
+    kafka_settings: KafkaSettings, topics: Topics, policy_file: Path
+) -> None:
+    """A second instance joins while requests are open: the partitions it takes are
+    dropped by the first one (undecided) and answered by the new owner, once."""
+    early = [req(topics, deadline_in_ms=10_000) for _ in range(24)]
+    late: list[RequestEnvelope] = []
+    ops = free_port_pair()
+    first = _start(kafka_settings, policy_file, ops_port=ops)
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        send(kafka_settings, topics.requests, *early)
+        until = time.monotonic() + 60
+        while open_mailboxes(ops) < 24:  # the first instance holds every early request
+            assert time.monotonic() < until, "the first instance never opened 24 mailboxes"
+            time.sleep(0.1)  # polling another process's metrics
+        ops2 = free_port_pair()
+        second = _start(kafka_settings, policy_file, ops_port=ops2)
+        while not ready(ops2):  # the group has rebalanced: B owns some partitions
+            assert time.monotonic() < until, "the second instance never got partitions"
+            time.sleep(0.1)  # polling another process's readiness
+        late = [req(topics, deadline_in_ms=3000) for _ in range(24)]
+        send(kafka_settings, topics.requests, *late)
+        send(
+            kafka_settings,
+            topics.scores,
+            *(score_for(r, model="champ", output="ok") for r in (*early, *late)),
+        )
+        read_exactly(kafka_settings, topics.replies, 48, timeout_s=60)
+        # read again until every deadline has passed: a mailbox left behind in the
+        # wrong instance would have been answered (by default) at its deadline
+        got = read_all_after(
+            kafka_settings, topics.replies, max(r.deadline_ms for r in (*early, *late)) + 500
+        )
+    finally:
+        for proc in (first, second):
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+        codes = [p.wait(30) for p in (first, second) if p is not None]
+    replies = [decode(r.value, Reply) for r in got]
+    assert sorted(r.request_id for r in replies) == sorted(r.request_id for r in (*early, *late))
+    assert {r.output for r in replies} == {"ok"}
+    assert codes == [0, 0]
+
+
+def open_mailboxes(port: int) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith("rdv_rendezvous_open_mailboxes "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
+            return int(resp.status) == 200
+    except OSError:
+        return False

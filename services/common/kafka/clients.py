@@ -122,6 +122,7 @@ class Consumer:
         self._consumer = confluent_kafka.Consumer({**config, "error_cb": _error_cb(on_error)})
         self._assigned: set[tuple[str, int]] = set()
         self._fresh: set[tuple[str, int]] = set()
+        self._revoked: set[tuple[str, int]] = set()
 
     def subscribe(self, topics: Iterable[str]) -> None:
         def on_assign(_c: object, parts: list[confluent_kafka.TopicPartition]) -> None:
@@ -130,6 +131,7 @@ class Consumer:
 
         def on_revoke(_c: object, parts: list[confluent_kafka.TopicPartition]) -> None:
             self._assigned.difference_update((p.topic, p.partition) for p in parts)
+            self._revoked.update((p.topic, p.partition) for p in parts)
 
         self._consumer.subscribe(list(topics), on_assign=on_assign, on_revoke=on_revoke)
 
@@ -164,6 +166,11 @@ class Consumer:
             if offset >= 0 and high >= 0:
                 out[(topic, part)] = max(high - offset, 0)
         return out
+
+    def take_revoked(self) -> frozenset[tuple[str, int]]:
+        """Partitions taken away since the last call."""
+        revoked, self._revoked = frozenset(self._revoked), set()
+        return revoked
 
     def take_fresh_assignments(self) -> frozenset[tuple[str, int]]:
         """Partitions assigned since the last call (a processor may need to catch up on
