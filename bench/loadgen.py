@@ -43,11 +43,12 @@ class _Pool:
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self.sem = asyncio.Semaphore(limit)
 
-    async def get(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def get(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
+        """A connection and whether it is a reused one (the server may have closed it)."""
         await self.sem.acquire()
         if self.idle:
-            return self.idle.pop()
-        return await asyncio.open_connection(self.host, self.port)
+            return (*self.idle.pop(), True)
+        return (*await asyncio.open_connection(self.host, self.port), False)
 
     def put(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None) -> None:
         if conn is not None:
@@ -61,20 +62,29 @@ class _Pool:
 
 
 async def _request(pool: _Pool, raw: bytes, timeout_s: float) -> tuple[int, str]:
-    conn = await pool.get()
+    reader, writer, reused = await pool.get()
     keep: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
     try:
-        reader, writer = conn
-        writer.write(raw)
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout_s)
+        for attempt in (1, 2):
+            try:
+                writer.write(raw)
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout_s)
+                break
+            except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                # a keep-alive connection the server closed while it sat idle: like any
+                # HTTP client, send again once on a fresh connection
+                if not reused or attempt == 2 or getattr(exc, "partial", b""):
+                    raise
+                writer.close()
+                reader, writer = await asyncio.open_connection(pool.host, pool.port)
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split()[1])
         headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
         await reader.readexactly(int(headers.get("content-length", "0")))
-        keep = conn if headers.get("connection", "").lower() != "close" else None
+        keep = (reader, writer) if headers.get("connection", "").lower() != "close" else None
         return status, headers.get("x-rdv-model", "")
-    except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
-        conn[1].close()
+    except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+        writer.close()
         return 0, ""
     finally:
         pool.put(keep)

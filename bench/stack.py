@@ -32,7 +32,7 @@ class BenchStack:
     """Broker, topics, policy file; workers and front (rendezvous, gateway) on demand."""
 
     def __init__(
-        self, policy_yaml: str, *, max_in_flight: int = 256, max_loop_lag_ms: float = 20.0
+        self, policy_yaml: str, *, max_in_flight: int = 256, max_loop_lag_ms: float = 50.0
     ) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="rdv-bench-")
         self.dir = Path(self._tmp.name)
