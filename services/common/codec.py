@@ -141,18 +141,23 @@ def _validate(obj: dict[str, Any], kind: type[M]) -> M:
     try:
         return kind.model_validate(obj)
     except ValidationError as exc:
-        raise MessageError(f"invalid {kind_of(kind)}: {_summarise(exc)}") from None
+        raise MessageError(f"invalid {kind_of(kind)}: {summarise(exc)}") from None
 
 
-def _summarise(exc: ValidationError) -> str:
-    """The first few errors as ``path: message``; never the input values."""
+def summarise(
+    exc: ValidationError, root: str = "<root>", limit: int | None = _MAX_REPORTED_ERRORS
+) -> str:
+    """The first ``limit`` errors (None: all) as ``path: message``; never the input
+    values. The one place pydantic errors become text, for every edge."""
     errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    shown = errors if limit is None else errors[:limit]
     parts = [
-        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg'][:_MAX_ERROR_MSG_CHARS]}"
-        for e in errors[:_MAX_REPORTED_ERRORS]
+        f"{'.'.join(str(p) for p in e['loc']) or root}: "
+        f"{e['msg'].removeprefix('Value error, ')[:_MAX_ERROR_MSG_CHARS]}"
+        for e in shown
     ]
-    if len(errors) > _MAX_REPORTED_ERRORS:
-        parts.append(f"(+{len(errors) - _MAX_REPORTED_ERRORS} more)")
+    if len(errors) > len(shown):
+        parts.append(f"(+{len(errors) - len(shown)} more)")
     return "; ".join(parts)
 
 

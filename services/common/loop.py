@@ -87,6 +87,21 @@ class RunStats:
     produced: int = 0
 
 
+def dead_letter_for(rec: Record, exc: Exception, service: str, topic: str) -> Outbound:
+    """The dead-letter record for ``rec``, which failed with ``exc`` in ``service``."""
+    letter = make_dead_letter(
+        topic=rec.topic,
+        partition=rec.partition,
+        offset=rec.offset,
+        key=rec.key,
+        value=rec.value,
+        error=exc,
+        service=service,
+        now_ms=int(time.time() * 1000),
+    )
+    return Outbound(topic, message_key(letter), encode(letter))
+
+
 class StreamRunner:
     """Drives one consumer, one producer and one processor until stopped."""
 
@@ -265,17 +280,7 @@ class StreamRunner:
                 "error": str(exc)[:500],
             },
         )
-        letter = make_dead_letter(
-            topic=rec.topic,
-            partition=rec.partition,
-            offset=rec.offset,
-            key=rec.key,
-            value=rec.value,
-            error=exc,
-            service=self.service,
-            now_ms=int(time.time() * 1000),
-        )
-        self._send(Outbound(self._dlq, message_key(letter), encode(letter)), [rec], tickets)
+        self._send(dead_letter_for(rec, exc, self.service, self._dlq), [rec], tickets)
 
     def _finish(self, rec: Record) -> None:
         if (ticket := self._ticket(rec)) is not None:

@@ -9,7 +9,6 @@ import time
 import uuid
 from collections.abc import Callable
 
-from services.common.codec import encode, make_dead_letter, message_key
 from services.common.errors import MessageError, RendezvousError
 from services.common.kafka import (
     Admin,
@@ -21,6 +20,7 @@ from services.common.kafka import (
     consumer_config,
     producer_config,
 )
+from services.common.loop import dead_letter_for
 from services.common.settings import KafkaSettings
 from services.common.topics import Topics
 from services.gateway.bus import BrokerHealth, DeliveryReport, ReplySink
@@ -151,17 +151,7 @@ class KafkaBus:
     def _dead_letter(self, rec: Record, exc: MessageError) -> None:
         if self._dead_letters is None:
             return
-        letter = make_dead_letter(
-            topic=rec.topic,
-            partition=rec.partition,
-            offset=rec.offset,
-            key=rec.key,
-            value=rec.value,
-            error=exc,
-            service="gateway",
-            now_ms=int(time.time() * 1000),
-        )
-        out = Outbound(self._dead_letters, message_key(letter), encode(letter))
+        out = dead_letter_for(rec, exc, "gateway", self._dead_letters)
         try:
             self._producer.produce(out, lambda _err: None)
         except RendezvousError as err:  # a full queue: the record is logged and counted

@@ -14,8 +14,9 @@ from pydantic import (
     ValidationError,
 )
 
+from services.common.codec import summarise
+
 MAX_ATTRIBUTES = 32
-_MAX_REPORTED = 3
 
 AttributeKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 AttributeValue = Annotated[str, StringConstraints(max_length=256)]
@@ -40,11 +41,4 @@ class InferRequest(BaseModel):
 
 def describe(exc: ValidationError) -> str:
     """The first few problems as ``field: message``; never echoes the input."""
-    errors = exc.errors(include_url=False, include_input=False, include_context=False)
-    parts = [
-        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg'][:160]}"
-        for e in errors[:_MAX_REPORTED]
-    ]
-    if len(errors) > _MAX_REPORTED:
-        parts.append(f"(+{len(errors) - _MAX_REPORTED} more)")
-    return "; ".join(parts)
+    return summarise(exc, root="body")

@@ -42,6 +42,7 @@ from pydantic import (
     model_validator,
 )
 
+from services.common.codec import summarise
 from services.common.endpoints import read_documents
 from services.common.errors import ConfigError
 from services.common.messages import ErrorBody, Name, PolicyEntry
@@ -187,7 +188,9 @@ def parse_policy(data: Mapping[str, Any], source: str) -> Policy:
     try:
         return Policy.model_validate(dict(data))
     except ValidationError as exc:
-        raise ConfigError(f"invalid policy in {source}: {_summarise(exc)}") from None
+        raise ConfigError(
+            f"invalid policy in {source}: {summarise(exc, root='<document>', limit=None)}"
+        ) from None
 
 
 def policy_from_entry(entry: PolicyEntry) -> Policy:
@@ -212,13 +215,3 @@ def load_policies(path: Path) -> dict[str, Policy]:
         out[policy.endpoint] = policy
         origin[policy.endpoint] = file
     return out
-
-
-def _summarise(exc: ValidationError) -> str:
-    """Every error as ``path: message``, without echoing input values."""
-    errors = exc.errors(include_url=False, include_input=False, include_context=False)
-    parts = []
-    for e in errors:
-        where = ".".join(str(p) for p in e["loc"]) or "<document>"
-        parts.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
+from services.common.codec import summarise
 from services.common.errors import ConfigError, RendezvousError
 from services.common.kafka import Admin, admin_config
 from services.common.lifecycle import install_stop_signals
@@ -23,7 +24,7 @@ from services.common.logs import configure_logging
 from services.common.ops import OpsServer
 from services.common.settings import KafkaSettings
 from services.common.topics import Topics, load_topics
-from services.workers.runtime import ModelRuntime, create_runtime, runtime_names, summarise
+from services.workers.runtime import ModelRuntime, create_runtime, runtime_names
 from services.workers.service import build_worker
 from services.workers.settings import WorkerSettings
 from services.workers.spec import ModelSpec, load_spec

@@ -28,6 +28,7 @@ from typing import TypeAlias, TypeVar
 
 from pydantic import BaseModel, JsonValue, ValidationError
 
+from services.common.codec import summarise
 from services.common.errors import ConfigError, RendezvousError
 
 Params: TypeAlias = Mapping[str, JsonValue]
@@ -76,17 +77,6 @@ def parse_params(model: type[P], params: Params, runtime: str) -> P:
         return model.model_validate(dict(params))
     except ValidationError as exc:
         raise ConfigError(f"invalid params for runtime {runtime!r}: {summarise(exc)}") from None
-
-
-def summarise(exc: ValidationError, limit: int = 3) -> str:
-    """A pydantic error as one line: ``path: message; ...`` (never the input values)."""
-    errors = exc.errors(include_url=False, include_input=False, include_context=False)
-    parts = [
-        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errors[:limit]
-    ]
-    if len(errors) > limit:
-        parts.append(f"(+{len(errors) - limit} more)")
-    return "; ".join(parts)
 
 
 _RUNTIMES: dict[str, str] = {

@@ -33,9 +33,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
 
+from services.common.codec import summarise
 from services.common.errors import ConfigError
 from services.common.messages import ModelRegistration, Name, Role
-from services.workers.runtime import is_runtime_ref, runtime_names, summarise
+from services.workers.runtime import is_runtime_ref, runtime_names
 
 FILE_SUFFIXES = (".yaml", ".yml", ".json")
 _SPEC_KEYS = ("name", "version", "role")

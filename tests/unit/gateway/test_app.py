@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,33 +14,12 @@ import pytest
 from services.common.codec import encode
 from services.common.errors import ConfigError
 from services.common.messages import Reply
-from services.common.topics import Topics, load_topics
+from services.common.topics import Topics
 from services.gateway.app import build_app
 from services.gateway.overload import LoopLag
 from services.gateway.server import serving
 from services.gateway.settings import GatewaySettings
-from tests.unit.test_gateway_fakes import FakeBus, failed, metric, ok, running, unit_settings
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> GatewaySettings:
-    return unit_settings(tmp_path)
-
-
-@pytest.fixture
-def topics() -> Topics:
-    return load_topics(prefix="unit.")
-
-
-@pytest.fixture
-def bus() -> FakeBus:
-    return FakeBus()
-
-
-@pytest.fixture
-def client(settings: GatewaySettings, bus: FakeBus, topics: Topics) -> Iterator[httpx.Client]:
-    with running(build_app(settings, bus=bus, topics=topics)) as c:
-        yield c
+from tests.unit.gateway.fakes import FakeBus, failed, metric, ok
 
 
 def test_answers_with_the_reply_and_headers(

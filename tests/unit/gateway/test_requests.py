@@ -3,37 +3,10 @@ that are not valid requests, wrong content types, bodies over the limit."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import httpx
 import pytest
 
-from services.common.topics import Topics, load_topics
-from services.gateway.app import build_app
-from services.gateway.settings import GatewaySettings
-from tests.unit.test_gateway_fakes import FakeBus, running, unit_settings
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> GatewaySettings:
-    return unit_settings(tmp_path)
-
-
-@pytest.fixture
-def topics() -> Topics:
-    return load_topics(prefix="unit.")
-
-
-@pytest.fixture
-def bus() -> FakeBus:
-    return FakeBus()
-
-
-@pytest.fixture
-def client(settings: GatewaySettings, bus: FakeBus, topics: Topics) -> Iterator[httpx.Client]:
-    with running(build_app(settings, bus=bus, topics=topics)) as c:
-        yield c
+from tests.unit.gateway.fakes import FakeBus
 
 
 def test_unknown_endpoint_is_404_and_nothing_is_produced(
