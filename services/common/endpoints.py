@@ -24,6 +24,8 @@ class EndpointSpec(BaseModel):
 
     endpoint: str = Field(pattern=NAME_PATTERN)
     deadline_ms: int = Field(ge=1, le=600_000)
+    models: list[str] = Field(default_factory=list)
+    """The roster: models expected to score this endpoint's requests."""
 
 
 def read_documents(path: Path) -> list[tuple[Path, dict[str, Any]]]:

@@ -16,7 +16,7 @@ from services.common.topics import Topics
 from services.gateway.bus import Bus
 from services.gateway.errors import install_error_handlers
 from services.gateway.pending import PendingReplies
-from services.gateway.routes import health, infer
+from services.gateway.routes import health, infer, openai
 from services.gateway.service import Gateway
 from services.gateway.settings import GatewaySettings
 
@@ -77,5 +77,6 @@ def build_app(
     app.state.gateway = gateway
     install_error_handlers(app, settings.retry_after_s)
     app.include_router(infer.router)
+    app.include_router(openai.router)
     app.include_router(health.router)
     return app

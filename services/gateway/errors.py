@@ -53,6 +53,12 @@ class InvalidRequestError(RendezvousError):
     code = "invalid_request"
 
 
+class UnsupportedFeatureError(RendezvousError):
+    """A valid request for something this gateway does not do (yet), e.g. streaming."""
+
+    code = "unsupported"
+
+
 class OverloadedError(RendezvousError):
     """Too many requests are waiting for replies already: shed load."""
 
@@ -80,6 +86,8 @@ _REPLY_STATUS = {  # the rendezvous's error codes; any other is a 502
     DEADLINE_EXCEEDED: HTTPStatus.GATEWAY_TIMEOUT,
     "overloaded": HTTPStatus.SERVICE_UNAVAILABLE,  # its mailboxes are full: retry later
     "unknown_endpoint": HTTPStatus.NOT_FOUND,  # the gateway knows it, the rendezvous not
+    "prompt_too_long": HTTPStatus.BAD_REQUEST,  # longer than the model's context window
+    "invalid_request": HTTPStatus.UNPROCESSABLE_ENTITY,  # the model refused its inputs
 }
 _KNOWN = frozenset(s.value for s in HTTPStatus)
 
@@ -88,6 +96,7 @@ _STATUS: tuple[tuple[type[RendezvousError], HTTPStatus], ...] = (
     (BodyTooLargeError, HTTPStatus.REQUEST_ENTITY_TOO_LARGE),
     (UnsupportedMediaTypeError, HTTPStatus.UNSUPPORTED_MEDIA_TYPE),
     (InvalidRequestError, HTTPStatus.UNPROCESSABLE_ENTITY),
+    (UnsupportedFeatureError, HTTPStatus.BAD_REQUEST),
     (OverloadedError, HTTPStatus.SERVICE_UNAVAILABLE),
     (KafkaUnavailableError, HTTPStatus.SERVICE_UNAVAILABLE),
     (BackpressureError, HTTPStatus.SERVICE_UNAVAILABLE),

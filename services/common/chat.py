@@ -1,0 +1,55 @@
+"""The chat contract between the gateway and chat model workers: what a chat request's
+payload holds, and what a chat model's score output holds. Both are plain JSON in the
+envelope and the score; these models validate them at each edge."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ChatMessage(BaseModel):
+    """One turn of the conversation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=200_000)
+
+
+class ChatPayload(BaseModel):
+    """A chat request as models receive it (RequestEnvelope.payload)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    messages: list[ChatMessage] = Field(min_length=1, max_length=256)
+    max_tokens: int = Field(default=128, ge=1, le=4096)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    """0 means greedy decoding."""
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: list[str] = Field(default_factory=list, max_length=4)
+    seed: int | None = None
+
+
+FinishReason = Literal["stop", "length", "deadline"]
+
+
+class ChatUsage(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+
+
+class ChatOutput(BaseModel):
+    """A chat model's answer (Score.output): the text, why it ended, and its costs."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    text: str
+    finish_reason: FinishReason
+    """``deadline``: cut off because the request's deadline could not be met otherwise."""
+    usage: ChatUsage
+    ttft_ms: float | None = None
+    tokens_per_s: float | None = None

@@ -1,0 +1,153 @@
+"""OpenAI-compatible chat: ``POST /v1/chat/completions`` and ``GET /v1/models``, so the
+official ``openai`` client works unchanged. A chat request becomes a request envelope
+for a chat endpoint (``model`` names the endpoint, or a model on its roster); the
+rendezvous picks the answer as for any endpoint, and the response's ``model`` and the
+``x-rdv-model`` / ``x-rdv-reason`` headers say which model answered and why."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from services.common.chat import ChatOutput, ChatPayload
+from services.common.clock import mono_ms
+from services.common.codec import summarise
+from services.common.endpoints import EndpointSpec
+from services.common.errors import MessageError, RendezvousError
+from services.gateway.deps import GatewayDep
+from services.gateway.errors import (
+    MODEL_HEADER,
+    REASON_HEADER,
+    REQUEST_ID_HEADER,
+    InvalidRequestError,
+    UnknownEndpointError,
+    UnsupportedFeatureError,
+    error_response,
+    header_value,
+)
+from services.gateway.metrics import LATENCY, REQUESTS, UNKNOWN_ENDPOINT
+from services.gateway.openai_schemas import (
+    Choice,
+    ChoiceMessage,
+    ModelCard,
+    ModelList,
+    OpenAIChatRequest,
+    OpenAIChatResponse,
+    Usage,
+)
+from services.gateway.routes.infer import check_media_type, read_body
+from services.gateway.schemas import InferRequest
+from services.gateway.service import Gateway, new_request_id, trace_id_from
+
+router = APIRouter()
+FINISH_HEADER = "x-rdv-finish-reason"
+DEFAULT_MAX_TOKENS = 128
+
+
+@router.get("/v1/models")
+async def list_models(gateway: GatewayDep) -> Response:
+    """Every endpoint and every model on an endpoint's roster."""
+    names = set(gateway.endpoints)
+    for spec in gateway.endpoints.values():
+        names.update(spec.models)
+    return JSONResponse(ModelList(data=[ModelCard(id=n) for n in sorted(names)]).model_dump())
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
+    started = mono_ms()
+    label, request_id = UNKNOWN_ENDPOINT, None
+    try:
+        check_media_type(request.headers.get("content-type"))
+        req = parse_chat(await read_body(request, gateway.settings.max_body_bytes))
+        spec = resolve(gateway, req.model)
+        label = spec.endpoint
+        request_id = new_request_id()
+        reply = await gateway.infer(
+            spec,
+            to_infer_request(req),
+            request_id=request_id,
+            trace_id=trace_id_from(request.headers, default=request_id),
+        )
+        out = chat_output(reply.output)
+        finish = "stop" if out.finish_reason == "stop" else "length"
+        body = OpenAIChatResponse(
+            id=f"chatcmpl-{request_id}",
+            created=int(time.time()),
+            model=reply.model or spec.endpoint,
+            choices=[Choice(message=ChoiceMessage(content=out.text), finish_reason=finish)],
+            usage=Usage(
+                prompt_tokens=out.usage.prompt_tokens,
+                completion_tokens=out.usage.completion_tokens,
+                total_tokens=out.usage.prompt_tokens + out.usage.completion_tokens,
+            ),
+        )
+        response: Response = JSONResponse(
+            body.model_dump(),
+            headers={
+                REQUEST_ID_HEADER: request_id,
+                MODEL_HEADER: header_value(reply.model or "-"),
+                REASON_HEADER: header_value(reply.reason),
+                FINISH_HEADER: out.finish_reason,
+            },
+        )
+    except RendezvousError as exc:
+        response = error_response(
+            exc, request_id=request_id, retry_after_s=gateway.settings.retry_after_s
+        )
+    REQUESTS.labels(label, str(response.status_code)).inc()
+    LATENCY.labels(label).observe((mono_ms() - started) / 1000.0)
+    return response
+
+
+def parse_chat(body: bytes) -> OpenAIChatRequest:
+    if not body:
+        raise InvalidRequestError('empty body: send {"model": ..., "messages": [...]}')
+    try:
+        req = OpenAIChatRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise InvalidRequestError(summarise(exc, root="body")) from None
+    if req.stream:
+        raise UnsupportedFeatureError("stream=true is not supported yet; send stream=false")
+    if req.n != 1:
+        raise UnsupportedFeatureError("n > 1 is not supported; ask once per completion")
+    return req
+
+
+def resolve(gateway: Gateway, model: str) -> EndpointSpec:
+    """The endpoint named ``model``, else the endpoint whose roster has it."""
+    if model in gateway.endpoints:
+        return gateway.endpoints[model]
+    for spec in gateway.endpoints.values():
+        if model in spec.models:
+            return spec
+    raise UnknownEndpointError(f"model {model!r} is not served here; GET /v1/models lists them")
+
+
+def to_infer_request(req: OpenAIChatRequest) -> InferRequest:
+    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    try:
+        payload = ChatPayload(
+            messages=req.messages,
+            max_tokens=req.max_completion_tokens or req.max_tokens or DEFAULT_MAX_TOKENS,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            stop=stop,
+            seed=req.seed,
+        )
+    except ValidationError as exc:
+        raise InvalidRequestError(summarise(exc, root="body")) from None
+    attributes = {"user": req.user} if req.user else {}
+    return InferRequest(inputs=payload.model_dump(), attributes=attributes)
+
+
+def chat_output(output: object) -> ChatOutput:
+    try:
+        return ChatOutput.model_validate(output)
+    except ValidationError as exc:
+        raise MessageError(
+            f"the model's answer is not a chat completion: {summarise(exc)}"
+        ) from None
