@@ -92,7 +92,10 @@ def policies(tmp_path: Path) -> Path:
 @pytest.fixture
 def stack(kafka_settings: KafkaSettings, topics: Topics, policies: Path) -> Iterator[Stack]:
     settings = GatewaySettings(
-        policies=policies, reply_partition=REPLY_PARTITION, max_body_bytes=65_536
+        policies=policies,
+        reply_partition=REPLY_PARTITION,
+        max_body_bytes=65_536,
+        max_loop_lag_ms=60_000,  # a busy test machine must not shed these requests
     )
     bus = connect(kafka_settings, topics, REPLY_PARTITION)
     app = build_app(settings, bus=bus, topics=topics)

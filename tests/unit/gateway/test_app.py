@@ -235,7 +235,7 @@ class StuckLoop(LoopLag):
 def test_a_saturated_event_loop_sheds_new_requests_at_once(
     settings: GatewaySettings, bus: FakeBus, topics: Topics
 ) -> None:
-    app = build_app(settings, bus=bus, topics=topics)
+    app = build_app(settings.model_copy(update={"max_loop_lag_ms": 50}), bus=bus, topics=topics)
     app.state.gateway.lag = StuckLoop()
     with serving(app) as url, httpx.Client(base_url=url) as client:
         client.get("/healthz")  # the lifespan has run the monitor by now

