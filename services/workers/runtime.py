@@ -83,6 +83,7 @@ _RUNTIMES: dict[str, str] = {
     "echo": "services.workers.testmodels:EchoModel",
     "latency": "services.workers.testmodels:LatencyModel",
     "failing": "services.workers.testmodels:FailingModel",
+    "llama-chat": "services.workers.chat_runtime:ChatRuntime",
 }
 
 

@@ -46,7 +46,12 @@ class WorkerService:
         self.spec = spec
         self.model = model
         self.consumer = consumer
-        self.processor = ModelWorker(
+        worker = ModelWorker
+        if getattr(model, "generative", False):  # token by token: continuous batching
+            from services.workers.chat import ChatWorker  # noqa: PLC0415
+
+            worker = ChatWorker
+        self.processor = worker(
             spec,
             model,
             topics.scores,
@@ -64,6 +69,7 @@ class WorkerService:
             poll_timeout_s=0.02,  # the first request of a batch is taken at once
             batch_linger_s=spec.batch.max_wait_ms / 1000.0,  # then more, up to this long
             flush_timeout_s=settings.flush_timeout_s,
+            busy=lambda: bool(getattr(self.processor, "busy", False)),
         )
         self._stall_ms = settings.stall_timeout_s * 1000.0
 

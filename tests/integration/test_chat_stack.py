@@ -1,0 +1,55 @@
+"""The real chat model through the whole stack: the official openai client -> gateway
+-> Kafka -> SmolLM2 worker (continuous batching) -> rendezvous -> answer."""
+
+from __future__ import annotations
+
+import openai
+
+from tests.integration.stack import Launch, Worker, launch_stack_fixture  # noqa: F401
+
+CHAT = {
+    "endpoint": "chat",
+    "deadline_ms": 120_000,
+    "models": ["smol"],
+    "stages": [{"until_ms": "deadline", "accept": ["smol"]}],
+}
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_the_openai_client_gets_the_real_models_answer(launch_stack: Launch) -> None:
+    stack = launch_stack(policies=[CHAT], workers=[Worker("smol", "models/specs/smol.yaml")])
+    client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", max_retries=0, timeout=120)
+    try:
+        resp = client.chat.completions.create(
+            model="chat",
+            messages=FRANCE,  # type: ignore[arg-type]
+            temperature=0,
+            max_tokens=24,
+        )
+        models = [m.id for m in client.models.list()]
+    finally:
+        client.close()
+
+    assert "Paris" in (resp.choices[0].message.content or "")
+    assert resp.model == "smol"
+    assert resp.usage is not None
+    assert resp.usage.completion_tokens > 0
+    assert models == ["chat", "smol"]
+
+
+def test_a_deadline_that_cannot_be_met_returns_the_partial_answer(launch_stack: Launch) -> None:
+    stack = launch_stack(policies=[CHAT], workers=[Worker("smol", "models/specs/smol.yaml")])
+    story = [{"role": "user", "content": "Write a very long story about a lighthouse."}]
+
+    resp = stack.http.post(
+        "/v1/chat/completions",
+        json={"model": "chat", "messages": story, "temperature": 0, "max_tokens": 1024},
+        headers={"x-rdv-deadline-ms": "2000"},
+    )
+
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-rdv-finish-reason"] == "deadline"
+    body = resp.json()
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"]["completion_tokens"] > 0
+    assert body["choices"][0]["message"]["content"]
