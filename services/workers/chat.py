@@ -19,7 +19,14 @@ from services.common.kafka import Record
 from services.common.loop import Context
 from services.common.messages import RequestEnvelope, ScoreStatus, Timings
 from services.workers.chat_runtime import ChatRuntime, messages, output_of, parse_payload
-from services.workers.metrics import BATCH_SIZE, PREDICT_SECONDS
+from services.workers.metrics import (
+    BATCH_SIZE,
+    FINISHED,
+    PREDICT_SECONDS,
+    TOKENS,
+    TOKENS_PER_S,
+    TTFT,
+)
 from services.workers.worker import ModelWorker, describe
 
 
@@ -78,11 +85,21 @@ class ChatWorker(ModelWorker):
             if entry is None:
                 continue
             record, req, received, started = entry
+            self._observe(result)
             timings = Timings(
                 received_ms=received, started_ms=started, finished_ms=max(finished, started)
             )
             self._emit(ctx, record, self._result(req, output_of(result), timings))
             ctx.release(record)
+
+    def _observe(self, result: Any) -> None:
+        name = self.spec.name
+        TOKENS.labels(name, "prompt").inc(result.prompt_tokens)
+        TOKENS.labels(name, "completion").inc(result.completion_tokens)
+        FINISHED.labels(name, result.finish_reason).inc()
+        if result.ttft_s is not None:
+            TTFT.labels(name).observe(result.ttft_s)
+        TOKENS_PER_S.labels(name).observe(result.tokens_per_s)
 
     def _fail_all(self, ctx: Context, exc: BaseException) -> None:
         """A step failed: the engine's state is unknown, so every request fails now."""

@@ -25,6 +25,20 @@ SKIPPED = Counter(
     "Requests not predicted because their deadline had passed",
     ["model"],
 )
+TOKENS = Counter("rdv_worker_tokens_total", "Tokens of generative models", ["model", "kind"])
+TTFT = Histogram(
+    "rdv_worker_time_to_first_token_seconds",
+    "From a request's submission to its first generated token",
+    ["model"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+TOKENS_PER_S = Histogram(
+    "rdv_worker_tokens_per_second",
+    "Completion tokens per second of one request (from joining the batch to its end)",
+    ["model"],
+    buckets=(1, 2, 5, 10, 20, 40, 80, 160, 320),
+)
+FINISHED = Counter("rdv_worker_finished_total", "Generations by finish reason", ["model", "reason"])
 LAG = Gauge(
     "rdv_worker_consumer_lag",
     "Requests not yet read, per owned partition of the requests topic",

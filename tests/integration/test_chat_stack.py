@@ -35,6 +35,9 @@ def test_the_openai_client_gets_the_real_models_answer(launch_stack: Launch) -> 
     assert resp.usage is not None
     assert resp.usage.completion_tokens > 0
     assert models == ["chat", "smol"]
+    completion = stack.metric("smol", "rdv_worker_tokens_total", model="smol", kind="completion")
+    assert completion >= resp.usage.completion_tokens
+    assert stack.metric("smol", "rdv_worker_finished_total", model="smol", reason="stop") >= 1
 
 
 def test_a_deadline_that_cannot_be_met_returns_the_partial_answer(launch_stack: Launch) -> None:
