@@ -1,0 +1,153 @@
+"""Generation throughput of the chat worker's engine against the naive baseline, in
+the same run, with the same model (SmolLM2-135M-Instruct by default), greedy decoding
+and the same prompts and token counts.
+
+    python -m bench.llm_throughput            # about 5 minutes on 2 cores
+    python -m bench.llm_throughput --quick
+
+- baseline: transformers ``generate`` on one request at a time;
+- worker engine: models.llama's continuous-batching engine, driven step by step as
+  the worker drives it, with ``concurrency`` requests kept in flight (closed loop: a
+  finished request is replaced at once).
+
+Reports aggregate tokens/s, request latency p50/p99 and time to first token p50/p99 at
+concurrency 1, 4 and 16. The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+from bench.loadgen import quantile
+from models.llama import ChatModel, ChatParams, EngineConfig, LoadConfig, load
+
+PROMPTS = [
+    "Write a short poem about the sea.",
+    "Explain gravity to a child.",
+    "Tell me a story about a cat.",
+    "How do airplanes fly?",
+    "What is a prime number?",
+    "Describe a sunrise in the mountains.",
+    "Give three tips for learning to cook.",
+    "Why is the sky blue?",
+]
+
+
+def conversation(i: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]
+
+
+@torch.inference_mode()
+def naive(chat: ChatModel, n: int, max_tokens: int) -> dict[str, float]:
+    """transformers generate, one request at a time."""
+    model, tokens, lat = chat.loaded.model, 0, []
+    began = time.perf_counter()
+    for i in range(n):
+        ids = torch.tensor([chat.encode(conversation(i))])  # type: ignore[arg-type]
+        t0 = time.perf_counter()
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_tokens,
+            min_new_tokens=max_tokens,
+            do_sample=False,
+        )
+        lat.append(time.perf_counter() - t0)
+        tokens += int(out.shape[1] - ids.shape[1])
+    took = time.perf_counter() - began
+    return {
+        "tokens_per_s": tokens / took,
+        "latency_p50_s": quantile(lat, 0.5),
+        "latency_p99_s": quantile(lat, 0.99),
+        "requests": n,
+        "tokens": tokens,
+    }
+
+
+def engine(chat: ChatModel, concurrency: int, n: int, max_tokens: int) -> dict[str, float]:
+    """Closed loop over the batching engine: ``concurrency`` requests in flight."""
+    params = ChatParams(max_tokens=max_tokens, temperature=0.0)
+    submitted, done, tokens, lat, ttft = 0, 0, 0, [], []
+    started: dict[str, float] = {}
+    began = time.perf_counter()
+    while done < n:
+        while submitted < n and submitted - done < concurrency:
+            rid = chat.submit(conversation(submitted), params)  # type: ignore[arg-type]
+            started[rid] = time.perf_counter()
+            submitted += 1
+        for result in chat.step():
+            done += 1
+            tokens += result.completion_tokens
+            lat.append(time.perf_counter() - started.pop(result.request_id))
+            if result.ttft_s is not None:
+                ttft.append(result.ttft_s)
+    took = time.perf_counter() - began
+    return {
+        "concurrency": concurrency,
+        "tokens_per_s": tokens / took,
+        "latency_p50_s": quantile(lat, 0.5),
+        "latency_p99_s": quantile(lat, 0.99),
+        "ttft_p50_s": quantile(ttft, 0.5),
+        "ttft_p99_s": quantile(ttft, 0.99),
+        "requests": n,
+        "tokens": tokens,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.llm_throughput")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (1: the worker default)"
+    )
+    parser.add_argument("--max-tokens", type=int, default=64)
+    args = parser.parse_args(argv)
+    per_level = 1 if args.quick else 2  # requests per level = concurrency x this
+    loaded = load(LoadConfig(threads=args.threads))
+    chat = ChatModel(loaded, EngineConfig(max_batch_size=16, max_batch_tokens=32768))
+    print(
+        f"model {loaded.report.source} loaded in {loaded.report.seconds:.1f} s "
+        f"(cache hit: {loaded.report.cache_hit}); torch threads {torch.get_num_threads()}",
+        file=sys.stderr,
+    )
+    engine(chat, 1, 1, 8)  # warm-up
+    base = naive(chat, 4 if args.quick else 8, args.max_tokens)
+    print(
+        f"naive generate   1 at a time  {base['tokens_per_s']:7.1f} tok/s  "
+        f"latency p50 {base['latency_p50_s']:.2f} s"
+    )
+    levels = []
+    for conc in (1, 4, 16):
+        r = engine(chat, conc, max(conc * per_level, 4), args.max_tokens)
+        r["x_naive"] = r["tokens_per_s"] / base["tokens_per_s"]
+        levels.append(r)
+        print(
+            f"engine  concurrency {conc:>3}  {r['tokens_per_s']:7.1f} tok/s "
+            f"({r['x_naive']:.1f}x naive)  latency p50 {r['latency_p50_s']:.2f} s "
+            f"p99 {r['latency_p99_s']:.2f} s  ttft p50 {r['ttft_p50_s'] * 1000:.0f} ms "
+            f"p99 {r['ttft_p99_s'] * 1000:.0f} ms"
+        )
+    single = levels[0]
+    out = {
+        "model": str(loaded.report.source),
+        "max_tokens": args.max_tokens,
+        "threads": torch.get_num_threads(),
+        "naive": base,
+        "engine": levels,
+        "c16_vs_naive": levels[2]["x_naive"],
+        "single_vs_naive": single["x_naive"],
+        "ttft_p50_c16_vs_single": levels[2]["ttft_p50_s"] / single["ttft_p50_s"],
+        "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in levels),
+    }
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
