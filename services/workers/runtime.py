@@ -84,6 +84,7 @@ _RUNTIMES: dict[str, str] = {
     "latency": "services.workers.testmodels:LatencyModel",
     "failing": "services.workers.testmodels:FailingModel",
     "llama-chat": "services.workers.chat_runtime:ChatRuntime",
+    "ood": "services.workers.ood_runtime:OodRuntime",
 }
 
 
