@@ -65,6 +65,8 @@ ALL_FAILED = "all_failed"
 DEADLINE_EXCEEDED = "deadline_exceeded"
 OVERLOADED = "overloaded"
 NO_POLICY = "no_policy"
+CLIENT_ERROR_CODES = frozenset({"prompt_too_long", "invalid_request", "request_too_large"})
+"""Model error codes that mean the input was at fault, not the model."""
 
 _NOT_BY_ANY = frozenset({Role.DETECTOR, Role.DECOY, Role.CANARY})
 _HASH_SPACE = float(2**64)
@@ -142,7 +144,7 @@ def decide(mailbox: Mailbox, policy: Policy, now_ms: float) -> Verdict | None:
             return _default(policy, DEADLINE_EXCEEDED, weight) if final else None
     if canary is not None and canary not in seen:
         return _default(policy, DEADLINE_EXCEEDED, weight) if final else None
-    return _default(policy, ALL_FAILED, weight)
+    return _all_failed(policy, seen, weight)
 
 
 def next_check(mailbox: Mailbox, policy: Policy, now_ms: float) -> float:
@@ -200,6 +202,31 @@ def _exhausted(policy: Policy, stage: Stage, seen: dict[str, Score]) -> bool:
     if stage.accept == "any" and not policy.models:
         return False  # any model at all may still answer
     return all(model in seen for model in _candidates(policy, stage, seen))
+
+
+def _all_failed(policy: Policy, seen: dict[str, Score], weight: float) -> Verdict:
+    """Every model that could answer failed. When they all refused the input itself
+    for one reason (a prompt too long for the context), that is the answer: a client
+    error. Otherwise the configured safe reply, or an ``all_failed`` error."""
+    errors = [s.error or "" for s in seen.values() if s.status is ScoreStatus.ERROR]
+    codes = {_error_code(e) for e in errors}
+    if errors and len(codes) == 1 and (code := codes.pop()) in CLIENT_ERROR_CODES:
+        return Verdict(None, ALL_FAILED, None, ErrorBody(code=code, message=errors[0]), weight)
+    if policy.default.error is None:
+        return _default(policy, ALL_FAILED, weight)
+    detail = "; ".join(sorted(f"{m}: {s.error or s.status.value}" for m, s in seen.items()))
+    return Verdict(
+        None,
+        ALL_FAILED,
+        None,
+        ErrorBody(code=ALL_FAILED, message=f"every model failed ({detail})"[:2000]),
+        weight,
+    )
+
+
+def _error_code(error: str) -> str:
+    """The code of a score's error text written as ``[code] message``."""
+    return error[1 : error.index("]")] if error.startswith("[") and "]" in error else ""
 
 
 def _default(policy: Policy, reason: str, weight: float) -> Verdict:

@@ -377,3 +377,31 @@ def test_error_verdicts() -> None:
         ErrorBody(code="overloaded", message="too many open requests"),
         1.0,
     )
+
+
+def _errors_box(*errors: str) -> Mailbox:
+    req = request(request_id="req-e")
+    box = Mailbox(req, A, A + 1000)
+    for i, text in enumerate(errors):
+        box.add(score_for(req, model=["fast", "slow"][i], status=ERR, error=text), A + 5 + i)
+    return box
+
+
+def test_all_failed_on_the_same_client_error_answers_that_error() -> None:
+    box = _errors_box("[prompt_too_long] 5000 tokens", "[prompt_too_long] 5000 tokens")
+    verdict = decide(box, _policy(models=["fast", "slow"]), A + 10)
+    assert verdict is not None
+    assert verdict.reason == ALL_FAILED
+    assert verdict.error == ErrorBody(
+        code="prompt_too_long", message="[prompt_too_long] 5000 tokens"
+    )
+
+
+def test_all_failed_for_other_reasons_says_so_and_names_each_failure() -> None:
+    box = _errors_box("[prompt_too_long] long", "RuntimeError: out of memory")
+    verdict = decide(box, _policy(models=["fast", "slow"]), A + 10)
+    assert verdict is not None
+    assert verdict.error is not None
+    assert verdict.error.code == ALL_FAILED
+    assert "out of memory" in verdict.error.message
+    assert "fast" in verdict.error.message
