@@ -33,8 +33,11 @@ REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("RDV_CLINC150_DIR", REPO.parent / "shared" / "data" / "clinc150"))
 CACHE = Path(os.environ.get("RDV_OOD_CACHE", REPO / ".rdv" / "cache" / "ood"))
 
+# The data ships with the project's shared folder (beside the repository): a missing
+# copy is an error, never a silent skip.
+assert (DATA / "train.jsonl").is_file(), f"no CLINC150 at {DATA}; set RDV_CLINC150_DIR"
+
 pytestmark = [
-    pytest.mark.skipif(not (DATA / "train.jsonl").is_file(), reason=f"no CLINC150 at {DATA}"),
     pytest.mark.timeout(1200),  # a cold cache embeds ~18k sentences in the first fixture
 ]
 
