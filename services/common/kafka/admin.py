@@ -11,7 +11,13 @@ import confluent_kafka
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from services.common.errors import ConfigError, KafkaUnavailableError
-from services.common.kafka.clients import Record, _error_cb, _on_client_error, _record
+from services.common.kafka.clients import (
+    CLIENT_LOG,
+    Record,
+    _error_cb,
+    _on_client_error,
+    _record,
+)
 
 log = logging.getLogger("rdv.kafka")
 
@@ -30,6 +36,7 @@ def read_since(
         "group.id": "rdv-read-since",
         "enable.auto.commit": "false",
         "error_cb": _error_cb(None),
+        "logger": CLIENT_LOG,
     }
     consumer = confluent_kafka.Consumer(conf)
     try:
@@ -87,7 +94,7 @@ class Admin:
     """Topic administration: create what is missing and wait until it is usable."""
 
     def __init__(self, config: Mapping[str, str]) -> None:
-        conf: dict[str, Any] = {**config, "error_cb": _on_client_error}
+        conf: dict[str, Any] = {**config, "error_cb": _on_client_error, "logger": CLIENT_LOG}
         self._admin = AdminClient(conf)
 
     def partitions(self, timeout_s: float = 10.0) -> dict[str, int]:

@@ -12,6 +12,8 @@ import confluent_kafka
 from services.common.errors import BackpressureError
 
 log = logging.getLogger("rdv.kafka")
+CLIENT_LOG = logging.getLogger("rdv.librdkafka")
+"""librdkafka's own log lines, through the process's logging (JSON in the services)."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,9 @@ class Producer:
     """An idempotent producer whose local queue is bounded and fails fast when full."""
 
     def __init__(self, config: Mapping[str, str], on_error: ErrorHook | None = None) -> None:
-        self._producer = confluent_kafka.Producer({**config, "error_cb": _error_cb(on_error)})
+        self._producer = confluent_kafka.Producer(
+            {**config, "error_cb": _error_cb(on_error), "logger": CLIENT_LOG}
+        )
 
     def produce(
         self, out: Outbound, on_delivery: Callable[[str | None], None] | None = None
@@ -119,7 +123,9 @@ class Consumer:
     """A group consumer that commits only offsets stored after output was produced."""
 
     def __init__(self, config: Mapping[str, str], on_error: ErrorHook | None = None) -> None:
-        self._consumer = confluent_kafka.Consumer({**config, "error_cb": _error_cb(on_error)})
+        self._consumer = confluent_kafka.Consumer(
+            {**config, "error_cb": _error_cb(on_error), "logger": CLIENT_LOG}
+        )
         self._assigned: set[tuple[str, int]] = set()
         self._fresh: set[tuple[str, int]] = set()
         self._revoked: set[tuple[str, int]] = set()
