@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 from pydantic import JsonValue
 
@@ -58,3 +59,19 @@ def score_for(
         error=error,
         timings=Timings(received_ms=now, started_ms=now, finished_ms=now),
     )
+
+
+def policy_doc(**over: Any) -> dict[str, Any]:
+    """A valid policy document for endpoint ``demo`` (fast, then fast or slow, then any),
+    with top-level keys replaced by ``over``."""
+    doc: dict[str, Any] = {
+        "endpoint": "demo",
+        "deadline_ms": 1000,
+        "models": ["fast", "slow"],
+        "stages": [
+            {"until_ms": 300, "accept": ["fast"]},
+            {"until_ms": 800, "accept": ["fast", "slow"]},
+            {"until_ms": "deadline", "accept": "any"},
+        ],
+    }
+    return doc | over

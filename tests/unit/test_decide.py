@@ -26,7 +26,7 @@ from services.rendezvous.decide import (
 )
 from services.rendezvous.mailbox import Mailbox, MailboxStore
 from services.rendezvous.policy import Policy, parse_policy
-from tests.factories import request, score_for
+from tests.factories import policy_doc, request, score_for
 
 A = 10_000.0  # monotonic ms at which the request reached the rendezvous
 OK, ERR, SKIP = ScoreStatus.OK, ScoreStatus.ERROR, ScoreStatus.SKIPPED
@@ -34,17 +34,7 @@ DEFAULT_ERROR = ErrorBody(code="deadline_exceeded", message="no acceptable answe
 
 
 def _policy(**over: Any) -> Policy:
-    doc: dict[str, Any] = {
-        "endpoint": "demo",
-        "deadline_ms": 1000,
-        "models": ["fast", "slow"],
-        "stages": [
-            {"until_ms": 300, "accept": ["fast"]},
-            {"until_ms": 800, "accept": ["fast", "slow"]},
-            {"until_ms": "deadline", "accept": "any"},
-        ],
-    }
-    return parse_policy(doc | over, "test")
+    return parse_policy(policy_doc(**over), "test")
 
 
 DEMO = _policy()

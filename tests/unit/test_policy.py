@@ -14,22 +14,12 @@ from services.common.endpoints import load_endpoints
 from services.common.errors import ConfigError
 from services.common.messages import ErrorBody, PolicyEntry
 from services.rendezvous.policy import Policy, load_policies, parse_policy, policy_from_entry
+from tests.factories import policy_doc
 
 POLICIES = Path(__file__).resolve().parents[2] / "deploy" / "policies"
 
 
-def _doc(**over: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "endpoint": "demo",
-        "deadline_ms": 1000,
-        "models": ["fast", "slow"],
-        "stages": [
-            {"until_ms": 300, "accept": ["fast"]},
-            {"until_ms": 800, "accept": ["fast", "slow"]},
-            {"until_ms": "deadline", "accept": "any"},
-        ],
-    }
-    return doc | over
+_doc = policy_doc
 
 
 def _write(folder: Path, doc: dict[str, Any], name: str = "p.yaml") -> Path:
