@@ -122,6 +122,20 @@ class Score(BaseMessage):
         return self
 
 
+OodStatus = Literal["flagged", "clear", "unknown"]
+
+
+class OodCheck(_Frozen):
+    """What an endpoint's OOD gate found for one request (see services.rendezvous.policy).
+
+    ``unknown``: the detector failed, skipped, or did not report within the gate's wait.
+    """
+
+    status: OodStatus
+    detector: str  # the detector model the gate listens to
+    score: float | None = None  # the detector's ood_score, when it reported one
+
+
 class Decision(BaseMessage):
     """What the rendezvous decided for one request, and why (the audit record)."""
 
@@ -139,6 +153,7 @@ class Decision(BaseMessage):
     # Probability with which the returned model was picked (for off-policy evaluation).
     propensity: float = Field(default=1.0, gt=0.0, le=1.0)
     policy_version: int | None = None  # None when no policy entry was in force
+    ood: OodCheck | None = None  # None when the endpoint's policy has no OOD gate
 
 
 class ErrorBody(_Frozen):
@@ -158,6 +173,7 @@ class Reply(BaseMessage):
     output: JsonValue = None
     error: ErrorBody | None = None
     decided_ms: float
+    ood: OodCheck | None = None  # None when the endpoint's policy has no OOD gate
 
     @property
     def ok(self) -> bool:

@@ -1,6 +1,6 @@
 """The HTTP edge of the error tree: gateway errors, and the ONE function that maps any
 error (the platform's tree, HTTP problems, the unexpected) to a status and a JSON body
-``{"error": {"code", "message"}}``."""
+``{"error": {"code", "message"}}`` (plus ``ood`` when an OOD gate looked at the request)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from services.common.errors import (
     MessageError,
     RendezvousError,
 )
+from services.common.messages import OodCheck
 
 log = logging.getLogger("rdv.gateway")
 
@@ -27,6 +28,7 @@ REQUEST_ID_HEADER = "x-rdv-request-id"
 MODEL_HEADER = "x-rdv-model"
 REASON_HEADER = "x-rdv-reason"
 TRACE_HEADER = "x-rdv-trace-id"
+OOD_HEADER = "x-rdv-ood"  # flagged | clear | unknown, on endpoints with an OOD gate
 
 
 class UnknownEndpointError(RendezvousError):
@@ -74,11 +76,20 @@ class NoAnswerError(RendezvousError):
 class ReplyError(RendezvousError):
     """The rendezvous answered with an error; its code is kept as given."""
 
-    def __init__(self, code: str, message: str, *, model: str | None, reason: str) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        model: str | None,
+        reason: str,
+        ood: OodCheck | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.model = model
         self.reason = reason
+        self.ood = ood
 
 
 DEADLINE_EXCEEDED = "deadline_exceeded"
@@ -120,11 +131,14 @@ def error_response(
         headers["Retry-After"] = str(retry_after_s)
     if request_id is not None:
         headers[REQUEST_ID_HEADER] = request_id
+    body: dict[str, object] = {"error": {"code": code, "message": message}}
     if isinstance(exc, ReplyError):
         headers[REASON_HEADER] = header_value(exc.reason)
         if exc.model is not None:
             headers[MODEL_HEADER] = header_value(exc.model)
-    body = {"error": {"code": code, "message": message}}
+        headers.update(ood_headers(exc.ood))
+        if exc.ood is not None:
+            body["ood"] = exc.ood.model_dump()
     return JSONResponse(body, status_code=int(status), headers=headers)
 
 
@@ -144,6 +158,11 @@ def _classify(exc: Exception) -> tuple[HTTPStatus, str, str]:
         return status, status.phrase.lower().replace(" ", "_").replace("-", "_"), str(exc.detail)
     log.error("unexpected error", exc_info=exc)
     return HTTPStatus.INTERNAL_SERVER_ERROR, "internal_error", "internal error (see the logs)"
+
+
+def ood_headers(check: OodCheck | None) -> dict[str, str]:
+    """``x-rdv-ood: <status>`` when the endpoint's OOD gate looked at the request."""
+    return {} if check is None else {OOD_HEADER: check.status}
 
 
 def header_value(text: str, limit: int = 200) -> str:

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from services.common.chat import ChatMessage
+from services.common.messages import OodCheck
 
 
 class OpenAIChatRequest(BaseModel):
@@ -53,6 +54,7 @@ class OpenAIChatResponse(BaseModel):
     model: str
     choices: list[Choice]
     usage: Usage
+    ood: OodCheck | None = None  # an extension: the OOD gate's finding
 
 
 class ModelCard(BaseModel):

@@ -107,7 +107,11 @@ class Gateway:
             self.pending.close(request_id)
         if reply.error is not None:
             raise ReplyError(
-                reply.error.code, reply.error.message, model=reply.model, reason=reply.reason
+                reply.error.code,
+                reply.error.message,
+                model=reply.model,
+                reason=reply.reason,
+                ood=reply.ood,
             )
         return reply
 

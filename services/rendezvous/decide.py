@@ -7,6 +7,12 @@ fires a little late decides exactly as one that fired on time.
 
 Before the deadline (``decide`` may return None: wait):
 
+0. OOD gate (when the policy has one): while the detector has not reported and the
+   gate's ``wait_ms`` has not passed, wait. A flagged request gets the gate's answer:
+   the safe reply at once, or the named fallback model's ok score (waited for up to
+   the deadline; the default if it fails). Otherwise (clear, or unknown: the detector
+   failed or stayed silent past the wait) the steps below apply, and the verdict
+   carries the gate's finding.
 1. Canary branch (the request falls in the canary share): the canary model's ok
    score wins at once. The canary gets the first stage's window to answer: while it
    has not reported and the first stage has not ended, nothing else is answered.
@@ -30,6 +36,8 @@ Reasons (``Verdict.reason``):
 - ``champion_in_time``: an ok answer picked by the first stage's accept list;
 - ``fallback:<i>``: an ok answer picked by stage ``i`` (i >= 1; at the deadline, the last);
 - ``canary``: the canary model's ok answer, for a request in the canary share;
+- ``ood_safe_reply``: the OOD gate's configured safe reply, for a flagged request;
+- ``ood_fallback``: the OOD gate's fallback model's ok answer, for a flagged request;
 - ``all_failed``: the default, because every model that could still be accepted
   reported error or skipped;
 - ``deadline_exceeded``: the default, because the deadline came with nothing acceptable;
@@ -51,16 +59,26 @@ requests to the canary branch.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 from pydantic import JsonValue
 
-from services.common.messages import ErrorBody, RequestEnvelope, Role, Score, ScoreStatus
+from services.common.messages import (
+    ErrorBody,
+    OodCheck,
+    RequestEnvelope,
+    Role,
+    Score,
+    ScoreStatus,
+)
 from services.rendezvous.mailbox import Mailbox
 from services.rendezvous.policy import Policy, Stage
 
 CHAMPION_IN_TIME = "champion_in_time"
 CANARY = "canary"
+OOD_SAFE_REPLY = "ood_safe_reply"
+OOD_FALLBACK = "ood_fallback"
 ALL_FAILED = "all_failed"
 DEADLINE_EXCEEDED = "deadline_exceeded"
 OVERLOADED = "overloaded"
@@ -86,6 +104,7 @@ class Verdict:
     output: JsonValue
     error: ErrorBody | None
     propensity: float
+    ood: OodCheck | None = None  # the OOD gate's finding; None without a gate
 
 
 def error_verdict(reason: str, code: str, message: str) -> Verdict:
@@ -125,7 +144,79 @@ def decide(mailbox: Mailbox, policy: Policy, now_ms: float) -> Verdict | None:
     cut = min(now_ms, dead)
     seen = {m: a.score for m, a in mailbox.scores.items() if a.at_ms <= cut}
     weight = propensity(mailbox.request, policy)
-    bounds = _bounds(mailbox, policy, dead)
+    check = ood_check(policy, seen, cut - mailbox.arrived_ms, final)
+    if check is WAIT:
+        return None
+    if check is not None and check.status == "flagged":
+        return _flagged(policy, check, seen, final, weight)
+    verdict = _schedule(mailbox, policy, seen, cut=cut, final=final, weight=weight)
+    return verdict if verdict is None or check is None else replace(verdict, ood=check)
+
+
+WAIT = OodCheck(status="unknown", detector="")
+"""ood_check's answer while the detector may still report: no verdict yet."""
+
+
+def ood_check(
+    policy: Policy, seen: dict[str, Score], elapsed_ms: float, final: bool
+) -> OodCheck | None:
+    """The OOD gate's finding from the scores seen ``elapsed_ms`` after arrival: None
+    without a gate, ``WAIT`` while the detector may still report in time."""
+    gate = policy.ood
+    if gate is None:
+        return None
+    score = seen.get(gate.detector)
+    if score is None:
+        if elapsed_ms < gate.wait_ms and not final:
+            return WAIT
+        return OodCheck(status="unknown", detector=gate.detector)
+    return read_detector(score)
+
+
+def read_detector(score: Score) -> OodCheck:
+    """A detector's score as a finding: ``is_ood`` flags; anything unreadable is unknown."""
+    out = score.output
+    flag = out.get("is_ood") if isinstance(out, dict) else None
+    if score.status is not ScoreStatus.OK or not isinstance(flag, bool):
+        return OodCheck(status="unknown", detector=score.model)
+    assert isinstance(out, dict)
+    raw = out.get("ood_score")
+    value = float(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else None
+    return OodCheck(
+        status="flagged" if flag else "clear",
+        detector=score.model,
+        score=value if value is not None and math.isfinite(value) else None,
+    )
+
+
+def _flagged(
+    policy: Policy, check: OodCheck, seen: dict[str, Score], final: bool, weight: float
+) -> Verdict | None:
+    """A flagged request: the safe reply, or the fallback model's answer when it has one."""
+    assert policy.ood is not None
+    when = policy.ood.when_flagged
+    if when.model is None:
+        return Verdict(None, OOD_SAFE_REPLY, when.output, None, weight, check)
+    score = seen.get(when.model)
+    if score is not None and score.status is ScoreStatus.OK:
+        return Verdict(when.model, OOD_FALLBACK, score.output, None, weight, check)
+    if score is None and not final:
+        return None
+    reason = DEADLINE_EXCEEDED if score is None else ALL_FAILED
+    return replace(_default(policy, reason, weight), ood=check)
+
+
+def _schedule(
+    mailbox: Mailbox,
+    policy: Policy,
+    seen: dict[str, Score],
+    *,
+    cut: float,
+    final: bool,
+    weight: float,
+) -> Verdict | None:
+    """Steps 1 and 2 of the module doc (and the deadline rule)."""
+    bounds = _bounds(mailbox, policy, deadline_at(mailbox, policy))
     canary = policy.canary.model if policy.canary and in_canary(mailbox.request, policy) else None
     if canary is not None:
         score = seen.get(canary)
@@ -151,7 +242,10 @@ def next_check(mailbox: Mailbox, policy: Policy, now_ms: float) -> float:
     """Monotonic ms at which the verdict can next change without a new score: the next
     stage boundary after ``now_ms``, or the deadline (returned once it has passed)."""
     dead = deadline_at(mailbox, policy)
-    return next((b for b in _bounds(mailbox, policy, dead) if b > now_ms), dead)
+    bounds = _bounds(mailbox, policy, dead)
+    if policy.ood is not None:  # the end of the gate's wait
+        bounds = sorted([*bounds, min(mailbox.arrived_ms + policy.ood.wait_ms, dead)])
+    return next((b for b in bounds if b > now_ms), dead)
 
 
 def verdict_latencies(mailbox: Mailbox) -> dict[str, float]:

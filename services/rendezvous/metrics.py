@@ -27,6 +27,11 @@ STORE = Counter(
     "orphan scores, requests refused while full",
     ["event"],
 )
+OOD = Counter(
+    "rdv_rendezvous_ood_checks_total",
+    "OOD gate findings (flagged, clear, unknown) on endpoints whose policy has a gate",
+    ["endpoint", "status"],
+)
 CATCHUP = Counter(
     "rdv_rendezvous_catchup_decisions_total", "Earlier decisions read back on partition assignment"
 )

@@ -18,6 +18,17 @@ rendezvous (see deploy/policies/demo.yaml for an annotated example)::
       model: slow             # the challenger that gets a share of the answers
       share: 0.05             # 0 < share < 1
       sticky_attribute: user  # optional RequestEnvelope.attributes key
+    ood:                      # optional: act on an out-of-distribution detector's verdict
+      detector: ood           # the detector model (its score output carries is_ood)
+      wait_ms: 500            # answers wait for the detector at most this long
+      when_flagged:           # exactly one of
+        output: {text: "I can help with banking, travel and ..."}   # a safe reply
+        # model: smol-tight   # or a named fallback model's answer
+
+While the detector has not reported and ``wait_ms`` has not passed, no answer is given
+(the detector's own score, or the deadline, ends the wait). A flagged request gets the
+``when_flagged`` answer; an unflagged one, or one whose detector failed or stayed
+silent past ``wait_ms``, follows the stages.
 
 ``accept: any`` means any roster model, or any model at all when the roster is
 empty. When the roster is non-empty, every model named in an accept list or as
@@ -133,6 +144,28 @@ class Canary(_Strict):
     sticky_attribute: str | None = Field(default=None, min_length=1)
 
 
+class WhenFlagged(_Strict):
+    """The answer to a request the detector flags: a safe reply or a fallback model."""
+
+    output: JsonValue = None
+    model: Name | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        has_output = "output" in self.model_fields_set
+        if (self.model is None) == (not has_output):
+            raise ValueError("when_flagged needs exactly one of 'output' or 'model'")
+        return self
+
+
+class OodGate(_Strict):
+    """Wait up to ``wait_ms`` for ``detector``; a flagged request gets ``when_flagged``."""
+
+    detector: Name
+    wait_ms: Millis
+    when_flagged: WhenFlagged
+
+
 class Policy(_Strict):
     """One endpoint's rendezvous policy (the module docstring shows the document)."""
 
@@ -143,6 +176,7 @@ class Policy(_Strict):
     stages: tuple[Stage, ...]
     default: DefaultAnswer = DEFAULT_ANSWER
     canary: Canary | None = None
+    ood: OodGate | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -150,6 +184,7 @@ class Policy(_Strict):
             raise ValueError(f"models names a model twice: {list(self.models)}")
         self._check_schedule()
         self._check_roster()
+        self._check_gate()
         return self
 
     def _check_schedule(self) -> None:
@@ -170,6 +205,22 @@ class Policy(_Strict):
                     f"deadline_ms {self.deadline_ms}"
                 )
             previous = stage.until_ms
+
+    def _check_gate(self) -> None:
+        gate = self.ood
+        if gate is None:
+            return
+        if gate.wait_ms >= self.deadline_ms:
+            raise ValueError(
+                f"ood: wait_ms {gate.wait_ms} must be below deadline_ms {self.deadline_ms}"
+            )
+        fallback = gate.when_flagged.model
+        if fallback is not None and fallback == gate.detector:
+            raise ValueError("ood: the fallback model cannot be the detector")
+        if self.models:
+            missing = [m for m in (gate.detector, fallback) if m and m not in self.models]
+            if missing:
+                raise ValueError(f"ood: models {missing} are not in models")
 
     def _check_roster(self) -> None:
         if not self.models:

@@ -160,6 +160,7 @@ class Rendezvous:
             output=verdict.output,
             error=verdict.error,
             decided_ms=wall,
+            ood=verdict.ood,
         )
         ret = req.return_address
         ctx.emit(
@@ -188,6 +189,7 @@ class Rendezvous:
             decided_ms=wall,
             propensity=verdict.propensity,
             policy_version=box[1].version if box is not None and box[1] else None,
+            ood=verdict.ood,
         )
         ctx.emit(
             Outbound(self.topics.decisions, message_key(decision), encode(decision)), source=refs
@@ -196,6 +198,8 @@ class Rendezvous:
             ctx.release(rec)
         metrics.DECISIONS.labels(req.endpoint, verdict.chosen_model or "-", verdict.reason).inc()
         metrics.ELAPSED.labels(req.endpoint).observe(max(elapsed, 0.0) / 1000.0)
+        if verdict.ood is not None:
+            metrics.OOD.labels(req.endpoint, verdict.ood.status).inc()
         if verdict.error is not None:
             _log_default(req, verdict.error)
 

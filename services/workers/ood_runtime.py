@@ -14,7 +14,9 @@ one forward pass and scores them. Spec params:
 ``text_field``
     The payload field holding the text when the payload is an object (``"text"``).
 
-A payload is a string or an object with a string under ``text_field``; each output is
+A payload is a string, an object with a string under ``text_field``, or a chat payload
+(an object with ``messages``, see services.common.chat), whose last user turn is
+scored. Each output is
 ``{"ood_score": float, "is_ood": bool, "method": str, "artifact_version": str}``.
 A payload without usable text gets a ``PredictionError``, the others are scored.
 """
@@ -50,12 +52,26 @@ class OodParams(BaseModel):
 
 def payload_text(payload: JsonValue, field: str) -> str | PredictionError:
     """The text to score in one payload, or why there is none."""
+    if isinstance(payload, dict) and "messages" in payload and field not in payload:
+        return last_user_turn(payload["messages"])
     text = payload.get(field) if isinstance(payload, dict) else payload
     if not isinstance(text, str):
         return PredictionError(f"payload must be a string or an object with a string {field!r}")
     if not text.strip():
         return PredictionError("payload text is empty")
     return text
+
+
+def last_user_turn(messages: JsonValue) -> str | PredictionError:
+    """The content of a chat conversation's last user message."""
+    turns = messages if isinstance(messages, list) else []
+    for turn in reversed(turns):
+        if isinstance(turn, dict) and turn.get("role") == "user":
+            content = turn.get("content")
+            if isinstance(content, str) and content.strip():
+                return content
+            break
+    return PredictionError("chat payload has no user message with text to score")
 
 
 class OodRuntime(ModelRuntime):

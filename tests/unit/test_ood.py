@@ -10,6 +10,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -40,7 +41,7 @@ from models.ood.scoring import (
     unit_rows,
 )
 from services.common.errors import ConfigError
-from services.workers.ood_runtime import OodRuntime
+from services.workers.ood_runtime import OodRuntime, payload_text
 from services.workers.runtime import PredictionError
 
 DIM = 16
@@ -358,6 +359,36 @@ def test_the_runtime_scores_texts_and_rejects_bad_payloads(
     assert out[1]["artifact_version"] == artifact.version
     assert set(out[0]) == {"ood_score", "is_ood", "method", "artifact_version"}
     assert all(isinstance(o, PredictionError) for o in out[2:])
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        ("plain", "plain"),
+        ({"text": "field"}, "field"),
+        ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}, "hi"),
+        (
+            {
+                "messages": [
+                    {"role": "system", "content": "be brief"},
+                    {"role": "user", "content": "first"},
+                    {"role": "assistant", "content": "ok"},
+                    {"role": "user", "content": "last"},
+                ]
+            },
+            "last",
+        ),
+        ({"messages": [{"role": "system", "content": "only"}]}, None),
+        ({"messages": [{"role": "user", "content": "  "}]}, None),
+        ({"messages": "hi"}, None),
+    ],
+)
+def test_chat_payloads_are_scored_on_their_last_user_turn(payload: Any, expected: Any) -> None:
+    text = payload_text(payload, "text")
+    if expected is None:
+        assert isinstance(text, PredictionError)
+    else:
+        assert text == expected
 
 
 def test_the_runtime_turns_artifact_problems_into_config_errors(tmp_path: Path) -> None:

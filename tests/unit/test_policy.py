@@ -88,6 +88,24 @@ def _stages(*pairs: tuple[Any, Any]) -> list[dict[str, Any]]:
     return [{"until_ms": u, "accept": a} for u, a in pairs]
 
 
+def _gate(
+    detector: str = "slow", wait_ms: int = 200, when: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {"detector": detector, "wait_ms": wait_ms, "when_flagged": {"output": "no"} if when is None else when}
+
+
+def test_an_ood_gate_with_a_safe_reply_or_a_fallback_model(tmp_path: Path) -> None:
+    reply = {"text": "I can help with travel and banking."}
+    safe = load_policies(_write(tmp_path, _doc(ood=_gate(when={"output": reply}))))["demo"]
+    assert safe.ood is not None
+    assert (safe.ood.detector, safe.ood.wait_ms) == ("slow", 200)
+    assert (safe.ood.when_flagged.output, safe.ood.when_flagged.model) == (reply, None)
+
+    fallback = load_policies(_write(tmp_path, _doc(ood=_gate(when={"model": "fast"}))))["demo"]
+    assert fallback.ood is not None
+    assert fallback.ood.when_flagged.model == "fast"
+
+
 INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("no-stages", _doc(stages=[]), "stages"),
     (
@@ -125,6 +143,14 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("no-deadline", {k: v for k, v in _doc().items() if k != "deadline_ms"}, "deadline_ms"),
     ("deadline-too-long", _doc(deadline_ms=600_001), "deadline_ms"),
     ("version-zero", _doc(version=0), "version"),
+    ("ood-wait-at-deadline", _doc(ood=_gate(wait_ms=1000)), "wait_ms 1000 must be below"),
+    ("ood-detector-not-in-roster", _doc(ood=_gate(detector="ood")), "['ood'] are not in models"),
+    ("ood-fallback-not-in-roster", _doc(ood=_gate(when={"model": "big"})), "['big']"),
+    ("ood-fallback-is-detector", _doc(ood=_gate(when={"model": "slow"})), "cannot be the detector"),
+    ("ood-when-both", _doc(ood=_gate(when={"model": "fast", "output": "x"})), "exactly one"),
+    ("ood-when-neither", _doc(ood=_gate(when={})), "exactly one"),
+    ("ood-no-wait", _doc(ood={"detector": "slow", "when_flagged": {"output": "x"}}), "wait_ms"),
+    ("ood-extra-key", _doc(ood={**_gate(), "threshold": 3}), "threshold"),
 ]
 
 

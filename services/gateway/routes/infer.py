@@ -20,6 +20,7 @@ from services.gateway.errors import (
     UnsupportedMediaTypeError,
     error_response,
     header_value,
+    ood_headers,
 )
 from services.gateway.metrics import LATENCY, REQUESTS, UNKNOWN_ENDPOINT
 from services.gateway.schemas import InferRequest, describe
@@ -52,7 +53,8 @@ async def infer(endpoint: str, request: Request, gateway: GatewayDep) -> Respons
 
 
 def answer(reply: Reply, request_id: str, trace_id: str, *, latency_ms: float) -> Response:
-    """200 with the chosen model's output; who answered and why also go in headers."""
+    """200 with the chosen model's output; who answered and why also go in headers, and
+    what the endpoint's OOD gate found (``ood`` and ``x-rdv-ood``; null/absent without one)."""
     headers = {
         REQUEST_ID_HEADER: request_id,
         REASON_HEADER: header_value(reply.reason),
@@ -60,12 +62,14 @@ def answer(reply: Reply, request_id: str, trace_id: str, *, latency_ms: float) -
     }
     if reply.model is not None:
         headers[MODEL_HEADER] = header_value(reply.model)
+    headers.update(ood_headers(reply.ood))
     content = {
         "request_id": request_id,
         "model": reply.model,
         "reason": reply.reason,
         "output": reply.output,
         "latency_ms": round(latency_ms, 3),
+        "ood": None if reply.ood is None else reply.ood.model_dump(),
     }
     return JSONResponse(content, headers=headers)
 

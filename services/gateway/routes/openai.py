@@ -2,7 +2,8 @@
 official ``openai`` client works unchanged. A chat request becomes a request envelope
 for a chat endpoint (``model`` names the endpoint, or a model on its roster); the
 rendezvous picks the answer as for any endpoint, and the response's ``model`` and the
-``x-rdv-model`` / ``x-rdv-reason`` headers say which model answered and why."""
+``x-rdv-model`` / ``x-rdv-reason`` headers say which model answered and why; ``ood``
+(body) and ``x-rdv-ood`` say what the endpoint's OOD gate found, where it has one."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from services.gateway.errors import (
     UnsupportedFeatureError,
     error_response,
     header_value,
+    ood_headers,
 )
 from services.gateway.metrics import LATENCY, REQUESTS, UNKNOWN_ENDPOINT
 from services.gateway.openai_schemas import (
@@ -85,6 +87,7 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
                 completion_tokens=out.usage.completion_tokens,
                 total_tokens=out.usage.prompt_tokens + out.usage.completion_tokens,
             ),
+            ood=reply.ood,
         )
         response: Response = JSONResponse(
             body.model_dump(),
@@ -93,6 +96,7 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
                 MODEL_HEADER: header_value(reply.model or "-"),
                 REASON_HEADER: header_value(reply.reason),
                 FINISH_HEADER: out.finish_reason,
+                **ood_headers(reply.ood),
             },
         )
     except RendezvousError as exc:

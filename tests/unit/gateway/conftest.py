@@ -20,6 +20,17 @@ def settings(tmp_path: Path) -> GatewaySettings:
 
 
 @pytest.fixture
+def chat_settings(tmp_path: Path) -> GatewaySettings:
+    """Endpoint chat (5 s) with the roster smol, smol-tight."""
+    policies = tmp_path / "chat-policies"
+    policies.mkdir()
+    (policies / "chat.yaml").write_text(
+        "endpoint: chat\ndeadline_ms: 5000\nmodels: [smol, smol-tight]\n"
+    )
+    return GatewaySettings(policies=policies, max_body_bytes=65536, max_loop_lag_ms=60_000)
+
+
+@pytest.fixture
 def topics() -> Topics:
     return load_topics(prefix="unit.")
 

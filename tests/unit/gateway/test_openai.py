@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
@@ -19,16 +18,6 @@ from services.gateway.settings import GatewaySettings
 from tests.unit.gateway.fakes import FakeBus, failed, ok
 
 USER = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-@pytest.fixture
-def chat_settings(tmp_path: Path) -> GatewaySettings:
-    policies = tmp_path / "chat-policies"
-    policies.mkdir()
-    (policies / "chat.yaml").write_text(
-        "endpoint: chat\ndeadline_ms: 5000\nmodels: [smol, smol-tight]\n"
-    )
-    return GatewaySettings(policies=policies, max_body_bytes=65536, max_loop_lag_ms=60_000)
 
 
 @pytest.fixture
