@@ -107,20 +107,30 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=1, help="torch CPU threads (1: the worker default)"
     )
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument(
+        "--dtype", default="auto", help="engine dtype (auto: float32, bfloat16 with int8)"
+    )
+    parser.add_argument("--quantize", default="int8", help="engine weights: none or int8")
     args = parser.parse_args(argv)
     per_level = 1 if args.quick else 2  # requests per level = concurrency x this
-    loaded = load(LoadConfig(threads=args.threads))
+    plain = load(LoadConfig(threads=args.threads))  # the default float32 model
+    loaded = load(LoadConfig(threads=args.threads, dtype=args.dtype, quantize=args.quantize))
+    baseline = ChatModel(plain)  # its tokenizer and chat template only
     chat = ChatModel(loaded, EngineConfig(max_batch_size=16, max_batch_tokens=32768))
+    threads = torch.get_num_threads()
     print(
         f"model {loaded.report.source} loaded in {loaded.report.seconds:.1f} s "
-        f"(cache hit: {loaded.report.cache_hit}); torch threads {torch.get_num_threads()}",
+        f"(cache hit: {loaded.report.cache_hit}); torch threads {threads} for both; "
+        f"naive: {plain.report.dtype}; engine: {loaded.report.dtype}, "
+        f"quantize {loaded.report.quantize}",
         file=sys.stderr,
     )
     engine(chat, 1, 1, 8)  # warm-up
-    base = naive(chat, 4 if args.quick else 8, args.max_tokens)
+    naive(baseline, 1, 8)
+    base = naive(baseline, 4 if args.quick else 8, args.max_tokens)
     print(
         f"naive generate   1 at a time  {base['tokens_per_s']:7.1f} tok/s  "
-        f"latency p50 {base['latency_p50_s']:.2f} s"
+        f"latency p50 {base['latency_p50_s']:.2f} s  ({plain.report.dtype}, threads {threads})"
     )
     levels = []
     for conc in (1, 4, 16):
@@ -137,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "model": str(loaded.report.source),
         "max_tokens": args.max_tokens,
-        "threads": torch.get_num_threads(),
+        "threads": threads,
+        "naive_dtype": plain.report.dtype,
+        "engine_dtype": loaded.report.dtype,
+        "engine_quantize": loaded.report.quantize,
         "naive": base,
         "engine": levels,
         "c16_vs_naive": levels[2]["x_naive"],

@@ -5,11 +5,13 @@ in its own loop; there are no threads here. One step:
 
 1. ends the requests whose deadline can no longer be met: the next step would
    finish after it (by the smoothed duration of past steps);
-2. decodes one token for every running request (one batched forward pass);
-3. admits waiting requests, first come first served, while the batch has room
-   (``max_batch_size``) and the token budget allows (``max_batch_tokens``), prefills
-   them together and merges them into the running batch: they produce their first
-   token in this step and decode with the others from the next.
+2. admits waiting requests, first come first served, while the batch has room
+   (``max_batch_size``) and the token budget allows (``max_batch_tokens``), and
+   prefills them together: they produce their first token now, before the running
+   batch's decode, so a new request's first token does not wait for it;
+3. decodes one token for every request that was already running (one batched
+   forward pass), then merges the admitted ones in: they decode with the others from
+   the next step.
 
 ``step()`` returns the requests that finished in it. Deadlines and all timings are
 on the injected ``clock`` (monotonic seconds by default).
@@ -155,12 +157,16 @@ class BatchEngine:
         started = self._clock()
         self._expire(started)
         self._retire(done)
+        admitted, fresh = self._admit()
         decoded = self._batch is not None
         if self._batch is not None:
             logits = generate.decode(self.model, self._batch)  # (B, vocab)
             self._accept(self._running, logits, self._batch)
-            self._retire(done)
-        if self._admit(done) or decoded:
+        if fresh is not None:
+            self._running.extend(admitted)
+            self._batch = fresh if self._batch is None else generate.merge(self._batch, fresh)
+        self._retire(done)
+        if fresh is not None or decoded:
             elapsed = self._clock() - started
             alpha = self.config.step_time_smoothing
             self._step_s = alpha * elapsed + (1 - alpha) * self._step_s if self._step_s else elapsed
@@ -220,8 +226,8 @@ class BatchEngine:
         if self._batch is not None:
             self._batch = generate.select(self._batch, keep) if keep else None
 
-    def _admit(self, done: list[_Sequence]) -> bool:
-        """Prefill the waiting requests that fit and merge them into the batch (if any)."""
+    def _admit(self) -> tuple[list[_Sequence], generate.PaddedBatch | None]:
+        """Prefill the waiting requests that fit; they and their batch (None if none)."""
         reserved = sum(seq.reserved_tokens for seq in self._running)
         admitted: list[_Sequence] = []
         while self._waiting and len(self._running) + len(admitted) < self.config.max_batch_size:
@@ -231,16 +237,13 @@ class BatchEngine:
             reserved += head.reserved_tokens
             admitted.append(self._waiting.popleft())
         if not admitted:
-            return False
+            return admitted, None
         now = self._clock()
         for seq in admitted:
             seq.admitted_at = now
         fresh, logits = generate.prefill(self.model, [s.prompt for s in admitted], self._pad)
         self._accept(admitted, logits, fresh)
-        self._running.extend(admitted)
-        self._batch = fresh if self._batch is None else generate.merge(self._batch, fresh)
-        self._retire(done)
-        return True
+        return admitted, fresh
 
     def _result(self, seq: _Sequence) -> GenerationResult:
         finished = self._clock()

