@@ -2,16 +2,21 @@
 the same run, with the same model (SmolLM2-135M-Instruct by default), greedy decoding
 and the same prompts and token counts.
 
-    python -m bench.llm_throughput            # about 5 minutes on 2 cores
+    python -m bench.llm_throughput            # about 2 minutes on 2 cores
     python -m bench.llm_throughput --quick
+    python -m bench.llm_throughput --quantize none --dtype float32   # the exact engine
 
-- baseline: transformers ``generate`` on one request at a time;
+- baseline: transformers ``generate`` on one request at a time, with the default
+  float32 model, as a plain transformers user runs it;
 - worker engine: models.llama's continuous-batching engine, driven step by step as
-  the worker drives it, with ``concurrency`` requests kept in flight (closed loop: a
-  finished request is replaced at once).
+  the worker drives it, with its own copy of the model (by default bfloat16 with
+  int8 decode weights: ``--dtype``, ``--quantize``), ``concurrency`` requests kept in
+  flight (closed loop: a finished request is replaced at once). The clients start
+  one per engine step (a ramp); the last level starts 16 at once (a burst).
 
-Reports aggregate tokens/s, request latency p50/p99 and time to first token p50/p99 at
-concurrency 1, 4 and 16. The last line printed is one JSON object.
+Both sides use the same torch thread count (``--threads``, printed). Reports aggregate
+tokens/s, request latency p50/p99 and time to first token p50/p99 at concurrency 1, 4
+and 16. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -70,14 +75,23 @@ def naive(chat: ChatModel, n: int, max_tokens: int) -> dict[str, float]:
     }
 
 
-def engine(chat: ChatModel, concurrency: int, n: int, max_tokens: int) -> dict[str, float]:
-    """Closed loop over the batching engine: ``concurrency`` requests in flight."""
+def engine(
+    chat: ChatModel, concurrency: int, n: int, max_tokens: int, *, burst: bool = False
+) -> dict[str, float]:
+    """Closed loop over the batching engine: ``concurrency`` requests in flight.
+
+    The clients start one per engine step (a ramp), then each submits its next
+    request as soon as its last one finished; ``burst`` starts them all at once.
+    """
     params = ChatParams(max_tokens=max_tokens, temperature=0.0)
     submitted, done, tokens, lat, ttft = 0, 0, 0, [], []
     started: dict[str, float] = {}
     began = time.perf_counter()
     while done < n:
-        while submitted < n and submitted - done < concurrency:
+        ramp = 1 if not burst and submitted < concurrency else n
+        for _ in range(ramp):
+            if submitted >= n or submitted - done >= concurrency:
+                break
             rid = chat.submit(conversation(submitted), params)  # type: ignore[arg-type]
             started[rid] = time.perf_counter()
             submitted += 1
@@ -90,6 +104,7 @@ def engine(chat: ChatModel, concurrency: int, n: int, max_tokens: int) -> dict[s
     took = time.perf_counter() - began
     return {
         "concurrency": concurrency,
+        "start": "burst" if burst else "ramp",
         "tokens_per_s": tokens / took,
         "latency_p50_s": quantile(lat, 0.5),
         "latency_p99_s": quantile(lat, 0.99),
@@ -112,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quantize", default="int8", help="engine weights: none or int8")
     args = parser.parse_args(argv)
-    per_level = 1 if args.quick else 2  # requests per level = concurrency x this
+    per_level = 2 if args.quick else 4  # requests per level = concurrency x this
     plain = load(LoadConfig(threads=args.threads))  # the default float32 model
     loaded = load(LoadConfig(threads=args.threads, dtype=args.dtype, quantize=args.quantize))
     baseline = ChatModel(plain)  # its tokenizer and chat template only
@@ -133,12 +148,12 @@ def main(argv: list[str] | None = None) -> int:
         f"latency p50 {base['latency_p50_s']:.2f} s  ({plain.report.dtype}, threads {threads})"
     )
     levels = []
-    for conc in (1, 4, 16):
-        r = engine(chat, conc, max(conc * per_level, 4), args.max_tokens)
+    for conc, burst in ((1, False), (4, False), (16, False), (16, True)):
+        r = engine(chat, conc, conc * per_level, args.max_tokens, burst=burst)
         r["x_naive"] = r["tokens_per_s"] / base["tokens_per_s"]
         levels.append(r)
         print(
-            f"engine  concurrency {conc:>3}  {r['tokens_per_s']:7.1f} tok/s "
+            f"engine  concurrency {conc:>3} {r['start']:>5}  {r['tokens_per_s']:7.1f} tok/s "
             f"({r['x_naive']:.1f}x naive)  latency p50 {r['latency_p50_s']:.2f} s "
             f"p99 {r['latency_p99_s']:.2f} s  ttft p50 {r['ttft_p50_s'] * 1000:.0f} ms "
             f"p99 {r['ttft_p99_s'] * 1000:.0f} ms"
@@ -156,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         "c16_vs_naive": levels[2]["x_naive"],
         "single_vs_naive": single["x_naive"],
         "ttft_p50_c16_vs_single": levels[2]["ttft_p50_s"] / single["ttft_p50_s"],
-        "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in levels),
+        "ttft_p50_c16_burst_vs_single": levels[3]["ttft_p50_s"] / single["ttft_p50_s"],
+        "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in levels[:3]),
     }
     print(json.dumps(out))
     return 0
