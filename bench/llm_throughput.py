@@ -26,6 +26,7 @@ import json
 import statistics
 import sys
 import time
+from typing import Any
 
 import torch
 
@@ -77,7 +78,7 @@ def naive(chat: ChatModel, n: int, max_tokens: int) -> dict[str, float]:
 
 def engine(
     chat: ChatModel, concurrency: int, n: int, max_tokens: int, *, burst: bool = False
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Closed loop over the batching engine: ``concurrency`` requests in flight.
 
     The clients start one per engine step (a ramp), then each submits its next
