@@ -15,6 +15,10 @@ DEMO = (
     "curl -s -X POST http://127.0.0.1:8080/v1/infer/demo "
     '-H \'content-type: application/json\' -d \'{"inputs": {"text": "hello"}}\''
 )
+CHAT = (
+    "curl -s http://127.0.0.1:8080/v1/chat/completions -H 'content-type: application/json' "
+    '-d \'{"model": "chat", "messages": [{"role": "user", "content": "How do I make lasagna?"}]}\''
+)
 
 
 def _broker(port: int) -> LocalBroker | None:
@@ -47,7 +51,8 @@ def up(port: int) -> int:
             stack.stop(spec)
         raise
     print(
-        f"\nThe platform answers on http://127.0.0.1:8080. Try:\n  {DEMO}\nStop it with: make down"
+        f"\nThe platform answers on http://127.0.0.1:8080. Try:\n  {DEMO}\n  {CHAT}\n"
+        "Stop it with: make down"
     )
     return 0
 

@@ -17,6 +17,14 @@ from services.common.messages import NAME_PATTERN
 SUFFIXES = (".yaml", ".yml", ".json")
 
 
+class GateSpec(BaseModel):
+    """The part of a policy's OOD gate the gateway needs: which model is the detector."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    detector: str
+
+
 class EndpointSpec(BaseModel):
     """An endpoint the gateway serves and the longest deadline a request may get."""
 
@@ -26,6 +34,13 @@ class EndpointSpec(BaseModel):
     deadline_ms: int = Field(ge=1, le=600_000)
     models: list[str] = Field(default_factory=list)
     """The roster: models expected to score this endpoint's requests."""
+    ood: GateSpec | None = None
+
+    @property
+    def answering_models(self) -> list[str]:
+        """The roster without the OOD detector (it scores requests, it never answers)."""
+        detector = None if self.ood is None else self.ood.detector
+        return [m for m in self.models if m != detector]
 
 
 def read_documents(path: Path) -> list[tuple[Path, dict[str, Any]]]:

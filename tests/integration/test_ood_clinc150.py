@@ -9,9 +9,6 @@ sentences (a few minutes on 2 cores), later runs take seconds.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +25,9 @@ from models.ood.encoding import WEIGHTS_FILE, bundled_model_dir
 from models.ood.scoring import Array, ScorerConfig, build_scorer
 from services.common.errors import ConfigError
 from services.workers.ood_runtime import OodRuntime
+from tests.integration.clinc import CLINC150, OOD_CACHE, run_ood_cli
 
-REPO = Path(__file__).resolve().parents[2]
-DATA = Path(os.environ.get("RDV_CLINC150_DIR", REPO.parent / "shared" / "data" / "clinc150"))
-CACHE = Path(os.environ.get("RDV_OOD_CACHE", REPO / ".rdv" / "cache" / "ood"))
+DATA, CACHE = CLINC150, OOD_CACHE
 
 # The data ships with the project's shared folder (beside the repository): a missing
 # copy is an error, never a silent skip.
@@ -105,31 +101,14 @@ def test_a_threshold_calibrated_on_half_of_val_keeps_95_percent_of_the_other_hal
     assert metrics.caught >= 0.9
 
 
-@pytest.fixture(scope="module")
-def artifact_dir(tmp_path_factory: pytest.TempPathFactory, clinc: Clinc) -> Path:
-    """An artifact fitted by the CLI (reusing the cached embeddings)."""
-    out = tmp_path_factory.mktemp("ood") / "artifact"
-    run_cli("fit", "--data", str(DATA), "--out", str(out), "--cache-dir", str(CACHE))
-    return out
-
-
-def run_cli(*args: str) -> dict[str, object]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "models.ood", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert isinstance(result, dict)
-    return result
+@pytest.fixture
+def artifact_dir(clinc_artifact: Path, clinc: Clinc) -> Path:
+    """The session's CLINC150 artifact (after ``clinc`` has filled the embedding cache)."""
+    return clinc_artifact
 
 
 def test_the_cli_fits_and_evaluates_an_artifact(artifact_dir: Path) -> None:
-    result = run_cli(
+    result = run_ood_cli(
         "eval",
         *("--artifact", str(artifact_dir), "--data", str(DATA), "--cache-dir", str(CACHE)),
         *("--latency-requests", "20", "--batch-sizes", "8"),

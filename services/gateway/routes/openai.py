@@ -52,10 +52,10 @@ DEFAULT_MAX_TOKENS = 128
 
 @router.get("/v1/models")
 async def list_models(gateway: GatewayDep) -> Response:
-    """Every endpoint and every model on an endpoint's roster."""
+    """Every endpoint and every model on an endpoint's roster (not its OOD detector)."""
     names = set(gateway.endpoints)
     for spec in gateway.endpoints.values():
-        names.update(spec.models)
+        names.update(spec.answering_models)
     return JSONResponse(ModelList(data=[ModelCard(id=n) for n in sorted(names)]).model_dump())
 
 
@@ -127,7 +127,7 @@ def resolve(gateway: Gateway, model: str) -> EndpointSpec:
     if model in gateway.endpoints:
         return gateway.endpoints[model]
     for spec in gateway.endpoints.values():
-        if model in spec.models:
+        if model in spec.answering_models:
             return spec
     raise UnknownEndpointError(f"model {model!r} is not served here; GET /v1/models lists them")
 

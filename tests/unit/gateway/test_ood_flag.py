@@ -4,6 +4,7 @@ header on /v1/infer, on chat completions and on error answers; absent without a 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -92,3 +93,18 @@ def test_an_error_answer_still_says_what_the_gate_found(client: httpx.Client, bu
         "error": {"code": "all_failed", "message": "every model failed"},
         "ood": {"status": "unknown", "detector": "ood", "score": None},
     }
+
+
+def test_the_detector_is_not_listed_as_a_chat_model(tmp_path: Path, topics: Topics) -> None:
+    policies = tmp_path / "gated"
+    policies.mkdir()
+    (policies / "chat.yaml").write_text(
+        "endpoint: chat\ndeadline_ms: 5000\nmodels: [smol, ood]\n"
+        "ood: {detector: ood, wait_ms: 100, when_flagged: {output: no}}\n"
+    )
+    settings = GatewaySettings(policies=policies, max_loop_lag_ms=60_000)
+    with running(build_app(settings, bus=FakeBus(), topics=topics)) as c:
+        listed = [m["id"] for m in c.get("/v1/models").json()["data"]]
+        asked = c.post("/v1/chat/completions", json={"model": "ood", "messages": USER})
+    assert listed == ["chat", "smol"]
+    assert asked.status_code == 404
