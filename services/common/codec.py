@@ -21,6 +21,7 @@ from services.common.messages import (
     ControlEntry,
     DeadLetter,
     Decision,
+    Feedback,
     Message,
     ModelRegistration,
     PolicyEntry,
@@ -73,7 +74,7 @@ def decode_control(data: bytes | None) -> ControlEntry | None:
 def message_key(msg: Message) -> bytes:
     """The Kafka key of a message: what it is partitioned and compacted by."""
     match msg:
-        case RequestEnvelope() | Score() | Decision() | Reply():
+        case RequestEnvelope() | Score() | Decision() | Reply() | Feedback():
             return msg.request_id.encode("utf-8")
         case ModelRegistration():
             return f"model/{msg.name}".encode()

@@ -224,7 +224,25 @@ class DeadLetter(BaseMessage):
 ControlEntry: TypeAlias = ModelRegistration | PolicyEntry
 """What a compacted control topic holds."""
 
+
+class Feedback(BaseMessage):
+    """A client's judgement of an answer (``POST /v1/feedback``), for the archive."""
+
+    kind: Literal["feedback"] = "feedback"
+    request_id: RequestId
+    reward: float = Field(ge=-1e6, le=1e6)  # e.g. 1 / 0 for thumbs up / down, or a score
+    label: str | None = Field(default=None, max_length=64)  # e.g. "thumbs_up"
+    received_ms: float  # when the gateway took it
+
+
 Message: TypeAlias = (
-    RequestEnvelope | Score | Decision | Reply | ModelRegistration | PolicyEntry | DeadLetter
+    RequestEnvelope
+    | Score
+    | Decision
+    | Reply
+    | ModelRegistration
+    | PolicyEntry
+    | DeadLetter
+    | Feedback
 )
 """Every top-level message kind."""

@@ -11,7 +11,7 @@ from services.common.errors import ConfigError
 from services.common.kafka import Admin
 
 DEFAULT_FILE = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "topics.yaml"
-ROLES = ("requests", "scores", "decisions", "replies", "control", "dead_letters")
+ROLES = ("requests", "scores", "decisions", "replies", "control", "dead_letters", "feedback")
 
 
 class TopicSpec(BaseModel):
@@ -62,6 +62,7 @@ class Topics:
         self.replies = names["replies"]
         self.control = names["control"]
         self.dead_letters = names["dead_letters"]
+        self.feedback = names["feedback"]
         self.by_role = names
 
     def partitions(self, role: str) -> int:

@@ -16,7 +16,7 @@ from services.common.topics import Topics
 from services.gateway.bus import Bus
 from services.gateway.errors import install_error_handlers
 from services.gateway.pending import PendingReplies
-from services.gateway.routes import health, infer, openai
+from services.gateway.routes import feedback, health, infer, openai
 from services.gateway.service import Gateway
 from services.gateway.settings import GatewaySettings
 
@@ -50,6 +50,7 @@ def build_app(
         requests_topic=topics.requests,
         reply_address=ReturnAddress(topic=topics.replies, partition=settings.reply_partition),
         pending=pending,
+        feedback_topic=topics.feedback,
     )
 
     @asynccontextmanager
@@ -78,5 +79,6 @@ def build_app(
     install_error_handlers(app, settings.retry_after_s)
     app.include_router(infer.router)
     app.include_router(openai.router)
+    app.include_router(feedback.router)
     app.include_router(health.router)
     return app

@@ -26,3 +26,4 @@ DROPPED_REPLIES = Counter(
 DELIVERY_FAILURES = Counter(
     "rdv_gateway_delivery_failures_total", "Requests the broker did not acknowledge"
 )
+FEEDBACK = Counter("rdv_gateway_feedback_total", "POST /v1/feedback requests", ["status"])

@@ -39,6 +39,20 @@ class InferRequest(BaseModel):
     """String tags for the rendezvous, e.g. a user id for sticky canary routing."""
 
 
+class FeedbackRequest(BaseModel):
+    """``POST /v1/feedback``: a judgement of the answer to an earlier request."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    request_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
+    """The ``request_id`` (or ``x-rdv-request-id``) of the answer being judged."""
+
+    reward: float = Field(ge=-1e6, le=1e6)
+    """E.g. 1 for thumbs up and 0 for thumbs down, or any score; higher is better."""
+
+    label: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+
+
 def describe(exc: ValidationError) -> str:
     """The first few problems as ``field: message``; never echoes the input."""
     return summarise(exc, root="body")

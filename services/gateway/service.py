@@ -12,11 +12,11 @@ from functools import partial
 from pydantic import ValidationError
 
 from services.common.clock import Clock, mono_ms, wall_ms
-from services.common.codec import encode
+from services.common.codec import encode, message_key
 from services.common.endpoints import EndpointSpec
-from services.common.errors import DeliveryError, KafkaUnavailableError
+from services.common.errors import ConfigError, DeliveryError, KafkaUnavailableError
 from services.common.kafka import Outbound
-from services.common.messages import Reply, RequestEnvelope, ReturnAddress
+from services.common.messages import Feedback, Reply, RequestEnvelope, ReturnAddress
 from services.gateway.bus import Bus
 from services.gateway.errors import (
     InvalidRequestError,
@@ -28,7 +28,7 @@ from services.gateway.errors import (
 from services.gateway.metrics import DELIVERY_FAILURES
 from services.gateway.overload import LoopLag
 from services.gateway.pending import PendingReplies
-from services.gateway.schemas import InferRequest, describe
+from services.gateway.schemas import FeedbackRequest, InferRequest, describe
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger("rdv.gateway")
@@ -63,6 +63,7 @@ class Gateway:
         requests_topic: str,
         reply_address: ReturnAddress,
         pending: PendingReplies,
+        feedback_topic: str | None = None,
         clock: Clock = mono_ms,
         wall: Callable[[], float] = wall_ms,
     ) -> None:
@@ -72,6 +73,7 @@ class Gateway:
         self.pending = pending
         self.lag = LoopLag()
         self._requests_topic = requests_topic
+        self._feedback_topic = feedback_topic
         self._reply_address = reply_address
         self._clock = clock
         self._wall = wall
@@ -114,6 +116,37 @@ class Gateway:
                 ood=reply.ood,
             )
         return reply
+
+    async def feedback(self, req: FeedbackRequest) -> Feedback:
+        """Put a client's feedback on the feedback topic; returns once Kafka has it."""
+        if self._feedback_topic is None:
+            raise ConfigError("this gateway has no feedback topic configured")
+        if not self.bus.ready():
+            raise KafkaUnavailableError("Kafka is not reachable (or not ready yet); retry later")
+        msg = Feedback(
+            request_id=req.request_id,
+            reward=req.reward,
+            label=req.label,
+            received_ms=self._wall(),
+        )
+        loop = asyncio.get_running_loop()
+        acked: asyncio.Future[str | None] = loop.create_future()
+
+        def settle(error: str | None) -> None:
+            if not acked.done():
+                acked.set_result(error)
+
+        def delivered(error: str | None) -> None:  # the bus's thread
+            loop.call_soon_threadsafe(settle, error)
+
+        self.bus.produce(Outbound(self._feedback_topic, message_key(msg), encode(msg)), delivered)
+        try:
+            error = await asyncio.wait_for(acked, self.settings.flush_timeout_s)
+        except TimeoutError:
+            raise DeliveryError("Kafka did not confirm the feedback in time; retry") from None
+        if error is not None:
+            raise DeliveryError(f"Kafka did not take the feedback: {error}")
+        return msg
 
     def _check_capacity(self) -> None:
         if not self.bus.ready():

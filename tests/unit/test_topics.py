@@ -25,6 +25,7 @@ def _valid() -> dict[str, Any]:
             "replies": {"name": "rep", "partitions": 2},
             "control": {"name": "ctl", "partitions": 1, "config": {"cleanup.policy": "compact"}},
             "dead_letters": {"name": "dlq", "partitions": 1},
+            "feedback": {"name": "fbk", "partitions": 1},
         },
     }
 
