@@ -114,3 +114,12 @@ def test_a_deadline_returns_the_partial_answer(chat: ChatModel) -> None:
     assert result.finish_reason == "deadline"
     assert 0 < result.completion_tokens < 400
     assert result.text.strip()
+
+
+def test_int8_decode_weights_still_answer_paris(smollm2: LoadedModel, cache_root: Path) -> None:
+    fast = load(LoadConfig(cache_root=cache_root, device="cpu", quantize="int8"))
+    assert (fast.report.dtype, fast.report.quantize) == ("torch.bfloat16", "int8")
+    chat = ChatModel(fast)
+    (result,) = chat.generate([ask("What is the capital of France?")], ChatParams(max_tokens=24))
+    assert "Paris" in result.text
+    assert result.finish_reason == "stop"
