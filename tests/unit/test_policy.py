@@ -91,7 +91,11 @@ def _stages(*pairs: tuple[Any, Any]) -> list[dict[str, Any]]:
 def _gate(
     detector: str = "slow", wait_ms: int = 200, when: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    return {"detector": detector, "wait_ms": wait_ms, "when_flagged": {"output": "no"} if when is None else when}
+    return {
+        "detector": detector,
+        "wait_ms": wait_ms,
+        "when_flagged": {"output": "no"} if when is None else when,
+    }
 
 
 def test_an_ood_gate_with_a_safe_reply_or_a_fallback_model(tmp_path: Path) -> None:
