@@ -1,0 +1,1 @@
+"""The archive (the decoy): records every request, score and decision as Parquet."""

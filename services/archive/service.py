@@ -1,0 +1,133 @@
+"""The archive processor: every request, score and decision record becomes a row;
+rows are buffered per kind and written as Parquet files when a bound is reached.
+
+Offsets: every record is held (uncommitted) until the file holding its row is durable
+(written, fsynced, renamed); records dropped as duplicates are held until the same
+flush. A crash therefore loses no row: what was not durable is read again after the
+restart, and rows written twice are removed by the query views (services.archive.query).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from services.archive import metrics
+from services.archive.buffer import Buffer, Limits, RecentKeys
+from services.archive.schema import (
+    DECISIONS,
+    KINDS,
+    REQUESTS,
+    ROW_BUILDERS,
+    SCORES,
+    Key,
+    Row,
+    dedup_key,
+    record_ms,
+    to_table,
+)
+from services.archive.store import HOUR_MS, PartStore, hour_of
+from services.common.clock import mono_ms, wall_ms
+from services.common.kafka import Record
+from services.common.loop import Context, Inbound
+from services.common.topics import Topics
+
+log = logging.getLogger("rdv.archive")
+
+
+class Archive:
+    """A services.common.loop Processor over the requests, scores and decisions topics."""
+
+    def __init__(
+        self,
+        *,
+        topics: Topics,
+        store: PartStore,
+        limits: Limits,
+        retention_hours: float,
+        dedup_window: int,
+        clock: Callable[[], float] = mono_ms,
+        wall: Callable[[], float] = wall_ms,
+    ) -> None:
+        self.kinds = {topics.requests: REQUESTS, topics.scores: SCORES, topics.decisions: DECISIONS}
+        self.store = store
+        self.limits = limits
+        self.retention_ms = retention_hours * HOUR_MS
+        self.buffers = {kind: Buffer(kind) for kind in KINDS}
+        self.seen = RecentKeys(dedup_window)
+        self._clock = clock
+        self._wall = wall
+        self._draining = False
+        self.on_drained: Callable[[], None] | None = None
+
+    # -- the loop's hooks -------------------------------------------------------------
+
+    def process(self, batch: Sequence[Inbound], ctx: Context) -> None:
+        archived = int(self._wall())
+        staged: list[tuple[str, Record, Key, Row | None]] = []
+        fresh: set[Key] = set()
+        for item in batch:  # build every row first: a failure leaves no trace
+            rec = item.record
+            kind = self.kinds[rec.topic]
+            key = dedup_key(kind, item.message)
+            if key in self.seen or key in fresh:
+                staged.append((kind, rec, key, None))
+                continue
+            fresh.add(key)
+            staged.append((kind, rec, key, ROW_BUILDERS[kind](item.message, rec, archived)))
+        now = self._clock()
+        for kind, rec, key, row in staged:
+            ctx.hold(rec)
+            if row is None:
+                metrics.DUPLICATES.labels(kind).inc()
+            else:
+                self.seen.add(key)
+            self.buffers[kind].add(rec, row, hour_of(record_ms(rec, archived)), now)
+
+    def tick(self, now_ms: float, ctx: Context) -> None:
+        now = self._clock()
+        flushed = False
+        for buf in self.buffers.values():
+            if self._draining or buf.due(self.limits, now):
+                flushed |= self._flush(buf, ctx)
+            metrics.BUFFERED.labels(buf.kind).set(len(buf.rows))
+            metrics.BUFFERED_BYTES.labels(buf.kind).set(buf.bytes)
+        if flushed:
+            self.expire()
+        if self._draining and self.on_drained is not None:
+            self.on_drained()
+
+    # -- flushing ---------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Write every buffer at the next tick, then call ``on_drained`` (the loop's stop):
+        a clean stop commits everything it consumed. Safe from a signal handler."""
+        self._draining = True
+
+    def _flush(self, buf: Buffer, ctx: Context) -> bool:
+        """Write ``buf``'s rows (one file per hour partition), then release its records."""
+        if not buf.records:
+            return False
+        started = time.perf_counter()
+        by_hour, records = buf.take()
+        rows = 0
+        for hour, part in sorted(by_hour.items()):
+            self.store.write(buf.kind, hour, to_table(buf.kind, part))
+            metrics.FILES.labels(buf.kind).inc()
+            rows += len(part)
+        for rec in records:
+            ctx.release(rec)
+        metrics.ROWS.labels(buf.kind).inc(rows)
+        metrics.FLUSH.labels(buf.kind).observe(time.perf_counter() - started)
+        log.debug("flushed", extra={"kind": buf.kind, "rows": rows, "records": len(records)})
+        return rows > 0
+
+    def expire(self) -> None:
+        """Delete the hour partitions older than the retention."""
+        now = self._wall()
+        for kind in KINDS:
+            gone = self.store.expire(kind, now, self.retention_ms)
+            if gone:
+                metrics.EXPIRED.labels(kind).inc(len(gone))
+                log.info("retention", extra={"kind": kind, "deleted": [str(p) for p in gone]})
