@@ -10,6 +10,7 @@ from pydantic import JsonValue
 
 from services.common.errors import ConfigError
 from services.workers import runtime
+from services.workers.chat_runtime import ChatRuntime
 from services.workers.runtime import (
     ModelRuntime,
     Prediction,
@@ -125,3 +126,10 @@ def test_invalid_params_are_config_errors(
 ) -> None:
     with pytest.raises(ConfigError, match=match):
         create_runtime(name, params)
+
+
+def test_the_chat_runtime_takes_int8_weights_and_refuses_unknown_schemes() -> None:
+    assert ChatRuntime({"quantize": "int8"}).config.quantize == "int8"
+    assert ChatRuntime({}).config.quantize == "none"
+    with pytest.raises(ConfigError, match="quantize"):
+        ChatRuntime({"quantize": "int4"})
