@@ -106,15 +106,18 @@ class Archive:
         self._draining = True
 
     def _flush(self, buf: Buffer, ctx: Context) -> bool:
-        """Write ``buf``'s rows (one file per hour partition), then release its records."""
+        """Write ``buf``'s rows (files of at most max_rows rows, one hour partition each),
+        then release its records."""
         if not buf.records:
             return False
         started = time.perf_counter()
         by_hour, records = buf.take()
         rows = 0
+        step = self.limits.max_rows  # a batch may overshoot the bound: files never do
         for hour, part in sorted(by_hour.items()):
-            self.store.write(buf.kind, hour, to_table(buf.kind, part))
-            metrics.FILES.labels(buf.kind).inc()
+            for start in range(0, len(part), step):
+                self.store.write(buf.kind, hour, to_table(buf.kind, part[start : start + step]))
+                metrics.FILES.labels(buf.kind).inc()
             rows += len(part)
         for rec in records:
             ctx.release(rec)

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from services.archive.buffer import Limits, RecentKeys
@@ -101,6 +102,17 @@ def test_rows_are_held_until_their_file_is_written(topics: Topics, tmp_path: Pat
     assert len(files) == 1
     assert files[0].parent == partition_dir(tmp_path, REQUESTS, hour_of(NOW_MS))
     assert files[0].parent.parts[-2:] == ("date=2025-11-26", "hour=12")
+
+
+def test_files_hold_at_most_max_rows(topics: Topics, tmp_path: Path) -> None:
+    archive = make_archive(topics, tmp_path, FakeClock(), max_rows=2)
+    feed = Feed(topics)
+    ctx = Context()
+    archive.process([feed.item(request(i), topics.requests) for i in range(5)], ctx)
+    archive.tick(0, ctx)  # one batch overshoots the bound
+    assert len(ctx.releases) == 5
+    counts = sorted(pq.read_metadata(p).num_rows for p in tmp_path.rglob("*.parquet"))
+    assert counts == [1, 2, 2]
 
 
 def test_a_buffer_is_written_once_its_oldest_record_is_old_enough(
