@@ -1,0 +1,96 @@
+"""How often each model would be chosen under a policy (today's, typically), replayed on
+archived paired requests with the rendezvous's own decision function.
+
+For each sampled request, a mailbox gets the two models' scores at the latencies they
+had (score finished minus request created), and ``decide`` runs at every moment its
+verdict can change (each arrival, each stage boundary, the deadline) as the service
+runs it. Only these two models' scores are in the mailbox: other roster models count
+as silent, and an OOD gate's detector as slow (its wait passes, unknown). The sample
+is the ``sample`` requests with the smallest hash of their id: stable across runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+
+from services.common.messages import (
+    RequestEnvelope,
+    ReturnAddress,
+    Role,
+    Score,
+    ScoreStatus,
+    Timings,
+)
+from services.compare.intervals import Interval, wilson
+from services.compare.paired import PAIRED_SQL, Window, query_params
+from services.rendezvous.decide import decide, next_check
+from services.rendezvous.mailbox import Mailbox
+from services.rendezvous.policy import Policy
+
+_SAMPLE = (
+    PAIRED_SQL
+    + """
+SELECT request_id, deadline_ms - created_ms, a_status, a_done - created_ms,
+       b_status, b_done - created_ms
+FROM p ORDER BY hash(request_id) LIMIT $sample
+"""
+)
+_NOWHERE = ReturnAddress(topic="compare.none")
+
+
+def would_choose(
+    con: duckdb.DuckDBPyConnection, window: Window, policy: Policy, sample: int = 5000
+) -> dict[str, Interval]:
+    """Per model (and ``"default"`` for the default answer): the share of sampled paired
+    requests the policy would have answered with it, with a Wilson interval."""
+    rows = con.execute(_SAMPLE, query_params(window) | {"sample": sample}).fetchall()
+    counts: dict[str, int] = {window.champion: 0, window.challenger: 0, "default": 0}
+    for rid, deadline, a_status, a_lat, b_status, b_lat in rows:
+        sides = ((window.champion, a_status, a_lat), (window.challenger, b_status, b_lat))
+        chosen = replay_decision(policy, rid, float(deadline), sides)
+        counts[chosen or "default"] = counts.get(chosen or "default", 0) + 1
+    return {model: wilson(k, len(rows)) for model, k in counts.items()}
+
+
+def replay_decision(policy: Policy, request_id: str, deadline_ms: float, sides: Any) -> str | None:
+    """The model ``policy`` picks for one request given ``(model, status, latency_ms)``
+    sides; None for the default answer."""
+    request = RequestEnvelope(
+        request_id=request_id,
+        endpoint=policy.endpoint,
+        payload=None,
+        return_address=_NOWHERE,
+        deadline_ms=max(int(deadline_ms), 1),
+        created_ms=0,
+        trace_id=request_id,
+    )
+    box = Mailbox(request, 0.0, max(deadline_ms, 0.0))
+    arrivals: list[float] = []
+    for model, status, latency in sides:
+        at = max(float(latency), 0.0)
+        box.add(_score(request, model, status), at)
+        arrivals.append(at)
+    now = 0.0
+    while True:
+        verdict = decide(box, policy, now)
+        if verdict is not None:
+            return verdict.chosen_model
+        later = [t for t in arrivals if t > now]
+        now = min([*later, next_check(box, policy, now)])
+
+
+def _score(request: RequestEnvelope, model: str, status: str) -> Score:
+    state = ScoreStatus(status)
+    return Score(
+        request_id=request.request_id,
+        endpoint=request.endpoint,
+        model=model,
+        model_version="archived",
+        role=Role.CHALLENGER,
+        status=state,
+        output="archived" if state is ScoreStatus.OK else None,
+        error="archived error" if state is ScoreStatus.ERROR else None,
+        timings=Timings(received_ms=0.0, started_ms=0.0, finished_ms=0.0),
+    )
