@@ -1,0 +1,85 @@
+"""One comparison from start to end, as ``rdv compare`` and ``GET /v1/experiments/compare``
+run it: the window from plain strings, the archive opened, the figures, the report."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+from services.archive.query import connect
+from services.common.errors import ConfigError
+from services.compare.counterfactual import would_choose
+from services.compare.offpolicy import estimate
+from services.compare.paired import Window, paired_figures
+from services.compare.report import Report
+from services.compare.rewards import logged_rewards
+from services.rendezvous.policy import load_policies
+
+_AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
+_UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_time(text: str, now_ms: float) -> int:
+    """Epoch ms from ``1767225600000`` (epoch ms), ``2026-11-26T10:00`` (ISO 8601, UTC
+    unless it says otherwise) or ``30m`` / ``2h`` / ``7d`` (that long ago)."""
+    value = text.strip()
+    if value.isdigit():
+        return int(value)
+    ago = _AGO.match(value)
+    if ago:
+        return int(now_ms - float(ago.group(1)) * _UNIT_MS[ago.group(2)])
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(
+            f"cannot read the time {text[:64]!r}: use epoch ms, ISO 8601 or e.g. 30m, 2h, 7d"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def window_from(query: Mapping[str, str], now_ms: float) -> Window:
+    """A Window from ``champion``, ``challenger`` and optional ``endpoint``, ``since``,
+    ``until`` strings (the CLI's options and the HTTP query alike)."""
+    missing = [k for k in ("champion", "challenger") if not query.get(k)]
+    if missing:
+        raise ConfigError(f"compare needs {' and '.join(missing)}")
+    since, until = query.get("since"), query.get("until")
+    try:
+        return Window(
+            champion=query["champion"],
+            challenger=query["challenger"],
+            endpoint=query.get("endpoint") or None,
+            since_ms=None if not since else parse_time(since, now_ms),
+            until_ms=None if not until else parse_time(until, now_ms),
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def compare(
+    archive: Path, window: Window, *, policies: Path | None = None, sample: int = 5000
+) -> Report:
+    """The report over the archive under ``archive``. With ``policies`` and an endpoint
+    in the window, also how often today's policy would choose each model."""
+    if not archive.is_dir():
+        raise ConfigError(f"no archive at {archive} (the archive service writes it: make up)")
+    con = connect(archive)
+    try:
+        report = Report(paired_figures(con, window))
+        if policies is not None and window.endpoint is not None:
+            policy = load_policies(policies).get(window.endpoint)
+            if policy is not None:
+                report.would_choose = would_choose(con, window, policy, sample)
+        log = logged_rewards(con, window)
+        if log:
+            report.off_policy = [
+                estimate(window.champion, log),
+                estimate(window.challenger, log),
+            ]
+    finally:
+        con.close()
+    return report

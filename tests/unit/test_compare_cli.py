@@ -1,0 +1,123 @@
+"""``rdv compare`` over a real archive folder (Parquet files written by the archive's own
+store, duplicates included): the known figures come out, as a table, JSON and a chart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from services.archive.schema import DECISIONS, REQUESTS, ROW_BUILDERS, SCORES, to_table
+from services.archive.store import PartStore, hour_of
+from services.cli.main import main
+from services.common.errors import ConfigError
+from services.common.kafka import Record
+from services.common.messages import Decision, Score, ScoreStatus, Timings
+from services.compare.run import parse_time, window_from
+from tests.factories import request
+
+NOW = 1_795_000_000_000.0
+
+
+def _archive(root: Path, n: int = 400) -> None:
+    """champ answers in 100..199 ms; chall in 20..59 ms but errors on every 10th request;
+    every score of the first 50 requests is written twice (a redelivery)."""
+    rows: dict[str, list[tuple[object, ...]]] = {REQUESTS: [], SCORES: [], DECISIONS: []}
+    offset = 0
+
+    def add(kind: str, msg: object, created: int) -> None:
+        nonlocal offset
+        offset += 1
+        rec = Record(f"rdv.{kind}", 0, offset, b"k", b"v", timestamp_ms=created)
+        rows[kind].append(ROW_BUILDERS[kind](msg, rec, created + 500))
+
+    for i in range(n):
+        req = request(request_id=f"r{i}", endpoint="demo", deadline_in_ms=1000)
+        created = req.created_ms
+        add(REQUESTS, req, created)
+        for model, latency, failed in (
+            ("champ", 100 + i % 100, False),
+            ("chall", 20 + i % 40, i % 10 == 0),
+        ):
+            done = created + latency
+            score = Score(
+                request_id=req.request_id,
+                endpoint="demo",
+                model=model,
+                model_version="1",
+                role="champion" if model == "champ" else "challenger",
+                status=ScoreStatus.ERROR if failed else ScoreStatus.OK,
+                output=None if failed else {"text": "same answer"},
+                error="boom" if failed else None,
+                timings=Timings(received_ms=created, started_ms=created, finished_ms=done),
+            )
+            for _ in range(2 if i < 50 else 1):
+                add(SCORES, score, created)
+        decision = Decision(
+            request_id=req.request_id,
+            endpoint="demo",
+            chosen_model="champ",
+            reason="champion_in_time",
+            in_time=["champ", "chall"],
+            late=[],
+            latencies_ms={},
+            elapsed_ms=120.0,
+            decided_ms=created + 120.0,
+        )
+        add(DECISIONS, decision, created)
+    store = PartStore(root)
+    for kind, kind_rows in rows.items():
+        created = int(kind_rows[0][-2])  # record_ms of the first row
+        store.write(kind, hour_of(created), to_table(kind, kind_rows))
+
+
+def test_rdv_compare_reports_the_known_figures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _archive(tmp_path / "archive")
+    chart = tmp_path / "chart.html"
+    argv = ["compare", "--champion", "champ", "--challenger", "chall", "--endpoint", "demo"]
+    argv += ["--archive", str(tmp_path / "archive"), "--policies", "deploy/policies"]
+    assert main([*argv, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["paired"] == 400
+    champ, chall = data["models"]["champ"], data["models"]["chall"]
+    assert champ["latency_ms"]["p50"] == pytest.approx(149.5, rel=0.02)
+    assert chall["latency_ms"]["p99"] == pytest.approx(59, rel=0.02)
+    assert chall["error_rate"]["value"] == pytest.approx(0.1)
+    assert champ["chosen"]["value"] == 1.0
+    assert data["agreement"]["exact"]["value"] == 1.0
+    # demo's policy: fast until 300 ms, then fast or slow: neither model is on it
+    assert champ["would_choose"]["value"] == 0.0
+    assert main([*argv, "--chart", str(chart)]) == 0
+    table = capsys.readouterr().out
+    assert "latency p50: chall is faster" in table
+    assert "error rate: champ is ahead" in table
+    assert chart.read_text().count("<svg") == 2
+
+
+def test_a_missing_archive_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["compare", "--champion", "a", "--challenger", "b", "--archive", str(tmp_path / "x")]
+    )
+    assert code == 2
+    assert "no archive at" in capsys.readouterr().err
+
+
+def test_times_and_windows_from_strings() -> None:
+    assert parse_time("1767225600000", NOW) == 1_767_225_600_000
+    assert parse_time("2h", NOW) == NOW - 7_200_000
+    assert parse_time("2026-01-01T00:00:00", NOW) == 1_767_225_600_000
+    assert parse_time("2026-01-01T01:00:00+01:00", NOW) == 1_767_225_600_000
+    with pytest.raises(ConfigError, match="cannot read the time"):
+        parse_time("yesterday", NOW)
+    window = window_from({"champion": "a", "challenger": "b", "since": "30m"}, NOW)
+    assert window.since_ms == NOW - 1_800_000
+    assert window.until_ms is None
+    with pytest.raises(ConfigError, match="challenger"):
+        window_from({"champion": "a"}, NOW)
+    with pytest.raises(ConfigError, match="two different"):
+        window_from({"champion": "a", "challenger": "a"}, NOW)
