@@ -9,6 +9,7 @@ fails while running (nothing unwritten is committed; a restart reads it again).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -101,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: invalid settings: {exc}", file=sys.stderr)
         return 2
     configure_logging("archive", settings.log_level)
+    if settings.nice:
+        os.nice(settings.nice)
     try:
         runner, archive = build(settings, kafka)
         ops = OpsServer(

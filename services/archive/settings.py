@@ -63,5 +63,10 @@ class ArchiveSettings(BaseSettings):
     flush_timeout_s: float = Field(default=10.0, gt=0)
     """How long to wait at shutdown for dead letters in flight."""
 
+    nice: int = Field(default=10, ge=0, le=19)
+    """Added to the process's nice value at start, so that on a shared host the recorder
+    yields the CPU to the request path (it is not latency-critical: records wait in
+    Kafka until it reads them)."""
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Log level of the JSON logs on stderr."""
