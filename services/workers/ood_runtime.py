@@ -37,6 +37,7 @@ from services.workers.runtime import (
     PredictionError,
     parse_params,
 )
+from services.workers.texts import payload_text
 
 
 class OodParams(BaseModel):
@@ -48,30 +49,6 @@ class OodParams(BaseModel):
     model_dir: str | None = None
     threads: int | None = Field(default=None, ge=1, le=256)
     text_field: str = Field(default="text", min_length=1)
-
-
-def payload_text(payload: JsonValue, field: str) -> str | PredictionError:
-    """The text to score in one payload, or why there is none."""
-    if isinstance(payload, dict) and "messages" in payload and field not in payload:
-        return last_user_turn(payload["messages"])
-    text = payload.get(field) if isinstance(payload, dict) else payload
-    if not isinstance(text, str):
-        return PredictionError(f"payload must be a string or an object with a string {field!r}")
-    if not text.strip():
-        return PredictionError("payload text is empty")
-    return text
-
-
-def last_user_turn(messages: JsonValue) -> str | PredictionError:
-    """The content of a chat conversation's last user message."""
-    turns = messages if isinstance(messages, list) else []
-    for turn in reversed(turns):
-        if isinstance(turn, dict) and turn.get("role") == "user":
-            content = turn.get("content")
-            if isinstance(content, str) and content.strip():
-                return content
-            break
-    return PredictionError("chat payload has no user message with text to score")
 
 
 class OodRuntime(ModelRuntime):

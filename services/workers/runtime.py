@@ -85,6 +85,7 @@ _RUNTIMES: dict[str, str] = {
     "failing": "services.workers.testmodels:FailingModel",
     "llama-chat": "services.workers.chat_runtime:ChatRuntime",
     "ood": "services.workers.ood_runtime:OodRuntime",
+    "lexicon": "services.workers.canary_runtime:LexiconRuntime",
 }
 
 

@@ -41,8 +41,9 @@ from models.ood.scoring import (
     unit_rows,
 )
 from services.common.errors import ConfigError
-from services.workers.ood_runtime import OodRuntime, payload_text
+from services.workers.ood_runtime import OodRuntime
 from services.workers.runtime import PredictionError
+from services.workers.texts import payload_text
 
 DIM = 16
 INFO = EncoderInfo(
