@@ -24,6 +24,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--endpoint", help="only this endpoint's requests")
     parser.add_argument("--since", help="epoch ms, ISO 8601, or e.g. 2h (that long ago)")
     parser.add_argument("--until", help="as --since")
+    parser.add_argument(
+        "--reference-since",
+        help="drift reference window start (default: a span as long as the window, before it)",
+    )
+    parser.add_argument("--reference-until", help="drift reference window end")
     parser.add_argument("--archive", type=Path, default=Path(".rdv/archive"))
     parser.add_argument("--policies", type=Path, default=Path("deploy/policies"))
     parser.add_argument("--sample", type=int, default=5000, help="requests the policy replays")
@@ -34,16 +39,20 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     from services.compare.chart import latency_chart  # noqa: PLC0415 - duckdb, pyarrow
-    from services.compare.run import compare, window_from  # noqa: PLC0415
+    from services.compare.run import compare, drift_spans, window_from  # noqa: PLC0415
 
-    query = {
-        k: getattr(args, k)
-        for k in ("champion", "challenger", "endpoint", "since", "until")
-        if getattr(args, k)
-    }
-    window = window_from(query, time.time() * 1000)
+    keys = ("champion", "challenger", "endpoint", "since", "until")
+    query = {k: v for k in (*keys, "reference_since", "reference_until") if (v := getattr(args, k))}
+    now = time.time() * 1000
+    window = window_from(query, now)
     policies = args.policies if args.policies.exists() else None
-    report = compare(args.archive, window, policies=policies, sample=args.sample)
+    report = compare(
+        args.archive,
+        window,
+        policies=policies,
+        sample=args.sample,
+        drift=drift_spans(window, query, now),
+    )
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.table())
     if args.chart is not None:
         args.chart.write_text(latency_chart(report), encoding="utf-8")

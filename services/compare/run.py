@@ -15,6 +15,7 @@ from services.compare.offpolicy import estimate
 from services.compare.paired import Window, paired_figures
 from services.compare.report import Report
 from services.compare.rewards import logged_rewards
+from services.compare.signals import Span, drift_signals
 from services.rendezvous.policy import load_policies
 
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
@@ -60,11 +61,33 @@ def window_from(query: Mapping[str, str], now_ms: float) -> Window:
         raise ConfigError(str(exc)) from None
 
 
+def drift_spans(
+    window: Window, query: Mapping[str, str], now_ms: float
+) -> tuple[Span, Span] | None:
+    """(current, reference) spans for drift: the window itself (until now when open)
+    against ``reference_since``..``reference_until``, by default the span of the same
+    length just before it. None when the window has no start."""
+    if window.since_ms is None:
+        return None
+    current = (float(window.since_ms), float(window.until_ms or now_ms))
+    length = current[1] - current[0]
+    ref_since, ref_until = query.get("reference_since"), query.get("reference_until")
+    start = parse_time(ref_since, now_ms) if ref_since else current[0] - length
+    end = parse_time(ref_until, now_ms) if ref_until else current[0]
+    return current, (float(start), float(end))
+
+
 def compare(
-    archive: Path, window: Window, *, policies: Path | None = None, sample: int = 5000
+    archive: Path,
+    window: Window,
+    *,
+    policies: Path | None = None,
+    sample: int = 5000,
+    drift: tuple[Span, Span] | None = None,
 ) -> Report:
     """The report over the archive under ``archive``. With ``policies`` and an endpoint
-    in the window, also how often today's policy would choose each model."""
+    in the window, also how often today's policy would choose each model; with
+    ``drift`` spans, the drift of the canary and detector outputs."""
     if not archive.is_dir():
         raise ConfigError(f"no archive at {archive} (the archive service writes it: make up)")
     con = connect(archive)
@@ -74,6 +97,8 @@ def compare(
             policy = load_policies(policies).get(window.endpoint)
             if policy is not None:
                 report.would_choose = would_choose(con, window, policy, sample)
+        if drift is not None:
+            report.drift = drift_signals(con, drift[0], drift[1], window.endpoint)
         log = logged_rewards(con, window)
         if log:
             report.off_policy = [

@@ -4,6 +4,7 @@ store, duplicates included): the known figures come out, as a table, JSON and a 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,60 @@ def test_times_and_windows_from_strings() -> None:
         window_from({"champion": "a"}, NOW)
     with pytest.raises(ConfigError, match="two different"):
         window_from({"champion": "a", "challenger": "a"}, NOW)
+
+
+def _signals_archive(root: Path, base: int) -> None:
+    """A detector and a canary scoring 200 requests an hour before ``base`` and 200 in
+    the hour after: the second hour's traffic is out of scope (higher OOD scores, lower
+    coverage)."""
+    rng = random.Random(2)
+    rows: list[tuple[object, ...]] = []
+    for i in range(400):
+        shifted = i >= 200
+        done = base + (i - 200) * 10_000 + 5
+        for model, role, output in (
+            ("ood", "detector", {"ood_score": rng.gauss(3.0 if shifted else 0.0, 1.0)}),
+            ("canary", "canary", {"coverage": rng.uniform(0.5, 0.8) if shifted else 0.95}),
+        ):
+            score = Score(
+                request_id=f"r{i}",
+                endpoint="chat",
+                model=model,
+                model_version="1",
+                role=role,
+                status=ScoreStatus.OK,
+                output=output,
+                timings=Timings(received_ms=done - 5, started_ms=done - 5, finished_ms=done),
+            )
+            rec = Record("rdv.scores", 0, len(rows), b"k", b"v", timestamp_ms=int(done))
+            rows.append(ROW_BUILDERS[SCORES](score, rec, int(done)))
+    PartStore(root).write(SCORES, hour_of(base), to_table(SCORES, rows))
+
+
+def test_a_shift_to_out_of_scope_traffic_raises_the_drift_signal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = 1_795_000_000_000
+    _signals_archive(tmp_path / "archive", base)
+    argv = [
+        "compare",
+        "--champion",
+        "a",
+        "--challenger",
+        "b",
+        "--archive",
+        str(tmp_path / "archive"),
+    ]
+    shifted = ["--since", str(base), "--until", str(base + 2_000_000)]
+    # both halves of the quiet period: the first as the reference of the second
+    quiet = ["--since", str(base - 1_000_000), "--until", str(base)]
+    assert main([*argv, *shifted, "--json"]) == 0  # reference: the 2,000 s before
+    drift = json.loads(capsys.readouterr().out)["drift"]
+    assert drift["detector:ood"]["alert"] is True
+    assert drift["canary:canary"]["alert"] is True
+    assert drift["detector:ood"]["ks"] > 0.7
+
+    assert main([*argv, *quiet, "--json"]) == 0
+    calm = json.loads(capsys.readouterr().out)["drift"]
+    assert calm["detector:ood"]["alert"] is False
+    assert calm["canary:canary"]["psi"] < 0.1
