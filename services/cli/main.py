@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.cli import compare
+from services.cli import compare, replay
 from services.common.errors import RendezvousError
 
 
@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     kafka.add_argument("--verbose", action="store_true", help="show Maven's output")
     kafka.set_defaults(func=_kafka)
     compare.add_parser(commands)
+    replay.add_parser(commands)
     return parser
 
 
