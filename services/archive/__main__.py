@@ -65,7 +65,11 @@ def build(settings: ArchiveSettings, kafka: KafkaSettings) -> tuple[StreamRunner
             kafka,
             kafka.topic_prefix + settings.group_id,
             "archive",
-            {"auto.offset.reset": settings.auto_offset_reset},
+            {
+                "auto.offset.reset": settings.auto_offset_reset,
+                "fetch.min.bytes": str(settings.fetch_min_bytes),
+                "fetch.wait.max.ms": str(settings.fetch_wait_max_ms),
+            },
         )
     )
     runner = StreamRunner(

@@ -45,6 +45,14 @@ class ArchiveSettings(BaseSettings):
     """Where a new group starts: "earliest" records everything the topics still hold.
     A group with committed offsets always resumes from them."""
 
+    fetch_min_bytes: int = Field(default=256 * 1024, ge=1)
+    """The broker answers the archive's fetches once this much is there (or after
+    fetch_wait_max_ms): few large fetches, not one per record, so recording costs the
+    broker (the busiest process of the stack) little."""
+
+    fetch_wait_max_ms: int = Field(default=500, ge=1, le=10_000)
+    """Longest a fetch waits for fetch_min_bytes."""
+
     topics_file: Path | None = None
     """The topics file; default the repo's deploy/kafka/topics.yaml."""
 
