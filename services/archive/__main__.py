@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from services.archive import experiments
 from services.archive.buffer import Limits
 from services.archive.service import Archive
 from services.archive.settings import ArchiveSettings
@@ -32,7 +33,7 @@ from services.common.kafka import (
 from services.common.lifecycle import install_stop_signals
 from services.common.logs import configure_logging
 from services.common.loop import StreamRunner
-from services.common.messages import Decision, RequestEnvelope, Score
+from services.common.messages import Decision, Feedback, RequestEnvelope, Score
 from services.common.ops import OpsServer
 from services.common.settings import KafkaSettings
 from services.common.topics import load_topics
@@ -80,6 +81,7 @@ def build(settings: ArchiveSettings, kafka: KafkaSettings) -> tuple[StreamRunner
             topics.requests: lambda b: decode(b, RequestEnvelope),
             topics.scores: lambda b: decode(b, Score),
             topics.decisions: lambda b: decode(b, Decision),
+            topics.feedback: lambda b: decode(b, Feedback),
         },
         processor=archive,
         dead_letter_topic=topics.dead_letters,
@@ -110,8 +112,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.nice(settings.nice)
     try:
         runner, archive = build(settings, kafka)
+        compare = experiments.compare_route(settings.dir, settings.policies)
         ops = OpsServer(
-            settings.ops_host, settings.ops_port, ready=lambda: runner.ready, healthy=runner.healthy
+            settings.ops_host,
+            settings.ops_port,
+            ready=lambda: runner.ready,
+            healthy=runner.healthy,
+            routes={experiments.PATH: compare},
         ).start()
     except (ConfigError, OSError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)

@@ -13,12 +13,12 @@ the archive's three tables, each row once.
 Views (columns: services.archive.schema, plus ``date`` (DATE) and ``hour`` (INTEGER)
 from the partition directories; filter on them to read fewer files):
 
-- ``requests``, ``scores``, ``decisions``: deduplicated by (request id, model) (model
-  only for scores), keeping the copy written to the stream first. The archive writes
-  at least once, so after a crash some rows are on disk twice; these views never
-  show them twice.
-- ``requests_raw``, ``scores_raw``, ``decisions_raw``: every row on disk, duplicates
-  included (cheaper: no window over the whole table).
+- ``requests``, ``scores``, ``decisions``, ``feedback``: deduplicated by (request id,
+  model) (model only for scores; feedback by request id and the time it was given),
+  keeping the copy written to the stream first. The archive writes at least once, so
+  after a crash some rows are on disk twice; these views never show them twice.
+- ``<kind>_raw`` for each: every row on disk, duplicates included (cheaper: no window
+  over the whole table).
 
 The file list is read at query time, so new files are seen by later queries; a kind
 that had no file at all when ``connect`` ran stays empty until the next ``connect``.
@@ -31,13 +31,15 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from services.archive.schema import KINDS, SCHEMAS, SCORES
+from services.archive.schema import FEEDBACK, KINDS, SCHEMAS, SCORES
 
 _PARTITION_COLUMNS = [pa.field("date", pa.date32()), pa.field("hour", pa.int32())]
 
 
 def dedup_columns(kind: str) -> list[str]:
     """The columns that identify one row of ``kind``."""
+    if kind == FEEDBACK:
+        return ["request_id", "received_ms"]
     return ["request_id", "model"] if kind == SCORES else ["request_id"]
 
 

@@ -16,10 +16,10 @@ from typing import Any
 import pyarrow as pa
 
 from services.common.kafka import Record
-from services.common.messages import Decision, RequestEnvelope, Score
+from services.common.messages import Decision, Feedback, RequestEnvelope, Score
 
-REQUESTS, SCORES, DECISIONS = "requests", "scores", "decisions"
-KINDS = (REQUESTS, SCORES, DECISIONS)
+REQUESTS, SCORES, DECISIONS, FEEDBACK = "requests", "scores", "decisions", "feedback"
+KINDS = (REQUESTS, SCORES, DECISIONS, FEEDBACK)
 
 REPLAY_ATTRIBUTE = "replay"
 """The request attribute that marks replayed traffic (copied to the ``replay`` column)."""
@@ -83,6 +83,16 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("ood_status", pa.string()),  # flagged, clear, unknown; null: no gate
             pa.field("ood_detector", pa.string()),
             pa.field("ood_score", pa.float64()),
+            pa.field("v", pa.int32(), nullable=False),
+            *_SOURCE,
+        ]
+    ),
+    FEEDBACK: pa.schema(
+        [
+            pa.field("request_id", pa.string(), nullable=False),
+            pa.field("reward", pa.float64(), nullable=False),
+            pa.field("label", pa.string()),
+            pa.field("received_ms", pa.float64(), nullable=False),
             pa.field("v", pa.int32(), nullable=False),
             *_SOURCE,
         ]
@@ -165,10 +175,22 @@ def decision_row(msg: Decision, rec: Record, archived_ms: int) -> Row:
     )
 
 
+def feedback_row(msg: Feedback, rec: Record, archived_ms: int) -> Row:
+    return (
+        msg.request_id,
+        msg.reward,
+        msg.label,
+        msg.received_ms,
+        msg.v,
+        *_source(rec, archived_ms),
+    )
+
+
 ROW_BUILDERS: dict[str, Callable[[Any, Record, int], Row]] = {
     REQUESTS: request_row,
     SCORES: score_row,
     DECISIONS: decision_row,
+    FEEDBACK: feedback_row,
 }
 
 
@@ -176,8 +198,11 @@ Key = tuple[str, str, str]
 """What makes a row unique: (kind, request id, model)."""
 
 
-def dedup_key(kind: str, msg: RequestEnvelope | Score | Decision) -> Key:
-    """What makes a row unique: (kind, request id, model); model is "" but for scores."""
+def dedup_key(kind: str, msg: RequestEnvelope | Score | Decision | Feedback) -> Key:
+    """What makes a row unique: (kind, request id, model); model is "" but for scores.
+    Feedback: (kind, request id, when the gateway took it): a client may send several."""
+    if isinstance(msg, Feedback):
+        return (kind, msg.request_id, repr(msg.received_ms))
     return (kind, msg.request_id, msg.model if isinstance(msg, Score) else "")
 
 

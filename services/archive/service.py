@@ -1,4 +1,4 @@
-"""The archive processor: every request, score and decision record becomes a row;
+"""The archive processor: every request, score, decision and feedback record becomes a row;
 rows are buffered per kind and written as Parquet files when a bound is reached.
 
 Offsets: every record is held (uncommitted) until the file holding its row is durable
@@ -17,6 +17,7 @@ from services.archive import metrics
 from services.archive.buffer import Buffer, Limits, RecentKeys
 from services.archive.schema import (
     DECISIONS,
+    FEEDBACK,
     KINDS,
     REQUESTS,
     ROW_BUILDERS,
@@ -50,7 +51,12 @@ class Archive:
         clock: Callable[[], float] = mono_ms,
         wall: Callable[[], float] = wall_ms,
     ) -> None:
-        self.kinds = {topics.requests: REQUESTS, topics.scores: SCORES, topics.decisions: DECISIONS}
+        self.kinds = {
+            topics.requests: REQUESTS,
+            topics.scores: SCORES,
+            topics.decisions: DECISIONS,
+            topics.feedback: FEEDBACK,
+        }
         self.store = store
         self.limits = limits
         self.retention_ms = retention_hours * HOUR_MS

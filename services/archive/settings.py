@@ -53,6 +53,8 @@ class ArchiveSettings(BaseSettings):
     fetch_wait_max_ms: int = Field(default=500, ge=1, le=10_000)
     """Longest a fetch waits for fetch_min_bytes."""
 
+    policies: Path | None = REPO / "deploy" / "policies"
+    """Endpoint policies, for compare's "would be chosen under today's policy"."""
     topics_file: Path | None = None
     """The topics file; default the repo's deploy/kafka/topics.yaml."""
 

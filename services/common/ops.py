@@ -1,14 +1,19 @@
 """Health, readiness and Prometheus metrics over HTTP for services without a web app
 (workers, rendezvous). ``/healthz``: the process loop is alive; ``/readyz``: it owns
-partitions and can do its work; ``/metrics``: the Prometheus registry."""
+partitions and can do its work; ``/metrics``: the Prometheus registry. A service may add
+GET routes of its own (``routes``: path -> handler of the query parameters, returning
+status, body and content type)."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+Route = Callable[[dict[str, str]], tuple[int, bytes, str]]
 
 
 class OpsServer:
@@ -21,13 +26,17 @@ class OpsServer:
         *,
         ready: Callable[[], bool],
         healthy: Callable[[], bool] = lambda: True,
+        routes: Mapping[str, Route] | None = None,
     ) -> None:
         checks = {"/healthz": healthy, "/readyz": ready}
+        extra = dict(routes or {})
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
+                path, _, query = self.path.partition("?")
+                if path in extra:
+                    self._send(*extra[path](dict(parse_qsl(query))))
+                elif path == "/metrics":
                     self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
                 elif path in checks:
                     ok = checks[path]()

@@ -1,0 +1,45 @@
+"""``GET /v1/experiments/compare`` on the archive's HTTP port: ``rdv compare`` as JSON.
+
+Query parameters as the command's options: ``champion``, ``challenger`` (required),
+``endpoint``, ``since``, ``until``, ``reference_since``, ``reference_until`` (epoch ms,
+ISO 8601, or e.g. ``2h``). 200 with the report's JSON; 400 with
+``{"error": {"code": "invalid_request", "message"}}`` for bad parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from services.common.errors import ConfigError
+from services.common.ops import Route
+
+log = logging.getLogger("rdv.archive")
+PATH = "/v1/experiments/compare"
+JSON = "application/json"
+
+
+def compare_route(archive: Path, policies: Path | None) -> Route:
+    """The handler, reading the archive under ``archive``."""
+
+    def handle(query: dict[str, str]) -> tuple[int, bytes, str]:
+        from services.compare.run import compare, drift_spans, window_from  # noqa: PLC0415
+
+        now = time.time() * 1000
+        try:
+            window = window_from(query, now)
+            report = compare(
+                archive, window, policies=policies, drift=drift_spans(window, query, now)
+            )
+        except ConfigError as exc:
+            body = {"error": {"code": "invalid_request", "message": str(exc)}}
+            return 400, json.dumps(body).encode(), JSON
+        except Exception:
+            log.exception("compare failed", extra={"query": query})
+            body = {"error": {"code": "internal_error", "message": "compare failed (see the logs)"}}
+            return 500, json.dumps(body).encode(), JSON
+        return 200, json.dumps(report.as_dict()).encode(), JSON
+
+    return handle
