@@ -18,8 +18,14 @@ class Interval:
     high: float
     n: int
 
-    def as_dict(self) -> dict[str, float | int]:
-        return {"value": self.value, "low": self.low, "high": self.high, "n": self.n}
+    def as_dict(self) -> dict[str, float | int | None]:
+        """JSON-ready: an undefined figure (no data) is None, never NaN."""
+        return {
+            "value": _finite(self.value),
+            "low": _finite(self.low),
+            "high": _finite(self.high),
+            "n": self.n,
+        }
 
     def above(self, other: Interval) -> bool:
         """True when this interval lies entirely above ``other``."""
@@ -27,6 +33,10 @@ class Interval:
 
 
 NAN = float("nan")
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def wilson(successes: int, n: int, z: float = Z95) -> Interval:

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from services.archive.schema import DECISIONS, REQUESTS, ROW_BUILDERS, SCORES, to_table
+from services.archive.experiments import compare_route
+from services.archive.schema import DECISIONS, FEEDBACK, REQUESTS, ROW_BUILDERS, SCORES, to_table
 from services.archive.store import PartStore, hour_of
 from services.cli.main import main
 from services.common.errors import ConfigError
 from services.common.kafka import Record
-from services.common.messages import Decision, Score, ScoreStatus, Timings
+from services.common.messages import Decision, Feedback, Score, ScoreStatus, Timings
 from services.compare.run import parse_time, window_from
 from tests.factories import request
 
@@ -179,3 +180,41 @@ def test_a_shift_to_out_of_scope_traffic_raises_the_drift_signal(
     calm = json.loads(capsys.readouterr().out)["drift"]
     assert calm["detector:ood"]["alert"] is False
     assert calm["canary:canary"]["psi"] < 0.1
+
+
+def test_the_http_route_answers_json_and_400_for_bad_parameters(tmp_path: Path) -> None:
+    _archive(tmp_path / "archive")
+    handle = compare_route(tmp_path / "archive", None)
+    status, body, ctype = handle({"champion": "champ", "challenger": "chall"})
+    assert (status, ctype) == (200, "application/json")
+    assert json.loads(body)["paired"] == 400
+    status, body, _ = handle({"champion": "champ"})
+    assert status == 400
+    assert json.loads(body)["error"]["code"] == "invalid_request"
+    status, body, _ = handle({"champion": "a", "challenger": "b", "since": "soon"})
+    assert status == 400
+    assert "cannot read the time" in json.loads(body)["error"]["message"]
+
+
+def test_feedback_gives_off_policy_estimates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "archive"
+    _archive(root, n=200)
+    rows = []
+    for i in range(200):
+        given = Feedback(request_id=f"r{i}", reward=float(i % 2), received_ms=NOW + i)
+        rec = Record("rdv.feedback", 0, i, b"k", b"v", timestamp_ms=int(NOW))
+        rows.append(ROW_BUILDERS[FEEDBACK](given, rec, int(NOW)))
+        if i < 10:  # a redelivered copy: counted once
+            rows.append(ROW_BUILDERS[FEEDBACK](given, rec, int(NOW)))
+    PartStore(root).write(FEEDBACK, hour_of(int(NOW)), to_table(FEEDBACK, rows))
+    argv = ["compare", "--champion", "champ", "--challenger", "chall", "--archive", str(root)]
+    assert main([*argv, "--json"]) == 0
+    estimates = {e["model"]: e for e in json.loads(capsys.readouterr().out)["off_policy"]}
+    champ, chall = estimates["champ"], estimates["chall"]
+    assert champ["matched"] == 200  # the champion answered every request, propensity 1
+    assert champ["snips"]["value"] == pytest.approx(0.5)
+    assert champ["snips"]["low"] < 0.5 < champ["snips"]["high"]
+    assert chall["matched"] == 0
+    assert chall["snips"]["value"] is None  # never chosen: no estimate, not a zero
