@@ -172,6 +172,21 @@ class BatchEngine:
             self._step_s = alpha * elapsed + (1 - alpha) * self._step_s if self._step_s else elapsed
         return [self._result(seq) for seq in done]
 
+    def partial_texts(self, request_ids: Collection[str]) -> dict[str, str]:
+        """For each of ``request_ids`` the engine still holds: the text of its answer so
+        far that a client may already be shown. That is the decoding of its tokens,
+        without a trailing incomplete character (U+FFFD) and without a tail that may yet
+        become the start of a stop string, so it is a prefix of the final ``text``.
+        Empty without a decoder."""
+        wanted = set(request_ids)
+        if self._decode is None or not wanted:
+            return {}
+        return {
+            seq.request_id: self._shown_text(seq)
+            for seq in itertools.chain(self._running, self._waiting)
+            if seq.request_id in wanted
+        }
+
     def run(self) -> list[GenerationResult]:
         """Step until every submitted request has finished; results in finishing order."""
         results: list[GenerationResult] = []
@@ -244,6 +259,17 @@ class BatchEngine:
         fresh, logits = generate.prefill(self.model, [s.prompt for s in admitted], self._pad)
         self._accept(admitted, logits, fresh)
         return admitted, fresh
+
+    def _shown_text(self, seq: _Sequence) -> str:
+        if seq.text is not None:  # cut before a stop string: final
+            return seq.text
+        assert self._decode is not None
+        text = self._decode(seq.tokens).rstrip("\ufffd")
+        held = max(
+            (k for stop in seq.params.stop for k in range(1, len(stop)) if text.endswith(stop[:k])),
+            default=0,
+        )
+        return text[: len(text) - held]
 
     def _result(self, seq: _Sequence) -> GenerationResult:
         finished = self._clock()

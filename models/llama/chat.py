@@ -10,7 +10,7 @@ blocking convenience for scripts and tests.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Literal, TypedDict
 
 from models.llama.batching import BatchEngine, FinishReason, GenerationResult
@@ -109,6 +109,10 @@ class ChatModel:
     def step(self) -> list[ChatResult]:
         """One engine step; the answers it finished."""
         return self.engine.step()
+
+    def partial_texts(self, request_ids: Collection[str]) -> dict[str, str]:
+        """The answer so far of each running request named (``BatchEngine.partial_texts``)."""
+        return self.engine.partial_texts(request_ids)
 
     def generate(
         self,

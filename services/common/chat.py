@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 
 class ChatMessage(BaseModel):
@@ -30,6 +30,15 @@ class ChatPayload(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: list[str] = Field(default_factory=list, max_length=4)
     seed: int | None = None
+    stream: bool = False
+    """The client streams the answer: the model sends Delta records to the return
+    address as it generates (the gateway leaves the field out when false)."""
+
+
+def wants_stream(payload: JsonValue) -> bool:
+    """Whether a request payload asks for a streamed answer (``"stream": true``), read
+    without validating the rest (the rendezvous does not parse chat payloads)."""
+    return isinstance(payload, dict) and payload.get("stream") is True
 
 
 FinishReason = Literal["stop", "length", "deadline"]

@@ -21,13 +21,16 @@ from services.common.messages import (
     ControlEntry,
     DeadLetter,
     Decision,
+    Delta,
     Feedback,
     Message,
     ModelRegistration,
     PolicyEntry,
     Reply,
+    ReplyRecord,
     RequestEnvelope,
     Score,
+    StreamGrant,
 )
 
 M = TypeVar("M", bound=BaseMessage)
@@ -41,6 +44,11 @@ _MAX_ERROR_MSG_CHARS = 160
 _CONTROL_KINDS: dict[str, type[ModelRegistration] | type[PolicyEntry]] = {
     "model": ModelRegistration,
     "policy": PolicyEntry,
+}
+_REPLY_KINDS: dict[str, type[Reply] | type[Delta] | type[StreamGrant]] = {
+    "reply": Reply,
+    "delta": Delta,
+    "grant": StreamGrant,
 }
 
 
@@ -71,10 +79,29 @@ def decode_control(data: bytes | None) -> ControlEntry | None:
     return _validate(obj, cls)
 
 
+def decode_reply_record(data: bytes | None) -> ReplyRecord:
+    """Decode a record of a return address: a reply, or a streaming delta or grant."""
+    obj = _parse(data)
+    kind = obj.get("kind")
+    cls = _REPLY_KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        expected = " or ".join(repr(k) for k in _REPLY_KINDS)
+        raise MessageError(f"expected kind {expected}, got {_short(kind)}")
+    return _validate(obj, cls)
+
+
 def message_key(msg: Message) -> bytes:
     """The Kafka key of a message: what it is partitioned and compacted by."""
     match msg:
-        case RequestEnvelope() | Score() | Decision() | Reply() | Feedback():
+        case (
+            RequestEnvelope()
+            | Score()
+            | Decision()
+            | Reply()
+            | Feedback()
+            | Delta()
+            | StreamGrant()
+        ):
             return msg.request_id.encode("utf-8")
         case ModelRegistration():
             return f"model/{msg.name}".encode()

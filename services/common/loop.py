@@ -32,6 +32,11 @@ DEAD_LETTERS = Counter(
 DELIVERY_FAILURES = Counter(
     "rdv_stream_delivery_failures_total", "Outputs the broker did not acknowledge", ["service"]
 )
+BEST_EFFORT_LOST = Counter(
+    "rdv_stream_best_effort_lost_total",
+    "Best-effort outputs (e.g. streaming deltas) not queued or not acknowledged",
+    ["service"],
+)
 BATCH = Histogram(
     "rdv_stream_batch_records",
     "Records per consumed batch",
@@ -57,12 +62,18 @@ class Context:
     emits: list[tuple[Outbound, Sequence[Record]]] = field(default_factory=list)
     holds: list[Record] = field(default_factory=list)
     releases: list[Record] = field(default_factory=list)
+    best_effort: list[Outbound] = field(default_factory=list)
 
     def emit(self, out: Outbound, source: Record | Sequence[Record] | None = None) -> None:
         """Produce ``out``; the offsets of ``source`` (one record or several) wait until
         the broker acknowledged it."""
         sources = () if source is None else (source,) if isinstance(source, Record) else source
         self.emits.append((out, tuple(sources)))
+
+    def emit_best_effort(self, out: Outbound) -> None:
+        """Produce ``out`` with no offset waiting for it; a failure to queue or deliver
+        it is counted and logged, never raised (streaming deltas, grants)."""
+        self.best_effort.append(out)
 
     def hold(self, record: Record) -> None:
         """Keep ``record``'s offset uncommitted until ``release`` (an open mailbox)."""
@@ -238,6 +249,8 @@ class StreamRunner:
         for rec in ctx.holds:
             if (ticket := self._ticket(rec)) is not None:
                 self._tracker.add(ticket)
+        for out in ctx.best_effort:  # first: a model's last delta goes out before its score
+            self._send_best_effort(out)
         for out, sources in ctx.emits:
             self._send(out, sources)
         for rec in ctx.releases:
@@ -268,6 +281,19 @@ class StreamRunner:
                 self._failures.append(f"{out.topic}: {error}")
 
         self._producer.produce(out, on_delivery=delivered)
+        self.stats.produced += 1
+
+    def _send_best_effort(self, out: Outbound) -> None:
+        def delivered(error: str | None) -> None:
+            if error is not None:
+                BEST_EFFORT_LOST.labels(self.service).inc()
+
+        try:
+            self._producer.produce(out, on_delivery=delivered)
+        except Exception as exc:  # noqa: BLE001 - e.g. a full queue, an unknown partition
+            BEST_EFFORT_LOST.labels(self.service).inc()
+            log.debug("best-effort output dropped", extra={"topic": out.topic, "error": str(exc)})
+            return
         self.stats.produced += 1
 
     def _dead_letter(

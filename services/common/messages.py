@@ -154,6 +154,8 @@ class Decision(BaseMessage):
     propensity: float = Field(default=1.0, gt=0.0, le=1.0)
     policy_version: int | None = None  # None when no policy entry was in force
     ood: OodCheck | None = None  # None when the endpoint's policy has no OOD gate
+    # True when the client streamed the answer: one model was granted the stream up front.
+    streamed: bool = False
 
 
 class ErrorBody(_Frozen):
@@ -179,6 +181,31 @@ class Reply(BaseMessage):
     def ok(self) -> bool:
         """True when the reply carries an answer rather than an error."""
         return self.error is None
+
+
+class Delta(BaseMessage):
+    """New text of a streaming request's answer, sent by the model generating it to the
+    request's return address (chat requests with ``stream`` true). Best effort: the
+    model's Score, and the Reply chosen from it, stay the source of truth."""
+
+    kind: Literal["delta"] = "delta"
+    request_id: RequestId
+    model: Name
+    seq: int = Field(ge=0)  # 0, 1, 2, ... per request and model run
+    offset: int = Field(ge=0)  # where ``text`` starts in the model's answer (characters)
+    text: str  # the answer's new text since the model's previous delta
+    finish_reason: str | None = None  # set on the model's last delta (as in its output)
+
+
+class StreamGrant(BaseMessage):
+    """The rendezvous's choice of the one model whose deltas a streaming request's client
+    sees; only that model's score can then answer it (sent to the return address)."""
+
+    kind: Literal["grant"] = "grant"
+    request_id: RequestId
+    model: Name
+    granted_ms: float
+    ood: OodCheck | None = None  # what the OOD gate found; None without a gate
 
 
 class ModelRegistration(BaseMessage):
@@ -244,5 +271,10 @@ Message: TypeAlias = (
     | PolicyEntry
     | DeadLetter
     | Feedback
+    | Delta
+    | StreamGrant
 )
 """Every top-level message kind."""
+
+ReplyRecord: TypeAlias = Reply | Delta | StreamGrant
+"""What a return address receives."""

@@ -123,7 +123,7 @@ def error_response(
 ) -> JSONResponse:
     """Status + ``{"error": {"code", "message"}}`` for any exception; 503s carry
     Retry-After, and the request id header once the gateway has stamped one."""
-    status, code, message = _classify(exc)
+    status, body = error_body(exc)
     headers: dict[str, str] = {}
     if isinstance(exc, HTTPException) and exc.headers:
         headers.update(exc.headers)
@@ -131,15 +131,22 @@ def error_response(
         headers["Retry-After"] = str(retry_after_s)
     if request_id is not None:
         headers[REQUEST_ID_HEADER] = request_id
-    body: dict[str, object] = {"error": {"code": code, "message": message}}
     if isinstance(exc, ReplyError):
         headers[REASON_HEADER] = header_value(exc.reason)
         if exc.model is not None:
             headers[MODEL_HEADER] = header_value(exc.model)
         headers.update(ood_headers(exc.ood))
-        if exc.ood is not None:
-            body["ood"] = exc.ood.model_dump()
     return JSONResponse(body, status_code=int(status), headers=headers)
+
+
+def error_body(exc: Exception) -> tuple[HTTPStatus, dict[str, object]]:
+    """The status and JSON body ``error_response`` gives ``exc`` (also what a streamed
+    completion's ``error`` event carries)."""
+    status, code, message = _classify(exc)
+    body: dict[str, object] = {"error": {"code": code, "message": message}}
+    if isinstance(exc, ReplyError) and exc.ood is not None:
+        body["ood"] = exc.ood.model_dump()
+    return status, body
 
 
 def _classify(exc: Exception) -> tuple[HTTPStatus, str, str]:

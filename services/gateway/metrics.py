@@ -23,6 +23,21 @@ DROPPED_REPLIES = Counter(
     "Records on the reply partition that answered no waiting request",
     ["reason"],  # undecodable; unknown (not ours, or long gone); finished (answered already)
 )
+DROPPED_STREAM_RECORDS = Counter(
+    "rdv_gateway_dropped_stream_records_total",
+    "Streaming deltas and grants that reached no streaming request, or overflowed one",
+    ["kind", "reason"],  # kind delta | grant; reason unknown, finished, not_streaming, overflow
+)
+STREAMS = Counter(
+    "rdv_gateway_streams_total",
+    "Streamed chat completions by how they ended",
+    ["endpoint", "outcome"],  # done, error (an error event), disconnected
+)
+STREAM_MISMATCHES = Counter(
+    "rdv_gateway_stream_mismatches_total",
+    "Streams whose final answer did not extend the text already streamed",
+    ["endpoint"],
+)
 DELIVERY_FAILURES = Counter(
     "rdv_gateway_delivery_failures_total", "Requests the broker did not acknowledge"
 )

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from services.common.chat import ChatMessage
+from services.common.chat import ChatMessage, ChatOutput
+from services.common.codec import summarise
+from services.common.errors import MessageError
 from services.common.messages import OodCheck
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    include_usage: bool = False
+    """Send a last chunk with the usage (and no choices) before ``[DONE]``."""
 
 
 class OpenAIChatRequest(BaseModel):
@@ -27,6 +36,7 @@ class OpenAIChatRequest(BaseModel):
     seed: int | None = None
     n: int = Field(default=1, ge=1)
     stream: bool = False
+    stream_options: StreamOptions | None = None
     user: Annotated[str, StringConstraints(max_length=256)] | None = None
 
 
@@ -57,6 +67,38 @@ class OpenAIChatResponse(BaseModel):
     ood: OodCheck | None = None  # an extension: the OOD gate's finding
 
 
+class ChunkDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChunkDelta
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class StreamEnd(BaseModel):
+    """An extension on a stream's last chunk: who answered, why, how generation ended."""
+
+    model: str | None
+    reason: str
+    finish_reason: str  # the model's own: stop, length or deadline
+
+
+class OpenAIChatChunk(BaseModel):
+    """One server-sent event of a streamed completion (``stream: true``)."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    ood: OodCheck | None = None  # an extension, on the first chunk: the OOD gate's finding
+    rdv: StreamEnd | None = None  # an extension, on the chunk with the finish reason
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -67,3 +109,13 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+def chat_output(output: object) -> ChatOutput:
+    """A reply's output as a chat answer; ``MessageError`` (a 502) when it is none."""
+    try:
+        return ChatOutput.model_validate(output)
+    except ValidationError as exc:
+        raise MessageError(
+            f"the model's answer is not a chat completion: {summarise(exc)}"
+        ) from None

@@ -1,22 +1,25 @@
-"""Requests waiting for their reply: request id -> asyncio future.
+"""Requests waiting for their reply: request id -> asyncio future, or for a streaming
+request, request id -> ``StreamInbox`` (its deltas, its grant and its reply, in the
+order they were read).
 
 Only the event loop's thread touches the table. The reply listener thread hands each
 record to ``deliver`` (which decodes it there) and the result crosses to the loop with
-``call_soon_threadsafe``. A reply that matches no waiting request is counted and
-dropped; it never reaches another request.
+``call_soon_threadsafe``. A record that matches no waiting request (or a delta or grant
+for a request that does not stream) is counted and dropped; it never reaches another
+request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
-from services.common.codec import decode
+from services.common.codec import decode_reply_record, kind_of
 from services.common.errors import MessageError, RendezvousError
-from services.common.messages import Reply
-from services.gateway.metrics import DROPPED_REPLIES, IN_FLIGHT
+from services.common.messages import Delta, Reply, ReplyRecord
+from services.gateway.metrics import DROPPED_REPLIES, DROPPED_STREAM_RECORDS, IN_FLIGHT
 
 log = logging.getLogger("rdv.gateway.replies")
 
@@ -25,12 +28,48 @@ RECENT = 10_000
 (reason ``finished``) from one that was never ours (reason ``unknown``)."""
 
 
+MAX_QUEUED_DELTAS = 4096
+"""Deltas a streaming request's inbox holds before its reader takes them; more are
+dropped (counted): the reply still carries the whole answer."""
+
+StreamItem = ReplyRecord | RendezvousError
+
+
+class StreamInbox:
+    """What reached a streaming request, oldest first (loop thread only)."""
+
+    def __init__(self) -> None:
+        self._items: deque[StreamItem] = deque()
+        self._deltas = 0
+        self._ready = asyncio.Event()
+
+    def put(self, item: StreamItem) -> None:
+        if isinstance(item, Delta):
+            if self._deltas >= MAX_QUEUED_DELTAS:
+                DROPPED_STREAM_RECORDS.labels("delta", "overflow").inc()
+                return
+            self._deltas += 1
+        self._items.append(item)
+        self._ready.set()
+
+    async def take(self, timeout_s: float) -> list[StreamItem]:
+        """Everything queued, once there is something; TimeoutError after ``timeout_s``."""
+        if not self._items:
+            self._ready.clear()
+            await asyncio.wait_for(self._ready.wait(), max(timeout_s, 0.0))
+        items = list(self._items)
+        self._items.clear()
+        self._deltas = 0
+        return items
+
+
 class PendingReplies:
     """The table of waiting requests, bound to the event loop that serves them."""
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiting: dict[str, asyncio.Future[Reply]] = {}
+        self._streams: dict[str, StreamInbox] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -38,40 +77,52 @@ class PendingReplies:
         self._loop = loop
 
     def __len__(self) -> int:
-        return len(self._waiting)
+        return len(self._waiting) + len(self._streams)
 
     def open(self, request_id: str) -> asyncio.Future[Reply]:
         """A future that gets the reply to ``request_id`` (loop thread only)."""
         if self._loop is None:
             raise RuntimeError("PendingReplies is not bound to an event loop")
-        if request_id in self._waiting:
-            raise ValueError(f"request {request_id} is waiting already")
+        self._check_new(request_id)
         fut: asyncio.Future[Reply] = self._loop.create_future()
         self._waiting[request_id] = fut
         IN_FLIGHT.inc()
         return fut
 
+    def open_stream(self, request_id: str) -> StreamInbox:
+        """The inbox of a streaming request (loop thread only); close it with ``close``."""
+        if self._loop is None:
+            raise RuntimeError("PendingReplies is not bound to an event loop")
+        self._check_new(request_id)
+        inbox = StreamInbox()
+        self._streams[request_id] = inbox
+        IN_FLIGHT.inc()
+        return inbox
+
     def close(self, request_id: str) -> None:
-        """Stop waiting for ``request_id`` (loop thread only); later replies are dropped."""
+        """Stop waiting for ``request_id`` (loop thread only); later records are dropped."""
         fut = self._waiting.pop(request_id, None)
-        if fut is None:
+        inbox = self._streams.pop(request_id, None)
+        if fut is None and inbox is None:
             return
         IN_FLIGHT.dec()
-        fut.cancel()  # no-op when done; keeps an unawaited exception from being logged
+        if fut is not None:
+            fut.cancel()  # no-op when done; keeps an unawaited exception from being logged
         self._finished[request_id] = None
         if len(self._finished) > RECENT:
             self._finished.popitem(last=False)
 
     def deliver(self, value: bytes | None) -> None:
         """Hand over one record of the reply partition (any thread). Raises
-        ``MessageError`` for bytes that are no reply (counted; the bus dead-letters it)."""
+        ``MessageError`` for bytes that are no reply, delta or grant (counted; the bus
+        dead-letters it)."""
         try:
-            reply = decode(value, Reply)
+            record = decode_reply_record(value)
         except MessageError as exc:
             DROPPED_REPLIES.labels("undecodable").inc()
             log.warning("undecodable reply dropped", extra={"error": exc.message})
             raise
-        self._call(self._resolve, reply)
+        self._call(self._resolve, record)
 
     def fail(self, request_id: str, exc: RendezvousError) -> None:
         """Fail the waiting request ``request_id`` with ``exc`` (any thread)."""
@@ -79,7 +130,7 @@ class PendingReplies:
 
     def cancel_all(self) -> None:
         """Stop waiting for everything (shutdown, loop thread only)."""
-        for request_id in list(self._waiting):
+        for request_id in [*self._waiting, *self._streams]:
             self.close(request_id)
 
     def _call(self, fn: Callable[..., None], *args: object) -> None:
@@ -92,7 +143,15 @@ class PendingReplies:
         except RuntimeError:  # the loop closed between the check and the call
             DROPPED_REPLIES.labels("unknown").inc()
 
-    def _resolve(self, reply: Reply) -> None:
+    def _resolve(self, record: ReplyRecord) -> None:
+        inbox = self._streams.get(record.request_id)
+        if inbox is not None:
+            inbox.put(record)
+            return
+        if not isinstance(record, Reply):
+            self._drop_stream_record(record)
+            return
+        reply = record
         fut = self._waiting.get(reply.request_id)
         if fut is None or fut.done():
             finished = fut is not None or reply.request_id in self._finished
@@ -102,7 +161,22 @@ class PendingReplies:
             return
         fut.set_result(reply)
 
+    def _check_new(self, request_id: str) -> None:
+        if request_id in self._waiting or request_id in self._streams:
+            raise ValueError(f"request {request_id} is waiting already")
+
+    def _drop_stream_record(self, record: ReplyRecord) -> None:
+        rid = record.request_id
+        if rid in self._waiting:
+            reason = "not_streaming"
+        else:
+            reason = "finished" if rid in self._finished else "unknown"
+        DROPPED_STREAM_RECORDS.labels(kind_of(type(record)), reason).inc()
+
     def _fail(self, request_id: str, exc: RendezvousError) -> None:
+        if (inbox := self._streams.get(request_id)) is not None:
+            inbox.put(exc)
+            return
         fut = self._waiting.get(request_id)
         if fut is not None and not fut.done():
             fut.set_exception(exc)

@@ -27,7 +27,7 @@ from services.gateway.errors import (
 )
 from services.gateway.metrics import DELIVERY_FAILURES
 from services.gateway.overload import LoopLag
-from services.gateway.pending import PendingReplies
+from services.gateway.pending import PendingReplies, StreamInbox
 from services.gateway.schemas import FeedbackRequest, InferRequest, describe
 from services.gateway.settings import GatewaySettings
 
@@ -116,6 +116,29 @@ class Gateway:
                 ood=reply.ood,
             )
         return reply
+
+    def open_stream(
+        self, spec: EndpointSpec, req: InferRequest, *, request_id: str, trace_id: str
+    ) -> tuple[StreamInbox, float]:
+        """Put a streaming request on the requests topic; its deltas, grant and reply
+        arrive in the inbox, which the caller closes with ``pending.close``. Also returns
+        the monotonic ms by which the reply is due (the deadline plus the grace)."""
+        deadline_ms = min(req.deadline_ms or spec.deadline_ms, spec.deadline_ms)
+        self._check_capacity()
+        started = self._clock()
+        envelope = self._envelope(spec, req, request_id, trace_id, deadline_ms)
+        out = Outbound(self._requests_topic, request_id.encode(), encode(envelope))
+        inbox = self.pending.open_stream(request_id)
+        try:
+            self.bus.produce(out, partial(self._delivered, request_id))
+        except BaseException:
+            self.pending.close(request_id)
+            raise
+        return inbox, started + deadline_ms + self.settings.grace_ms
+
+    def now_ms(self) -> float:
+        """The gateway's monotonic clock."""
+        return self._clock()
 
     async def feedback(self, req: FeedbackRequest) -> Feedback:
         """Put a client's feedback on the feedback topic; returns once Kafka has it."""

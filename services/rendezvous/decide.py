@@ -27,6 +27,21 @@ Before the deadline (``decide`` may return None: wait):
 At or past the deadline (never None): the canary's ok score (canary branch), else the
 last stage's most preferred ok score, else the default.
 
+Streaming (a request whose payload has ``stream`` true): its client sees one model's
+text as it is generated, so that model is chosen up front. ``stream_grant`` names it
+once the OOD gate (if any) has cleared or stopped waiting, before the deadline: the
+canary for a request in the canary share (unless it already failed), else the most
+preferred model of the current stage that has not failed (later stages when every
+one of it has). A flagged request gets no grant: the gate's answer as usual. Once a
+request holds a grant (``Mailbox.grant``), ``decide`` answers with the granted
+model's ok score whenever it arrives before the deadline (a deadline-cut partial
+answer included), and with the default when it fails (its client error kept, as in
+``all_failed``) or stays silent until the deadline; no other model's score can
+answer it. The verdict carries the gate's finding from the time of the grant. The
+reason is the one the granted model's answer would have had: ``canary`` in the canary
+share, else ``champion_in_time`` or ``fallback:<i>`` for the first stage from the
+current one that accepts it (else the last earlier stage that does).
+
 ``accept: any`` takes roster models in roster order (every model, in arrival order,
 when the roster is empty), except scores whose role is detector, decoy or canary:
 those are returned only when named.
@@ -64,6 +79,7 @@ from dataclasses import dataclass, replace
 
 from pydantic import JsonValue
 
+from services.common.chat import wants_stream
 from services.common.messages import (
     ErrorBody,
     OodCheck,
@@ -72,7 +88,7 @@ from services.common.messages import (
     Score,
     ScoreStatus,
 )
-from services.rendezvous.mailbox import Mailbox
+from services.rendezvous.mailbox import Grant, Mailbox
 from services.rendezvous.policy import Policy, Stage
 
 CHAMPION_IN_TIME = "champion_in_time"
@@ -144,6 +160,8 @@ def decide(mailbox: Mailbox, policy: Policy, now_ms: float) -> Verdict | None:
     cut = min(now_ms, dead)
     seen = {m: a.score for m, a in mailbox.scores.items() if a.at_ms <= cut}
     weight = propensity(mailbox.request, policy)
+    if mailbox.grant is not None:
+        return _granted(mailbox, policy, mailbox.grant, seen, cut=cut, final=final, weight=weight)
     check = ood_check(policy, seen, cut - mailbox.arrived_ms, final)
     if check is WAIT:
         return None
@@ -151,6 +169,83 @@ def decide(mailbox: Mailbox, policy: Policy, now_ms: float) -> Verdict | None:
         return _flagged(policy, check, seen, final, weight)
     verdict = _schedule(mailbox, policy, seen, cut=cut, final=final, weight=weight)
     return verdict if verdict is None or check is None else replace(verdict, ood=check)
+
+
+def stream_grant(mailbox: Mailbox, policy: Policy, now_ms: float) -> Grant | None:
+    """The grant of a streaming request that has none yet, once it can be made (see the
+    module doc); None for a request that does not stream, is granted already, must
+    wait for its OOD gate, was flagged, is at its deadline, or has no model left."""
+    if mailbox.grant is not None or not wants_stream(mailbox.request.payload):
+        return None
+    dead = deadline_at(mailbox, policy)
+    if now_ms >= dead:
+        return None
+    seen = {m: a.score for m, a in mailbox.scores.items() if a.at_ms <= now_ms}
+    check = ood_check(policy, seen, now_ms - mailbox.arrived_ms, final=False)
+    if check is WAIT or (check is not None and check.status == "flagged"):
+        return None
+    model = _stream_model(mailbox, policy, seen, now_ms)
+    return None if model is None else Grant(model, check)
+
+
+def _stream_model(
+    mailbox: Mailbox, policy: Policy, seen: dict[str, Score], now_ms: float
+) -> str | None:
+    """The canary (canary share) or the most preferred model of the current stage that
+    has not failed; None when no stage has one left."""
+    canary = policy.canary.model if policy.canary and in_canary(mailbox.request, policy) else None
+    if canary is not None and (canary not in seen or seen[canary].status is ScoreStatus.OK):
+        return canary
+    bounds = _bounds(mailbox, policy, deadline_at(mailbox, policy))
+    first = next(i for i, b in enumerate(bounds) if b > now_ms)
+    detector = policy.ood.detector if policy.ood is not None else None
+    for stage in policy.stages[first:]:
+        for model in _candidates(policy, stage, seen):
+            score = seen.get(model)
+            if stage.accept == "any" and (
+                model in (detector, canary) or (score is not None and score.role in _NOT_BY_ANY)
+            ):
+                continue
+            if score is None or score.status is ScoreStatus.OK:
+                return model
+    return None
+
+
+def _granted(
+    mailbox: Mailbox,
+    policy: Policy,
+    grant: Grant,
+    seen: dict[str, Score],
+    *,
+    cut: float,
+    final: bool,
+    weight: float,
+) -> Verdict | None:
+    """A granted streaming request: only the granted model's score can answer it."""
+    score = seen.get(grant.model)
+    if score is None:
+        verdict = _default(policy, DEADLINE_EXCEEDED, weight) if final else None
+    elif score.status is not ScoreStatus.OK:
+        verdict = _all_failed(policy, {grant.model: score}, weight)
+    else:
+        reason = _granted_reason(mailbox, policy, grant.model, cut, final)
+        verdict = Verdict(grant.model, reason, score.output, None, weight)
+    return None if verdict is None else replace(verdict, ood=grant.ood)
+
+
+def _granted_reason(mailbox: Mailbox, policy: Policy, model: str, cut: float, final: bool) -> str:
+    """The reason of the granted model's answer (see the module doc)."""
+    canary = policy.canary
+    if canary is not None and canary.model == model and in_canary(mailbox.request, policy):
+        return CANARY
+    bounds = _bounds(mailbox, policy, deadline_at(mailbox, policy))
+    first = len(bounds) - 1 if final else next(i for i, b in enumerate(bounds) if b > cut)
+    accepting = [
+        i for i, stage in enumerate(policy.stages) if stage.accept == "any" or model in stage.accept
+    ]
+    later = [i for i in accepting if i >= first]
+    index = later[0] if later else accepting[-1] if accepting else first
+    return CHAMPION_IN_TIME if index == 0 else fallback_reason(index)
 
 
 WAIT = OodCheck(status="unknown", detector="")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
 
-from services.common.messages import RequestEnvelope, Score
+from services.common.messages import OodCheck, RequestEnvelope, Score
 
 
 class ScoreArrival(NamedTuple):
@@ -30,6 +30,15 @@ class ScoreArrival(NamedTuple):
 
     score: Score
     at_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """The model a streaming request's answer was granted to (decide.stream_grant), and
+    what the OOD gate had found when it was granted."""
+
+    model: str
+    ood: OodCheck | None = None
 
 
 @dataclass(eq=False)
@@ -44,6 +53,7 @@ class Mailbox:
     duplicates: int = 0  # scores dropped because their model had already scored
     closed: bool = False
     next_check_ms: float | None = None  # when due() returns it next; None: not scheduled
+    grant: Grant | None = None  # a streaming request's granted model, once chosen
     _seq: int = field(default=-1, repr=False)  # which heap entry is current
 
     @property

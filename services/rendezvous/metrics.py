@@ -32,6 +32,11 @@ OOD = Counter(
     "OOD gate findings (flagged, clear, unknown) on endpoints whose policy has a gate",
     ["endpoint", "status"],
 )
+GRANTS = Counter(
+    "rdv_rendezvous_stream_grants_total",
+    "Streaming requests granted to a model (its deltas reach the client)",
+    ["endpoint", "model"],
+)
 CATCHUP = Counter(
     "rdv_rendezvous_catchup_decisions_total", "Earlier decisions read back on partition assignment"
 )

@@ -6,6 +6,11 @@ until its mailbox closes and the reply and decision it caused are acknowledged. 
 a restart the open requests are therefore read again and their mailboxes rebuilt;
 requests already answered are recognised from the decisions topic (read back on every
 partition assignment), so nothing is answered twice.
+
+A streaming request's grant (decide.stream_grant) goes to its return address as a
+``StreamGrant`` as soon as it is made, best effort (a client that misses it gets the
+whole answer with the reply). Grants live in the mailbox only: after a restart the
+rebuilt mailbox is granted again, by the same rule, on the scores read back.
 """
 
 from __future__ import annotations
@@ -17,7 +22,14 @@ from services.common.clock import mono_ms, wall_ms
 from services.common.codec import encode, message_key
 from services.common.kafka import Outbound, Record
 from services.common.loop import Context, Inbound
-from services.common.messages import Decision, ErrorBody, Reply, RequestEnvelope, Score
+from services.common.messages import (
+    Decision,
+    ErrorBody,
+    Reply,
+    RequestEnvelope,
+    Score,
+    StreamGrant,
+)
 from services.common.topics import Topics
 from services.rendezvous import metrics
 from services.rendezvous.decide import (
@@ -28,9 +40,10 @@ from services.rendezvous.decide import (
     error_verdict,
     in_time_and_late,
     next_check,
+    stream_grant,
     verdict_latencies,
 )
-from services.rendezvous.mailbox import Mailbox, MailboxStore, Outcome
+from services.rendezvous.mailbox import Grant, Mailbox, MailboxStore, Outcome
 from services.rendezvous.policy import Policy
 
 log = logging.getLogger("rdv.rendezvous")
@@ -127,6 +140,9 @@ class Rendezvous:
                 f"no policy for endpoint {mailbox.request.endpoint!r}",
             )
         else:
+            if (grant := stream_grant(mailbox, policy, now)) is not None:
+                mailbox.grant = grant
+                self._send_grant(mailbox.request, grant, ctx)
             verdict = decide(mailbox, policy, now)
         if verdict is None:
             assert policy is not None  # no policy always gives a verdict
@@ -141,6 +157,16 @@ class Rendezvous:
             now=now,
             box=(closed, policy),
         )
+
+    def _send_grant(self, req: RequestEnvelope, grant: Grant, ctx: Context) -> None:
+        msg = StreamGrant(
+            request_id=req.request_id, model=grant.model, granted_ms=self._wall(), ood=grant.ood
+        )
+        ret = req.return_address
+        ctx.emit_best_effort(
+            Outbound(ret.topic, message_key(msg), encode(msg), partition=ret.partition)
+        )
+        metrics.GRANTS.labels(req.endpoint, grant.model).inc()
 
     def _answer(
         self,
@@ -190,6 +216,7 @@ class Rendezvous:
             propensity=verdict.propensity,
             policy_version=box[1].version if box is not None and box[1] else None,
             ood=verdict.ood,
+            streamed=box is not None and box[0].grant is not None,
         )
         ctx.emit(
             Outbound(self.topics.decisions, message_key(decision), encode(decision)), source=refs

@@ -7,20 +7,30 @@ while others generate joins the running batch at the next step. A finished answe
 becomes an ``ok`` score and releases its record. A request whose deadline can no
 longer be met is cut (finish reason ``deadline``) a margin before the deadline, so its
 partial answer still reaches the rendezvous in time.
+
+A request whose payload has ``stream`` true also gets a ``Delta`` after every step
+that added text to its answer, sent to its return address (best effort: no offset
+waits for it, and the score stays the source of truth). A delta carries the new text
+of the decoded answer so far (``BatchEngine.partial_texts``: a character split over
+tokens, or a possible start of a stop string, waits for the next step); the last
+one, sent with the score, carries the rest and the finish reason.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from services.common.clock import wall_ms
-from services.common.kafka import Record
+from services.common.codec import encode, message_key
+from services.common.kafka import Outbound, Record
 from services.common.loop import Context
-from services.common.messages import RequestEnvelope, ScoreStatus, Timings
+from services.common.messages import Delta, RequestEnvelope, ReturnAddress, ScoreStatus, Timings
 from services.workers.chat_runtime import ChatRuntime, messages, output_of, parse_payload
 from services.workers.metrics import (
     BATCH_SIZE,
+    DELTAS,
     FINISHED,
     PREDICT_SECONDS,
     TOKENS,
@@ -28,6 +38,15 @@ from services.workers.metrics import (
     TTFT,
 )
 from services.workers.worker import ModelWorker, describe
+
+
+@dataclass
+class _Stream:
+    """What a streaming request's client was sent so far."""
+
+    address: ReturnAddress
+    sent: str = ""
+    seq: int = 0
 
 
 class ChatWorker(ModelWorker):
@@ -38,6 +57,7 @@ class ChatWorker(ModelWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._pending: dict[str, tuple[Record, RequestEnvelope, float, float]] = {}
+        self._streams: dict[str, _Stream] = {}
 
     @property
     def busy(self) -> bool:
@@ -66,6 +86,8 @@ class ChatWorker(ModelWorker):
                 continue
             ctx.hold(record)  # until its answer is produced
             self._pending[req.request_id] = (record, req, received, started)
+            if payload.stream:
+                self._streams[req.request_id] = _Stream(req.return_address)
 
     def tick(self, now_ms: float, ctx: Context) -> None:
         super().tick(now_ms, ctx)
@@ -86,11 +108,41 @@ class ChatWorker(ModelWorker):
                 continue
             record, req, received, started = entry
             self._observe(result)
+            if (stream := self._streams.pop(req.request_id, None)) is not None:
+                self._delta(ctx, req.request_id, stream, result.text, result.finish_reason)
             timings = Timings(
                 received_ms=received, started_ms=started, finished_ms=max(finished, started)
             )
             self._emit(ctx, record, self._result(req, output_of(result), timings))
             ctx.release(record)
+        if self._streams:
+            for request_id, text in self.model.chat.partial_texts(self._streams).items():
+                self._delta(ctx, request_id, self._streams[request_id], text)
+
+    def _delta(
+        self, ctx: Context, request_id: str, stream: _Stream, text: str, finish: str | None = None
+    ) -> None:
+        """Send the text added to ``text`` since the last delta (nothing when none was,
+        unless the answer just finished)."""
+        if not text.startswith(stream.sent):
+            return  # the decoding changed what was sent: the score's answer corrects it
+        new = text[len(stream.sent) :]
+        if not new and finish is None:
+            return
+        delta = Delta(
+            request_id=request_id,
+            model=self.spec.name,
+            seq=stream.seq,
+            offset=len(stream.sent),
+            text=new,
+            finish_reason=finish,
+        )
+        address = stream.address
+        ctx.emit_best_effort(
+            Outbound(address.topic, message_key(delta), encode(delta), partition=address.partition)
+        )
+        stream.sent, stream.seq = text, stream.seq + 1
+        DELTAS.labels(self.spec.name).inc()
 
     def _observe(self, result: Any) -> None:
         name = self.spec.name
@@ -113,5 +165,6 @@ class ChatWorker(ModelWorker):
             )
             ctx.release(record)
         self._pending.clear()
+        self._streams.clear()
         self.model.unload()
         self.model.load()  # a fresh engine

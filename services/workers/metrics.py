@@ -38,6 +38,11 @@ TOKENS_PER_S = Histogram(
     ["model"],
     buckets=(1, 2, 5, 10, 20, 40, 80, 160, 320),
 )
+DELTAS = Counter(
+    "rdv_worker_stream_deltas_total",
+    "Delta records sent to the return address of streaming requests",
+    ["model"],
+)
 FINISHED = Counter("rdv_worker_finished_total", "Generations by finish reason", ["model", "reason"])
 LAG = Gauge(
     "rdv_worker_consumer_lag",

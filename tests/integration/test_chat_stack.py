@@ -56,3 +56,50 @@ def test_a_deadline_that_cannot_be_met_returns_the_partial_answer(launch_stack: 
     assert body["choices"][0]["finish_reason"] == "length"
     assert body["usage"]["completion_tokens"] > 0
     assert body["choices"][0]["message"]["content"]
+
+
+def test_the_openai_client_streams_the_real_models_answer(launch_stack: Launch) -> None:
+    stack = launch_stack(policies=[CHAT], workers=[Worker("smol", "models/specs/smol.yaml")])
+    client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", max_retries=0, timeout=120)
+    try:
+        whole = client.chat.completions.create(
+            model="chat",
+            messages=FRANCE,  # type: ignore[arg-type]
+            temperature=0,
+            max_tokens=24,
+        )
+        chunks = list(
+            client.chat.completions.create(
+                model="chat",
+                messages=FRANCE,  # type: ignore[arg-type]
+                temperature=0,
+                max_tokens=24,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+    finally:
+        client.close()
+
+    texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    streamed = "".join(texts)
+    assert "Paris" in streamed
+    assert len(texts) > 1  # token by token, not the whole answer at the end
+    # greedy, and each request ran alone (batch size 1): the very same tokens
+    assert streamed == whole.choices[0].message.content
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert {c.model for c in chunks} == {"smol"}
+    ends = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert ends == [whole.choices[0].finish_reason]
+    assert chunks[-1].usage is not None
+    assert whole.usage is not None
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert stack.metric("smol", "rdv_worker_stream_deltas_total", model="smol") >= len(texts) - 1
+    grants = stack.metric(
+        "rendezvous", "rdv_rendezvous_stream_grants_total", endpoint="chat", model="smol"
+    )
+    assert grants == 1
+    assert stack.metric("gateway", "rdv_gateway_stream_mismatches_total", endpoint="chat") == 0
+    assert (
+        stack.metric("gateway", "rdv_gateway_streams_total", endpoint="chat", outcome="done") == 1
+    )

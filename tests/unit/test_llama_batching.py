@@ -208,3 +208,28 @@ def test_a_tiny_top_p_is_greedy(model: LlamaForCausalLM) -> None:
 def test_invalid_sampling_params_are_refused(kwargs: dict[str, object]) -> None:
     with pytest.raises(InvalidRequestError):
         SamplingParams(**kwargs)  # type: ignore[arg-type]
+
+
+def _letters(ids: Sequence[int]) -> str:
+    """A fake decoder: a letter per token, U+FFFD (half a character) for every 7th id."""
+    return "".join("\ufffd" if t % 7 == 0 else chr(97 + t % 26) for t in ids)
+
+
+def test_partial_texts_are_prefixes_of_the_answer(model: LlamaForCausalLM) -> None:
+    free = alone(model, PROMPTS[1])
+    stop = _letters(free[5:8])
+    engine = BatchEngine(model, decode=_letters)
+    rid = engine.submit(PROMPTS[1], SamplingParams(max_tokens=16, stop=(stop,)))
+    shown: list[str] = []
+    results: list[GenerationResult] = []
+    while engine.has_work:
+        results += engine.step()
+        shown += engine.partial_texts([rid, "nobody"]).values()
+    (result,) = results
+    assert result.finish_reason == "stop"
+    assert stop not in result.text
+    assert shown, "the request ran more than one step"
+    for text in shown:
+        assert result.text.startswith(text)
+        assert not text.endswith("\ufffd")
+    assert engine.partial_texts([rid]) == {}  # finished: no longer held

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import pytest
+from prometheus_client import REGISTRY
 
 from services.common.codec import decode, encode, message_key
 from services.common.errors import DeliveryError
@@ -188,3 +189,41 @@ def test_an_output_that_can_never_be_delivered_parks_its_input_in_dead_letters()
     producer.ack()
     loop._settle()
     assert consumer.stored == {("in", 0): 1}
+
+
+class Streamer(Scorer):
+    """Also sends a best-effort output per request (raising "full" on payload "full")."""
+
+    def process(self, batch: Sequence[Inbound], ctx: Context) -> None:
+        for item in batch:
+            ctx.emit_best_effort(Outbound("side", b"k", item.message.payload.encode()))
+        super().process(batch, ctx)
+
+
+class PickyProducer(FakeProducer):
+    def produce(self, out: Outbound, on_delivery: Callable[[str | None], None]) -> None:
+        if out.value == b"full":
+            raise DeliveryError("queue full")
+        super().produce(out, on_delivery)
+
+
+def test_best_effort_outputs_hold_no_offset_and_their_failures_are_only_counted() -> None:
+    def lost() -> float:
+        return (
+            REGISTRY.get_sample_value("rdv_stream_best_effort_lost_total", {"service": "unit"})
+            or 0.0
+        )
+
+    loop, consumer, _ = make([rec(0, req("a")), rec(1, req("full"))], Streamer())
+    producer = PickyProducer()
+    loop._producer = producer  # type: ignore[assignment]
+    before = lost()
+
+    loop._turn(10)
+    assert [o.topic for o in producer.sent] == ["side", "out", "out"]  # side first
+    producer.unacked[0]("_MSG_TIMED_OUT: gone")  # the side output fails: no raise
+    producer.ack()
+    loop._settle()
+
+    assert consumer.stored == {("in", 0): 2}
+    assert lost() == before + 2

@@ -13,6 +13,7 @@ from services.common.codec import (
     SUPPORTED_VERSIONS,
     decode,
     decode_control,
+    decode_reply_record,
     encode,
     kind_of,
     make_dead_letter,
@@ -24,8 +25,10 @@ from services.common.messages import (
     BaseMessage,
     DeadLetter,
     Decision,
+    Delta,
     ErrorBody,
     ModelRegistration,
+    OodCheck,
     PolicyEntry,
     Reply,
     RequestEnvelope,
@@ -33,6 +36,7 @@ from services.common.messages import (
     Role,
     Score,
     ScoreStatus,
+    StreamGrant,
     Timings,
 )
 
@@ -134,7 +138,15 @@ SAMPLES: list[BaseMessage] = [
         changed_ms=T0,
     ),
     _dead_letter(),
+    Delta(request_id="req-3", model="smol", seq=2, offset=5, text=" is", finish_reason="stop"),
+    StreamGrant(
+        request_id="req-3",
+        model="smol",
+        granted_ms=T0 + 3.5,
+        ood=OodCheck(status="clear", detector="ood", score=1.25),
+    ),
 ]
+DELTA, GRANT = SAMPLES[9], SAMPLES[10]
 
 
 @pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
@@ -314,6 +326,8 @@ def test_reply_ok_reflects_error() -> None:
         (SAMPLES[7], b"policy/fraud.v2"),
         (SAMPLES[8], b"req-9"),
         (_dead_letter().model_copy(update={"key": None}), b""),
+        (DELTA, b"req-3"),
+        (GRANT, b"req-3"),
     ],
 )
 def test_message_key(msg: Any, key: bytes) -> None:
@@ -388,3 +402,34 @@ def test_make_dead_letter_from_plain_exception_without_value() -> None:
     assert dl.key is None
     assert dl.value_b64 == ""
     assert message_key(dl) == b""
+
+
+@pytest.mark.parametrize("msg", [SAMPLES[4], SAMPLES[5], DELTA, GRANT], ids=lambda m: m.kind)
+def test_decode_reply_record_dispatches_on_kind(msg: BaseMessage) -> None:
+    got = decode_reply_record(encode(msg))
+    assert type(got) is type(msg)
+    assert got == msg
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (encode(SAMPLES[1]), "malformed"),  # a score does not go to a return address
+        (
+            b'{"v":1,"kind":"delta","request_id":"r","model":"m","seq":-1,"offset":0,"text":""}',
+            "malformed",
+        ),
+        (b'{"v":2,"kind":"grant"}', "unsupported_version"),
+        (b"", "malformed"),
+    ],
+)
+def test_decode_reply_record_rejects(data: bytes, reason: str) -> None:
+    with pytest.raises(MessageError) as info:
+        decode_reply_record(data)
+    assert info.value.reason == reason
+
+
+def test_a_decision_without_streamed_reads_as_not_streamed() -> None:
+    wire = json.loads(encode(SAMPLES[3]))
+    del wire["streamed"]
+    assert decode(json.dumps(wire).encode(), Decision).streamed is False

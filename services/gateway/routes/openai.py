@@ -3,21 +3,24 @@ official ``openai`` client works unchanged. A chat request becomes a request env
 for a chat endpoint (``model`` names the endpoint, or a model on its roster); the
 rendezvous picks the answer as for any endpoint, and the response's ``model`` and the
 ``x-rdv-model`` / ``x-rdv-reason`` headers say which model answered and why; ``ood``
-(body) and ``x-rdv-ood`` say what the endpoint's OOD gate found, where it has one."""
+(body) and ``x-rdv-ood`` say what the endpoint's OOD gate found, where it has one.
+``stream: true`` answers with server-sent events (services/gateway/streaming.py)."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from functools import partial
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
-from services.common.chat import ChatOutput, ChatPayload
+from services.common.chat import ChatPayload
 from services.common.clock import mono_ms
 from services.common.codec import summarise
 from services.common.endpoints import EndpointSpec
-from services.common.errors import MessageError, RendezvousError
+from services.common.errors import RendezvousError
 from services.gateway.deps import GatewayDep
 from services.gateway.errors import (
     MODEL_HEADER,
@@ -39,10 +42,12 @@ from services.gateway.openai_schemas import (
     OpenAIChatRequest,
     OpenAIChatResponse,
     Usage,
+    chat_output,
 )
 from services.gateway.routes.infer import check_media_type, read_body
 from services.gateway.schemas import InferRequest
 from services.gateway.service import Gateway, new_request_id, trace_id_from
+from services.gateway.streaming import ChatStream, EventStream
 
 router = APIRouter()
 FINISH_HEADER = "x-rdv-finish-reason"
@@ -69,43 +74,100 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
         spec = resolve(gateway, req.model)
         label = spec.endpoint
         request_id = new_request_id()
-        reply = await gateway.infer(
-            spec,
-            to_infer_request(req, request.headers.get(DEADLINE_HEADER)),
-            request_id=request_id,
-            trace_id=trace_id_from(request.headers, default=request_id),
-        )
-        out = chat_output(reply.output)
-        finish = "stop" if out.finish_reason == "stop" else "length"
-        body = OpenAIChatResponse(
-            id=f"chatcmpl-{request_id}",
-            created=int(time.time()),
-            model=reply.model or spec.endpoint,
-            choices=[Choice(message=ChoiceMessage(content=out.text), finish_reason=finish)],
-            usage=Usage(
-                prompt_tokens=out.usage.prompt_tokens,
-                completion_tokens=out.usage.completion_tokens,
-                total_tokens=out.usage.prompt_tokens + out.usage.completion_tokens,
-            ),
-            ood=reply.ood,
-        )
-        response: Response = JSONResponse(
-            body.model_dump(),
-            headers={
-                REQUEST_ID_HEADER: request_id,
-                MODEL_HEADER: header_value(reply.model or "-"),
-                REASON_HEADER: header_value(reply.reason),
-                FINISH_HEADER: out.finish_reason,
-                **ood_headers(reply.ood),
-            },
-        )
+        inputs = to_infer_request(req, request.headers.get(DEADLINE_HEADER))
+        trace_id = trace_id_from(request.headers, default=request_id)
+        if req.stream:
+            stream_from = ChatStreamStart(request_id, trace_id, started, req)
+            response = await stream(gateway, spec, inputs, stream_from)
+        else:
+            response = await complete(gateway, spec, inputs, request_id, trace_id)
     except RendezvousError as exc:
         response = error_response(
             exc, request_id=request_id, retry_after_s=gateway.settings.retry_after_s
         )
     REQUESTS.labels(label, str(response.status_code)).inc()
-    LATENCY.labels(label).observe((mono_ms() - started) / 1000.0)
+    if not isinstance(response, StreamingResponse):  # a stream's is observed at its end
+        LATENCY.labels(label).observe((mono_ms() - started) / 1000.0)
     return response
+
+
+async def complete(
+    gateway: Gateway, spec: EndpointSpec, inputs: InferRequest, request_id: str, trace_id: str
+) -> Response:
+    """The whole completion at once (``stream: false``)."""
+    reply = await gateway.infer(spec, inputs, request_id=request_id, trace_id=trace_id)
+    out = chat_output(reply.output)
+    finish = "stop" if out.finish_reason == "stop" else "length"
+    body = OpenAIChatResponse(
+        id=f"chatcmpl-{request_id}",
+        created=int(time.time()),
+        model=reply.model or spec.endpoint,
+        choices=[Choice(message=ChoiceMessage(content=out.text), finish_reason=finish)],
+        usage=Usage(
+            prompt_tokens=out.usage.prompt_tokens,
+            completion_tokens=out.usage.completion_tokens,
+            total_tokens=out.usage.prompt_tokens + out.usage.completion_tokens,
+        ),
+        ood=reply.ood,
+    )
+    return JSONResponse(
+        body.model_dump(),
+        headers={
+            REQUEST_ID_HEADER: request_id,
+            MODEL_HEADER: header_value(reply.model or "-"),
+            REASON_HEADER: header_value(reply.reason),
+            FINISH_HEADER: out.finish_reason,
+            **ood_headers(reply.ood),
+        },
+    )
+
+
+@dataclass(frozen=True)
+class ChatStreamStart:
+    """A streaming request's ids, start time and parameters."""
+
+    request_id: str
+    trace_id: str
+    started_ms: float
+    req: OpenAIChatRequest
+
+
+async def stream(
+    gateway: Gateway, spec: EndpointSpec, inputs: InferRequest, start: ChatStreamStart
+) -> Response:
+    """The event stream of a ``stream: true`` request, once the rendezvous granted it a
+    model (or answered); errors until then raise, as without streaming."""
+    request_id, req = start.request_id, start.req
+    trace_id, started = start.trace_id, start.started_ms
+    inbox, due = gateway.open_stream(spec, inputs, request_id=request_id, trace_id=trace_id)
+    chat = ChatStream(
+        gateway,
+        inbox,
+        request_id=request_id,
+        endpoint=spec.endpoint,
+        due_ms=due,
+        deadline_ms=min(inputs.deadline_ms or spec.deadline_ms, spec.deadline_ms),
+        started_ms=started,
+        include_usage=bool(req.stream_options and req.stream_options.include_usage),
+    )
+    try:
+        await chat.start()
+    except BaseException:
+        gateway.pending.close(request_id)
+        raise
+    headers = {
+        REQUEST_ID_HEADER: request_id,
+        MODEL_HEADER: header_value(chat.model),
+        "cache-control": "no-cache",
+        "x-accel-buffering": "no",  # proxies must not hold the events back
+    }
+    grant, reply = chat.text.granted, chat.reply
+    if reply is not None:  # answered before any grant: all is known now
+        headers[REASON_HEADER] = header_value(reply.reason)
+        headers[FINISH_HEADER] = chat_output(reply.output).finish_reason
+    headers.update(ood_headers(grant.ood if grant is not None else reply.ood if reply else None))
+    close = partial(gateway.pending.close, request_id)  # also if the events never start
+    return EventStream(chat.events(), on_close=close, headers=headers)
 
 
 def parse_chat(body: bytes) -> OpenAIChatRequest:
@@ -115,8 +177,6 @@ def parse_chat(body: bytes) -> OpenAIChatRequest:
         req = OpenAIChatRequest.model_validate_json(body)
     except ValidationError as exc:
         raise InvalidRequestError(summarise(exc, root="body")) from None
-    if req.stream:
-        raise UnsupportedFeatureError("stream=true is not supported yet; send stream=false")
     if req.n != 1:
         raise UnsupportedFeatureError("n > 1 is not supported; ask once per completion")
     return req
@@ -149,17 +209,11 @@ def to_infer_request(req: OpenAIChatRequest, deadline: str | None = None) -> Inf
             top_p=req.top_p,
             stop=stop,
             seed=req.seed,
+            stream=req.stream,
         )
     except ValidationError as exc:
         raise InvalidRequestError(summarise(exc, root="body")) from None
     attributes = {"user": req.user} if req.user else {}
-    return InferRequest(inputs=payload.model_dump(), attributes=attributes, deadline_ms=deadline_ms)
-
-
-def chat_output(output: object) -> ChatOutput:
-    try:
-        return ChatOutput.model_validate(output)
-    except ValidationError as exc:
-        raise MessageError(
-            f"the model's answer is not a chat completion: {summarise(exc)}"
-        ) from None
+    # stream left out when false: payloads stay as older chat workers know them
+    inputs = payload.model_dump(exclude=None if req.stream else {"stream"})
+    return InferRequest(inputs=inputs, attributes=attributes, deadline_ms=deadline_ms)

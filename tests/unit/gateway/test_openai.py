@@ -98,7 +98,6 @@ def test_a_deadline_cut_is_length_with_the_reason_in_a_header(
 @pytest.mark.parametrize(
     ("kwargs", "error", "status"),
     [
-        ({"stream": True}, openai.BadRequestError, 400),
         ({"n": 2}, openai.BadRequestError, 400),
         ({"temperature": 7}, openai.UnprocessableEntityError, 422),
         ({"max_tokens": 0}, openai.UnprocessableEntityError, 422),

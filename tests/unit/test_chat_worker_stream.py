@@ -1,0 +1,107 @@
+"""The chat worker's deltas for streaming requests, over a scripted engine: one per step
+that added text, to the request's return address, best effort; none for the others."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Collection
+from typing import Any
+
+from prometheus_client import REGISTRY
+
+from models.llama.batching import GenerationResult
+from services.common.codec import decode, encode
+from services.common.kafka import Record
+from services.common.loop import Context, Inbound
+from services.common.messages import Delta, ReturnAddress, Score, ScoreStatus
+from services.workers.chat import ChatWorker
+from services.workers.chat_runtime import ChatRuntime
+from services.workers.spec import parse_inline
+from tests.factories import request
+
+_offsets = itertools.count()
+
+
+class ScriptedChat:
+    """Per step: each request's answer so far; a request ends with its last entry."""
+
+    def __init__(self, script: dict[str, list[str]]) -> None:
+        self.script = script
+        self.running: list[str] = []
+        self.steps = 0
+
+    def submit(self, _messages: Any, _params: Any, *, deadline: float, request_id: str) -> str:
+        self.running.append(request_id)
+        return request_id
+
+    def step(self) -> list[GenerationResult]:
+        self.steps += 1
+        done = [r for r in self.running if len(self.script[r]) == self.steps]
+        self.running = [r for r in self.running if r not in done]
+        return [_result(r, self.script[r][-1]) for r in done]
+
+    def partial_texts(self, request_ids: Collection[str]) -> dict[str, str]:
+        return {r: self.script[r][self.steps - 1] for r in self.running if r in request_ids}
+
+
+def _result(request_id: str, text: str) -> GenerationResult:
+    return GenerationResult(request_id, text, (1, 2), "stop", 5, 2, 0.01, 0.1, 20.0)
+
+
+def _inbound(payload: dict[str, Any], request_id: str) -> Inbound:
+    env = request(payload, request_id=request_id, endpoint="chat", deadline_in_ms=60_000)
+    env = env.model_copy(update={"return_address": ReturnAddress(topic="rdv.replies", partition=1)})
+    return Inbound(
+        Record("rdv.requests", 0, next(_offsets), env.request_id.encode(), encode(env)), env
+    )
+
+
+def _payload(stream: bool) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": "hi"}], "stream": stream}
+
+
+def test_a_streaming_request_gets_a_delta_per_step_with_new_text() -> None:
+    runtime = ChatRuntime({})
+    runtime.chat = ScriptedChat({"s": ["Pa", "Paris", "Paris", "Paris."], "q": ["x", "xy"]})
+    spec = parse_inline("llama-chat:name=smol,role=champion,version=1,endpoints=chat")
+    worker = ChatWorker(spec, runtime, "rdv.scores")
+    sent = REGISTRY.get_sample_value("rdv_worker_stream_deltas_total", {"model": "smol"}) or 0.0
+
+    worker.process([_inbound(_payload(True), "s"), _inbound(_payload(False), "q")], Context())
+    deltas: list[Delta] = []
+    scores: list[Score] = []
+    for _ in range(4):
+        ctx = Context()
+        worker.tick(0.0, ctx)
+        for out in ctx.best_effort:
+            assert (out.topic, out.partition, out.key) == ("rdv.replies", 1, b"s")
+            deltas.append(decode(out.value, Delta))
+        scores += [decode(out.value, Score) for out, _ in ctx.emits]
+        assert all(src for _, src in ctx.emits)  # scores still hold their request's offset
+
+    assert [(d.seq, d.offset, d.text, d.finish_reason) for d in deltas] == [
+        (0, 0, "Pa", None),
+        (1, 2, "ris", None),
+        (2, 5, ".", "stop"),  # the last one, with the score
+    ]
+    assert {d.model for d in deltas} == {"smol"}
+    assert sorted((s.request_id, s.status, s.output["text"]) for s in scores) == [  # type: ignore[index,call-overload]
+        ("q", ScoreStatus.OK, "xy"),
+        ("s", ScoreStatus.OK, "Paris."),
+    ]
+    after = REGISTRY.get_sample_value("rdv_worker_stream_deltas_total", {"model": "smol"})
+    assert after == sent + 3
+    assert not worker.busy
+
+
+def test_a_payload_without_stream_is_not_streamed() -> None:
+    runtime = ChatRuntime({})
+    runtime.chat = ScriptedChat({"n": ["a", "ab"]})
+    spec = parse_inline("llama-chat:name=smol,role=champion,version=1,endpoints=chat")
+    worker = ChatWorker(spec, runtime, "rdv.scores")
+    worker.process([_inbound({"messages": [{"role": "user", "content": "hi"}]}, "n")], Context())
+    ctx = Context()
+    worker.tick(0.0, ctx)
+    worker.tick(0.0, ctx)
+    assert ctx.best_effort == []
+    assert len(ctx.emits) == 1
