@@ -6,13 +6,15 @@ import json
 import re
 from pathlib import Path
 
+import confluent_kafka
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from services.common.errors import ConfigError
+from services.common.errors import ConfigError, KafkaUnavailableError
 from services.common.kafka import (
     CONSUMER_PINNED,
     PRODUCER_PINNED,
+    admin,
     admin_config,
     consumer_config,
     merge_config,
@@ -319,3 +321,30 @@ def test_client_config_numbers_and_bools_become_strings() -> None:
         "linger.ms": "5",
         "enable.ssl.certificate.verification": "false",
     }
+
+
+def test_read_since_retries_transient_broker_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    not_leader = confluent_kafka.KafkaError(confluent_kafka.KafkaError.NOT_LEADER_FOR_PARTITION)
+
+    def flaky(*_args: object) -> list[object]:
+        calls.append(1)
+        if len(calls) < 3:
+            raise confluent_kafka.KafkaException(not_leader)
+        return []
+
+    monkeypatch.setattr(admin, "_read_since_once", flaky)
+    monkeypatch.setattr(admin, "RETRY_BACKOFF_S", 0.0)
+    assert admin.read_since({}, "t", [0], 0, timeout_s=5) == []
+    assert len(calls) == 3
+
+
+def test_read_since_gives_up_on_other_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    denied = confluent_kafka.KafkaError(confluent_kafka.KafkaError.TOPIC_AUTHORIZATION_FAILED)
+
+    def refuse(*_args: object) -> list[object]:
+        raise confluent_kafka.KafkaException(denied)
+
+    monkeypatch.setattr(admin, "_read_since_once", refuse)
+    with pytest.raises(KafkaUnavailableError, match="could not read t"):
+        admin.read_since({}, "t", [0], 0, timeout_s=5)

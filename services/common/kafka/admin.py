@@ -30,7 +30,40 @@ def read_since(
     timeout_s: float = 10.0,
 ) -> list[Record]:
     """Every record of ``topic``'s given partitions written since ``since_ms`` (epoch
-    ms) up to their current end, read without a consumer group."""
+    ms) up to their current end, read without a consumer group. Retriable broker errors
+    (a partition whose leader is being elected, as right after topic creation) are
+    retried until ``timeout_s``; then, or for any other error, KafkaUnavailableError."""
+    until = time.monotonic() + timeout_s
+    while True:
+        try:
+            return _read_since_once(config, topic, list(partitions), since_ms, until)
+        except confluent_kafka.KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            retriable = isinstance(err, confluent_kafka.KafkaError) and (
+                err.retriable() or err.code() in TRANSIENT
+            )
+            if not retriable or time.monotonic() >= until:
+                raise KafkaUnavailableError(f"could not read {topic}: {exc}") from exc
+            log.info("retrying a read", extra={"topic": topic, "error": str(exc)})
+            time.sleep(RETRY_BACKOFF_S)  # back off from the broker, then ask again
+
+
+RETRY_BACKOFF_S = 0.2
+TRANSIENT = frozenset(
+    {
+        confluent_kafka.KafkaError.NOT_LEADER_FOR_PARTITION,
+        confluent_kafka.KafkaError.LEADER_NOT_AVAILABLE,
+        confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART,
+        confluent_kafka.KafkaError._TIMED_OUT,
+        confluent_kafka.KafkaError._TRANSPORT,
+    }
+)
+"""Error codes read_since retries even when librdkafka does not mark them retriable."""
+
+
+def _read_since_once(
+    config: Mapping[str, str], topic: str, partitions: list[int], since_ms: int, until: float
+) -> list[Record]:
     conf: dict[str, Any] = {
         **config,
         "group.id": "rdv-read-since",
@@ -40,10 +73,11 @@ def read_since(
     }
     consumer = confluent_kafka.Consumer(conf)
     try:
+        left_s = max(until - time.monotonic(), 0.1)
         wanted = [confluent_kafka.TopicPartition(topic, p, since_ms) for p in partitions]
-        starts = consumer.offsets_for_times(wanted, timeout=timeout_s) if wanted else []
+        starts = consumer.offsets_for_times(wanted, timeout=left_s) if wanted else []
         ends = {
-            tp.partition: consumer.get_watermark_offsets(tp, timeout=timeout_s)[1] for tp in wanted
+            tp.partition: consumer.get_watermark_offsets(tp, timeout=left_s)[1] for tp in wanted
         }
         todo = [tp for tp in starts if 0 <= tp.offset < ends[tp.partition]]
         if not todo:
@@ -51,7 +85,6 @@ def read_since(
         consumer.assign(todo)
         left = {tp.partition: ends[tp.partition] for tp in todo}
         out: list[Record] = []
-        until = time.monotonic() + timeout_s
         while left and time.monotonic() < until:
             for msg in consumer.consume(500, 0.2):
                 if msg.error() is None:
@@ -60,7 +93,7 @@ def read_since(
                     if rec.offset + 1 >= left.get(rec.partition, 0):
                         left.pop(rec.partition, None)
         if left:
-            raise KafkaUnavailableError(f"could not read {topic} to its end in {timeout_s} s")
+            raise KafkaUnavailableError(f"could not read {topic} to its end in time")
         return out
     finally:
         consumer.close()
