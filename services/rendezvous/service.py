@@ -45,6 +45,7 @@ from services.rendezvous.decide import (
 )
 from services.rendezvous.mailbox import Grant, Mailbox, MailboxStore, Outcome
 from services.rendezvous.policy import Policy
+from services.replay import REPLAY
 
 log = logging.getLogger("rdv.rendezvous")
 
@@ -189,10 +190,11 @@ class Rendezvous:
             ood=verdict.ood,
         )
         ret = req.return_address
-        ctx.emit(
-            Outbound(ret.topic, message_key(reply), encode(reply), partition=ret.partition),
-            source=refs,
-        )
+        if REPLAY not in req.attributes:  # a replay answers no client: decision only
+            ctx.emit(
+                Outbound(ret.topic, message_key(reply), encode(reply), partition=ret.partition),
+                source=refs,
+            )
         in_time: list[str] = []
         late: list[str] = []
         latencies: dict[str, float] = {}

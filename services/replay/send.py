@@ -37,10 +37,13 @@ def envelope(
     if model is not None:
         attributes[REPLAY_MODEL] = model
     rid = f"{mark}:{original.request_id}"[:128]
+    payload = original.payload
+    if isinstance(payload, dict) and "stream" in payload:  # nobody reads a replay's stream
+        payload = {k: v for k, v in payload.items() if k != "stream"}
     return RequestEnvelope(
         request_id=rid,
         endpoint=original.endpoint,
-        payload=original.payload,
+        payload=payload,
         return_address=reply_to,
         deadline_ms=now_ms + max(original.budget_ms, 1),
         created_ms=now_ms,

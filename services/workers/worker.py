@@ -34,6 +34,7 @@ from services.common.errors import RendezvousError
 from services.common.kafka import Outbound, Record
 from services.common.loop import Context, Inbound
 from services.common.messages import RequestEnvelope, Score, ScoreStatus, Timings
+from services.replay import REPLAY_MODEL
 from services.workers.metrics import (
     BATCH_SIZE,
     ERRORS,
@@ -95,6 +96,9 @@ class ModelWorker:
             req: RequestEnvelope = item.message
             if req.endpoint not in self._endpoints:
                 continue
+            target = req.attributes.get(REPLAY_MODEL)
+            if target is not None and target != self.spec.name:
+                continue  # a replay meant for another model only
             if req.deadline_ms <= received:
                 timings = Timings(received_ms=received, started_ms=received, finished_ms=received)
                 self._emit(ctx, item.record, self._score(req, ScoreStatus.SKIPPED, timings))

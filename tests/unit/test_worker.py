@@ -247,3 +247,18 @@ def test_lag_is_refreshed_at_most_once_per_interval() -> None:
     )
     assert sample("rdv_worker_consumer_lag", "lagged", partition="3") == 0
     assert w.last_tick_mono_ms is not None
+
+
+def _replayed(payload: JsonValue, model: str | None) -> Inbound:
+    item = req(payload)
+    attributes = {"replay": "r1", "replay_of": "orig"} | ({"replay_model": model} if model else {})
+    env = item.message.model_copy(update={"attributes": attributes})
+    return Inbound(item.record, env)
+
+
+def test_a_replay_for_another_model_is_not_scored() -> None:
+    model = Scripted()
+    _, scores = run(
+        worker(model), [_replayed("mine", "m1"), _replayed("theirs", "m2"), _replayed("all", None)]
+    )
+    assert [s.output for s in scores] == ["mine", "all"]
