@@ -23,7 +23,7 @@ from services.archive.schema import KINDS, SCORES, to_table
 from services.archive.store import HOUR_MS, PartStore, hour_of
 from services.common.codec import encode, message_key
 from services.common.kafka import Consumer, Outbound, consumer_config
-from services.common.messages import Decision, RequestEnvelope, ScoreStatus
+from services.common.messages import Decision, Feedback, RequestEnvelope, ScoreStatus
 from services.common.settings import KafkaSettings
 from services.common.topics import Topics
 from tests.factories import request, score_for
@@ -43,7 +43,8 @@ MODELS = (("fast", ScoreStatus.OK), ("slow", ScoreStatus.ERROR), ("lazy", ScoreS
 
 
 def traffic(topics: Topics, n: int) -> dict[str, list[Outbound]]:
-    """``n`` requests, each with an ok, an error and a skipped score and a decision."""
+    """``n`` requests, each with an ok, an error and a skipped score, a decision and a
+    client's feedback."""
     out: dict[str, list[Outbound]] = {kind: [] for kind in KINDS}
     for i in range(n):
         req = request({"text": f"hello {i}"})
@@ -59,6 +60,10 @@ def traffic(topics: Topics, n: int) -> dict[str, list[Outbound]]:
             out["scores"].append(Outbound(topics.scores, message_key(score), encode(score)))
         decision = decision_for(req)
         out["decisions"].append(Outbound(topics.decisions, message_key(decision), encode(decision)))
+        given = Feedback(
+            request_id=req.request_id, reward=float(i % 2), received_ms=time.time() * 1000
+        )
+        out["feedback"].append(Outbound(topics.feedback, message_key(given), encode(given)))
     return out
 
 
@@ -165,7 +170,10 @@ def test_every_record_is_archived_once_in_rotated_files_and_old_hours_expire(
     sent = traffic(topics, 300)
     garbage = Outbound(topics.scores, b"bad", b"{not a score")
     again = sent["decisions"][0]  # the same decision twice: one row
-    produce(kafka_settings, [*sent["requests"], *sent["scores"], garbage, *sent["decisions"]])
+    produce(
+        kafka_settings,
+        [*sent["requests"], *sent["scores"], garbage, *sent["decisions"], *sent["feedback"]],
+    )
     produce(kafka_settings, [again])
 
     proc = archive_proc(
@@ -177,7 +185,7 @@ def test_every_record_is_archived_once_in_rotated_files_and_old_hours_expire(
         retention_hours="48",
     )
     start(proc, archives)
-    want = {"requests": 300, "scores": 900, "decisions": 300}
+    want = {"requests": 300, "scores": 900, "decisions": 300, "feedback": 300}
     wait_for(lambda: counts(root) == want, 60, lambda: f"{counts(root)} != {want}")
 
     assert counts(root, ("requests_raw", "scores_raw", "decisions_raw")) == {
@@ -233,14 +241,15 @@ def test_a_killed_archive_loses_nothing_and_its_views_show_no_duplicate(
     start(proc, archives)
     wait_for(lambda: rows_written(proc) >= 3000, 60, lambda: proc.problem("wrote no rows"))
     assert proc.kill() == -signal.SIGKILL
-    on_disk = sum(counts(root, ("requests_raw", "scores_raw", "decisions_raw")).values())
+    raw_views = tuple(f"{kind}_raw" for kind in KINDS)
+    on_disk = sum(counts(root, raw_views).values())
     assert 3000 <= on_disk < 15_000, "killed too late to be mid-run"
 
     produce(kafka_settings, [o for kind in KINDS for o in second[kind]])
     start(proc, archives)
-    want = {"requests": 3500, "scores": 10_500, "decisions": 3500}
+    want = {"requests": 3500, "scores": 10_500, "decisions": 3500, "feedback": 3500}
     wait_for(lambda: counts(root) == want, 90, lambda: f"{counts(root)} != {want}")
-    raw = counts(root, ("requests_raw", "scores_raw", "decisions_raw"))
+    raw = counts(root, raw_views)
     assert sum(raw.values()) >= sum(want.values()) + on_disk  # all of it written again
     con = connect(root)
     dup = con.sql(
@@ -281,7 +290,9 @@ def test_the_archive_records_what_the_stack_saw(
         resp = stack.http.post("/v1/infer/rec", json={"inputs": {"n": i}})
         assert resp.status_code == 200, resp.text
         ids.append(resp.json()["request_id"])
-    want = {"requests": 30, "scores": 60, "decisions": 30}
+        given = stack.http.post("/v1/feedback", json={"request_id": ids[-1], "reward": i % 2})
+        assert given.status_code == 202, given.text
+    want = {"requests": 30, "scores": 60, "decisions": 30, "feedback": 30}
     wait_for(lambda: counts(root) == want, 60, lambda: f"{counts(root)} != {want}")
 
     con = connect(root)
