@@ -1,0 +1,134 @@
+"""Champion against challenger on the real broker: the stack answers, the archive records,
+``GET /v1/experiments/compare`` reports the known latency ordering, and ``rdv replay``
+makes the challenger score past traffic again without answering any client."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from services.archive.query import connect
+from services.common.codec import decode
+from services.common.messages import Reply
+from services.common.settings import KafkaSettings
+from tests.integration.kafka_io import read_exactly
+from tests.integration.stack import (
+    REPO,
+    Launch,
+    Worker,
+    launch_stack_fixture,  # noqa: F401 - the fixture
+    model_spec,
+    wait_for,
+)
+from tests.integration.test_archive import archive_proc, archives, start  # noqa: F401
+
+N = 40
+POLICY = {
+    "endpoint": "exp",
+    "deadline_ms": 3000,
+    "models": ["champ", "chall"],
+    "stages": [{"until_ms": "deadline", "accept": ["champ"]}],
+}
+
+
+def _count(root: Path, sql: str) -> int:
+    con = connect(root)
+    try:
+        row = con.execute(sql).fetchone()
+        return int(row[0]) if row else 0
+    finally:
+        con.close()
+
+
+def _reply_ids(kafka: KafkaSettings, topic: str, expected: int) -> list[str]:
+    """The request ids of every reply on ``topic`` (exactly ``expected`` of them)."""
+    return [decode(r.value, Reply).request_id for r in read_exactly(kafka, topic, expected)]
+
+
+def test_compare_and_replay_on_archived_traffic(
+    launch_stack: Launch,
+    kafka_settings: KafkaSettings,
+    tmp_path: Path,
+    archives: list,  # type: ignore[type-arg]  # noqa: F811
+) -> None:
+    root = tmp_path / "archive"
+    champ = model_spec("champ", "latency", "champion", ["exp"], latency_ms=20)
+    chall = model_spec("chall", "latency", "challenger", ["exp"], latency_ms=120)
+    stack = launch_stack(
+        policies=[POLICY], workers=[Worker("champ", champ), Worker("chall", chall)]
+    )
+    archive = start(
+        archive_proc(kafka_settings, root, tmp_path / "archive.log", max_age_s="1"), archives
+    )
+    for i in range(N):
+        resp = stack.http.post("/v1/infer/exp", json={"inputs": {"n": i}})
+        assert resp.status_code == 200, resp.text
+    wait_for(
+        lambda: (
+            _count(root, "SELECT count(*) FROM scores") == 2 * N
+            and _count(root, "SELECT count(*) FROM decisions") == N
+        ),
+        60,
+        lambda: "the archive has not recorded the run",
+    )
+
+    report = httpx.get(
+        f"{archive.url}/v1/experiments/compare",
+        params={"champion": "champ", "challenger": "chall", "endpoint": "exp"},
+        timeout=30,
+    ).json()
+    champ_p50 = report["models"]["champ"]["latency_ms"]["p50"]
+    chall_p50 = report["models"]["chall"]["latency_ms"]["p50"]
+    assert report["paired"] == N
+    assert 20 <= champ_p50 < chall_p50  # each takes at least its simulated compute
+    assert chall_p50 >= 120
+    assert report["models"]["champ"]["chosen"]["value"] == 1.0
+    assert report["verdict"][0].startswith("latency p50: champ is faster")
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RDV_")}
+    env |= {
+        "RDV_KAFKA_BOOTSTRAP": kafka_settings.bootstrap,
+        "RDV_KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix,
+    }
+    replay = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.cli.main",
+            "replay",
+            "--endpoint",
+            "exp",
+            "--model",
+            "chall",
+            "--fast",
+            "--mark",
+            "rp1",
+            "--archive",
+            str(root),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert replay.returncode == 0, replay.stderr
+    assert f"rp1: {N} sent, 0 failed" in replay.stdout
+    replayed = "SELECT count(*) FROM scores WHERE request_id LIKE 'rp1:%'"
+    wait_for(
+        lambda: (
+            _count(root, replayed) == N
+            and _count(root, "SELECT count(*) FROM decisions WHERE request_id LIKE 'rp1:%'") == N
+        ),
+        60,
+        lambda: f"replayed scores: {_count(root, replayed)}",
+    )
+    assert _count(root, replayed + " AND model = 'chall'") == N  # the champion stayed out
+    assert _count(root, "SELECT count(*) FROM requests WHERE replay = 'rp1'") == N
+    replies = _reply_ids(kafka_settings, stack.topics.replies, N)  # the live ones, no more
+    assert not [rid for rid in replies if rid.startswith("rp1:")]  # no client answered
