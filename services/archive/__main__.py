@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from services.archive import experiments
 from services.archive.buffer import Limits
+from services.archive.drift import DriftMonitor
 from services.archive.service import Archive
 from services.archive.settings import ArchiveSettings
 from services.archive.store import PartStore
@@ -127,6 +128,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
     log.info("archive starting", extra={"ops_port": ops.port, "dir": str(settings.dir)})
+    drift = DriftMonitor(
+        settings.dir,
+        interval_s=settings.drift_interval_s,
+        window_s=settings.drift_window_s,
+        reference_s=settings.drift_reference_s,
+    ).start()
     install_stop_signals(archive.drain)
     try:
         stats = runner.run()
@@ -134,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("archive failed", extra={"error": str(exc)})
         return 1
     finally:
+        drift.stop()
         ops.close()
     log.info("archive stopped", extra={"records": stats.records})
     return 0

@@ -83,6 +83,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("ood_status", pa.string()),  # flagged, clear, unknown; null: no gate
             pa.field("ood_detector", pa.string()),
             pa.field("ood_score", pa.float64()),
+            pa.field("streamed", pa.bool_()),  # the answer was streamed (stream: true)
             pa.field("v", pa.int32(), nullable=False),
             *_SOURCE,
         ]
@@ -170,6 +171,7 @@ def decision_row(msg: Decision, rec: Record, archived_ms: int) -> Row:
         None if ood is None else ood.status,
         None if ood is None else ood.detector,
         None if ood is None else ood.score,
+        msg.streamed,
         msg.v,
         *_source(rec, archived_ms),
     )

@@ -8,7 +8,9 @@ import random
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
+from services.archive.drift import DriftMonitor
 from services.archive.experiments import compare_route
 from services.archive.schema import DECISIONS, FEEDBACK, REQUESTS, ROW_BUILDERS, SCORES, to_table
 from services.archive.store import PartStore, hour_of
@@ -218,3 +220,16 @@ def test_feedback_gives_off_policy_estimates(
     assert champ["snips"]["low"] < 0.5 < champ["snips"]["high"]
     assert chall["matched"] == 0
     assert chall["snips"]["value"] is None  # never chosen: no estimate, not a zero
+
+
+def test_the_archive_exports_drift_as_metrics(tmp_path: Path) -> None:
+    base = 1_795_000_000_000
+    _signals_archive(tmp_path / "archive", base)
+    monitor = DriftMonitor(tmp_path / "archive", interval_s=60, window_s=2000, reference_s=2000)
+    found = monitor.check(base + 2_000_000)  # the shifted hour against the quiet one
+    assert set(found) == {"detector:ood", "canary:canary"}
+    assert REGISTRY.get_sample_value("rdv_archive_drift_alert", {"signal": "detector:ood"}) == 1.0
+    quiet = DriftMonitor(tmp_path / "archive", interval_s=60, window_s=1000, reference_s=1000)
+    assert set(quiet.check(base)) == {"detector:ood", "canary:canary"}  # two quiet halves
+    assert REGISTRY.get_sample_value("rdv_archive_drift_alert", {"signal": "detector:ood"}) == 0.0
+    assert DriftMonitor(tmp_path / "none", interval_s=1, window_s=1, reference_s=1).check(0) == {}

@@ -1,0 +1,65 @@
+"""Drift as metrics: every ``interval_s``, the canary's and the detectors' outputs of the
+last ``window_s`` are compared with the ``reference_s`` before them (services.compare
+.signals: PSI and KS), and exported as ``rdv_archive_drift_{psi,ks,alert}{signal}``.
+It reads the archive's own files in a background thread, at the archive's low priority.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from services.archive import metrics
+
+log = logging.getLogger("rdv.archive")
+
+
+class DriftMonitor:
+    """Recomputes the drift gauges periodically until ``stop``."""
+
+    def __init__(
+        self, root: Path, *, interval_s: float, window_s: float, reference_s: float
+    ) -> None:
+        self.root = root
+        self.interval_s = interval_s
+        self.window_ms = window_s * 1000.0
+        self.reference_ms = reference_s * 1000.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="archive-drift")
+
+    def check(self, now_ms: float) -> dict[str, float]:
+        """Compute and export the drift at ``now_ms``; returns signal -> PSI."""
+        from services.archive.query import connect  # noqa: PLC0415 - duckdb on first use
+        from services.compare.signals import drift_signals  # noqa: PLC0415
+
+        if not self.root.is_dir():
+            return {}
+        current = (now_ms - self.window_ms, now_ms)
+        reference = (current[0] - self.reference_ms, current[0])
+        con = connect(self.root)
+        try:
+            found = drift_signals(con, current, reference)
+        finally:
+            con.close()
+        for signal, drift in found.items():
+            metrics.DRIFT_PSI.labels(signal).set(drift.psi)
+            metrics.DRIFT_KS.labels(signal).set(drift.ks)
+            metrics.DRIFT_ALERT.labels(signal).set(1.0 if drift.alert else 0.0)
+        return {signal: drift.psi for signal, drift in found.items()}
+
+    def start(self) -> DriftMonitor:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):  # the period, and the stop signal
+            try:
+                self.check(time.time() * 1000.0)
+            except Exception:  # a failed check must not stop the archive
+                log.exception("drift check failed")
