@@ -72,10 +72,11 @@ class ChatWorker(ModelWorker):
             try:
                 payload = parse_payload(req.payload)
                 left_s = req.deadline_ms - wall_ms() - self.model.config.deadline_margin_ms
+                expired = self.score_expired and left_s <= 0  # a backfill: no deadline
                 self.model.chat.submit(
                     messages(payload),
                     self.model.sampling(payload),
-                    deadline=time.monotonic() + left_s / 1000.0,
+                    deadline=None if expired else time.monotonic() + left_s / 1000.0,
                     request_id=req.request_id,
                 )
             except Exception as exc:  # noqa: BLE001 - the stream edge: a failure is a score

@@ -57,6 +57,7 @@ class WorkerService:
             topics.scores,
             lag=consumer.lag,
             lag_interval_ms=settings.lag_interval_s * 1000.0,
+            score_expired=settings.score_expired,
         )
         self.runner = StreamRunner(
             service=f"worker.{spec.name}",

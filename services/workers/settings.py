@@ -33,6 +33,11 @@ class WorkerSettings(BaseSettings):
     on (a model joining a live stream), "earliest" also scores what the topic holds.
     A group with committed offsets always resumes from them."""
 
+    score_expired: bool = False
+    """Score requests whose deadline has passed instead of skipping them: for a new
+    challenger backfilling from the requests topic (with auto_offset_reset "earliest")
+    to be compared on past traffic. Its late scores answer nobody."""
+
     startup_timeout_s: float = Field(default=30.0, gt=0)
     """How long to wait for the broker to create and confirm the topics at start."""
 

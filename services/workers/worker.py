@@ -77,8 +77,10 @@ class ModelWorker:
         lag: LagSource | None = None,
         lag_interval_ms: float = 1000.0,
         clock: WallClock = wall_ms,
+        score_expired: bool = False,
     ) -> None:
         self.spec = spec
+        self.score_expired = score_expired  # backfill: score requests past their deadline
         self.model = model
         self._topic = scores_topic
         self._endpoints = frozenset(spec.endpoints)
@@ -99,7 +101,7 @@ class ModelWorker:
             target = req.attributes.get(REPLAY_MODEL)
             if target is not None and target != self.spec.name:
                 continue  # a replay meant for another model only
-            if req.deadline_ms <= received:
+            if req.deadline_ms <= received and not self.score_expired:
                 timings = Timings(received_ms=received, started_ms=received, finished_ms=received)
                 self._emit(ctx, item.record, self._score(req, ScoreStatus.SKIPPED, timings))
             else:

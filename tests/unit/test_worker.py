@@ -262,3 +262,13 @@ def test_a_replay_for_another_model_is_not_scored() -> None:
         worker(model), [_replayed("mine", "m1"), _replayed("theirs", "m2"), _replayed("all", None)]
     )
     assert [s.output for s in scores] == ["mine", "all"]
+
+
+def test_a_backfilling_worker_scores_expired_requests() -> None:
+    model = Scripted()
+    w = ModelWorker(spec(), model, "scores", clock=StepClock(), score_expired=True)
+    _, scores = run(w, [req("old", deadline_ms=NOW - 1000), req("new")])
+    assert [(s.output, s.status) for s in scores] == [
+        ("old", ScoreStatus.OK),
+        ("new", ScoreStatus.OK),
+    ]
