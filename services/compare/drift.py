@@ -3,6 +3,10 @@ over the reference's quantile bins, and the two-sample Kolmogorov-Smirnov statis
 
 Rules of thumb for PSI: below 0.1 stable, 0.1 to 0.25 a moderate shift, above 0.25 a
 large one. KS is the largest gap between the two empirical distribution functions.
+
+PSI is biased upwards on small samples (about ``(bins - 1) * (1/n + 1/m)`` with no
+drift at all), so the bins shrink with the smaller sample: one per 20 values, from 2 to
+10. A window of 60 values uses 3 bins, of 200 or more the usual 10.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 PSI_ALERT = 0.25
+VALUES_PER_BIN = 20
 EPSILON = 1e-4  # keeps empty bins finite in the PSI's logarithm
 
 

@@ -195,6 +195,22 @@ def until_the_champion_answers_all(stack: Stack, timeout_s: float = 30.0) -> lis
         assert time.monotonic() < until, f"no failover within {timeout_s:.0f} s of the load"
 
 
+def launch_replicated(launch_stack: Launch) -> Stack:
+    """Endpoint ``scored``: the champion ``champ`` as two replicas (``champ-1``,
+    ``champ-2``) alone for 300 ms, then any roster model (``backup`` too) until 3 s."""
+    champ = model_spec("champ", "echo", "champion", ["scored"], latency_ms=2)
+    return launch_stack(
+        policies=[
+            policy("scored", 3000, ["champ", "backup"], (300, ["champ"]), ("deadline", "any"))
+        ],
+        workers=[
+            Worker("champ-1", champ),
+            Worker("champ-2", champ),
+            Worker("backup", model_spec("backup", "echo", "challenger", ["scored"])),
+        ],
+    )
+
+
 def test_a_replica_killed_under_load_loses_no_request_and_decides_each_once(
     launch_stack: Launch,
 ) -> None:
@@ -206,17 +222,7 @@ def test_a_replica_killed_under_load_loses_no_request_and_decides_each_once(
     session timeout, 6 s); the other replica keeps answering as champion, then takes
     over every partition, re-reading what the dead one had not committed (so some
     requests are scored twice). Exactly one decision per request id is logged."""
-    champ = model_spec("champ", "echo", "champion", ["scored"], latency_ms=2)
-    stack = launch_stack(
-        policies=[
-            policy("scored", 3000, ["champ", "backup"], (300, ["champ"]), ("deadline", "any"))
-        ],
-        workers=[
-            Worker("champ-1", champ),
-            Worker("champ-2", champ),
-            Worker("backup", model_spec("backup", "echo", "challenger", ["scored"])),
-        ],
-    )
+    stack = launch_replicated(launch_stack)
 
     load = answered(
         asyncio.run(_load(stack, "scored", LOAD, RATE_PER_S, (KILL_AT, "champ-1"))), LOAD
