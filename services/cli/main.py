@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.cli import compare, replay
+from services.cli import compare, control, replay
 from services.common.errors import RendezvousError
 
 
@@ -126,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     kafka.set_defaults(func=_kafka)
     compare.add_parser(commands)
     replay.add_parser(commands)
+    control.add_parsers(commands)
     return parser
 
 

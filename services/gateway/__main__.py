@@ -15,6 +15,7 @@ from services.common.logs import configure_logging
 from services.common.settings import KafkaSettings
 from services.common.topics import load_topics
 from services.gateway.app import build_app
+from services.gateway.live import follow_control
 from services.gateway.replies import connect
 from services.gateway.settings import GatewaySettings
 
@@ -36,18 +37,22 @@ def main() -> int:
         topics.ensure(Admin(admin_config(kafka)))
         bus = connect(kafka, topics, settings.reply_partition)
         app = build_app(settings, bus=bus, topics=topics, endpoints=endpoints)
+        follower = follow_control(kafka, topics, app.state.gateway).start()
     except RendezvousError as exc:
         log.error("cannot start the gateway", extra={"code": exc.code, "error": exc.message})
         return 2
     # uvicorn turns SIGTERM/SIGINT into a graceful stop: in-flight requests finish,
     # then the lifespan stops the reply thread and flushes the producer.
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,  # keep the JSON lines configured above
-        access_log=settings.access_log,
-    )
+    try:
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,  # keep the JSON lines configured above
+            access_log=settings.access_log,
+        )
+    finally:
+        follower.stop()
     return 0
 
 

@@ -32,6 +32,7 @@ from services.common.ops import OpsServer
 from services.common.settings import KafkaSettings
 from services.common.topics import Topics, load_topics
 from services.rendezvous import metrics
+from services.rendezvous.live import follow_control
 from services.rendezvous.mailbox import MailboxStore, StoreLimits
 from services.rendezvous.policy import Policy, load_policies
 from services.rendezvous.service import Rendezvous
@@ -79,7 +80,9 @@ def build(
         poll_timeout_s=settings.poll_ms / 1000.0,
         flush_timeout_s=settings.flush_timeout_s,
         on_revoke=processor.revoked,
-        on_assign=lambda fresh: catch_up(kafka, topics, policies, settings, processor, fresh=fresh),
+        on_assign=lambda fresh: catch_up(
+            kafka, topics, processor.policies, settings, processor, fresh=fresh
+        ),
     )
     return runner, processor
 
@@ -129,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging("rendezvous", settings.log_level)
     try:
-        runner, _ = build(settings, kafka)
+        runner, processor = build(settings, kafka)
+        follower = follow_control(kafka, processor).start()  # the policies in force first
         ops = OpsServer(
             settings.ops_host, settings.ops_port, ready=lambda: runner.ready, healthy=runner.healthy
         ).start()
@@ -148,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         ops.close()
+        follower.stop()
     log.info("rendezvous stopped", extra={"records": stats.records})
     return 0
 

@@ -37,6 +37,9 @@ GRANTS = Counter(
     "Streaming requests granted to a model (its deltas reach the client)",
     ["endpoint", "model"],
 )
+POLICY_CHANGES = Counter(
+    "rdv_rendezvous_policy_changes_total", "Policy changes applied from the control topic"
+)
 CATCHUP = Counter(
     "rdv_rendezvous_catchup_decisions_total", "Earlier decisions read back on partition assignment"
 )

@@ -150,6 +150,13 @@ class Consumer:
         self._assigned = {(topic, partition)}
         return int(end)
 
+    def assign_from(self, topic: str, offsets: dict[int, int]) -> None:
+        """Read partitions without a group, each from the given offset."""
+        self._consumer.assign(
+            [confluent_kafka.TopicPartition(topic, p, o) for p, o in offsets.items()]
+        )
+        self._assigned = {(topic, p) for p in offsets}
+
     def lag(self, timeout_s: float = 1.0) -> dict[tuple[str, int], int]:
         """(topic, partition) -> records not yet read, for the partitions owned now.
         Where nothing was read yet since the assignment, the group's committed offset

@@ -1,0 +1,62 @@
+"""The control topic folded into its current state: models, policies, policy history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.common.messages import ControlEntry, ModelRegistration, PolicyEntry
+
+MODEL = "model/"
+POLICY = "policy/"
+POLICY_VERSION = "policy-version/"
+
+
+def model_key(name: str) -> bytes:
+    return f"{MODEL}{name}".encode()
+
+
+def policy_key(endpoint: str) -> bytes:
+    return f"{POLICY}{endpoint}".encode()
+
+
+def policy_version_key(endpoint: str, version: int) -> bytes:
+    return f"{POLICY_VERSION}{endpoint}/{version:08d}".encode()
+
+
+@dataclass
+class ControlState:
+    """The latest model registrations and policies, and every policy version seen."""
+
+    models: dict[str, ModelRegistration] = field(default_factory=dict)
+    policies: dict[str, PolicyEntry] = field(default_factory=dict)
+    history: dict[str, dict[int, PolicyEntry]] = field(default_factory=dict)
+
+    def apply(self, key: bytes | None, entry: ControlEntry | None) -> str | None:
+        """Fold one record in; returns ``"model"``, ``"policy"`` or None (history, or a
+        key this build does not know)."""
+        text = (key or b"").decode("utf-8", errors="replace")
+        if text.startswith(MODEL):
+            name = text.removeprefix(MODEL)
+            if entry is None:
+                self.models.pop(name, None)
+            elif isinstance(entry, ModelRegistration):
+                self.models[name] = entry
+            return "model"
+        if text.startswith(POLICY_VERSION) and isinstance(entry, PolicyEntry):
+            self.history.setdefault(entry.endpoint, {})[entry.version] = entry
+            return None
+        if text.startswith(POLICY):
+            endpoint = text.removeprefix(POLICY)
+            if entry is None:
+                self.policies.pop(endpoint, None)
+            elif isinstance(entry, PolicyEntry):
+                self.policies[endpoint] = entry
+                self.history.setdefault(endpoint, {})[entry.version] = entry
+            return "policy"
+        return None
+
+    def next_version(self, endpoint: str) -> int:
+        """The version the endpoint's next policy change gets."""
+        seen = [*self.history.get(endpoint, {}), 0]
+        current = self.policies.get(endpoint)
+        return max(*seen, current.version if current else 0) + 1

@@ -1,0 +1,47 @@
+"""Endpoints that follow the control topic: a policy entry adds its endpoint or changes
+its deadline and roster at once (the policy files give the base; a tombstone brings the
+file's endpoint back, or removes one the files do not have)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from pydantic import ValidationError
+
+from services.common.endpoints import EndpointSpec
+from services.common.settings import KafkaSettings
+from services.common.topics import Topics
+from services.control.follower import ControlFollower
+from services.control.state import ControlState
+from services.gateway.service import Gateway
+
+log = logging.getLogger("rdv.gateway")
+
+
+def merged(
+    base: Mapping[str, EndpointSpec], current: Mapping[str, EndpointSpec], state: ControlState
+) -> dict[str, EndpointSpec]:
+    out = dict(base)
+    for endpoint, entry in state.policies.items():
+        try:
+            out[endpoint] = EndpointSpec.model_validate(entry.policy)
+        except ValidationError as exc:
+            log.error(
+                "invalid policy entry ignored", extra={"endpoint": endpoint, "error": str(exc)}
+            )
+            if endpoint in current:
+                out[endpoint] = current[endpoint]
+    return out
+
+
+def follow_control(kafka: KafkaSettings, topics: Topics, gateway: Gateway) -> ControlFollower:
+    """A follower (not started) that keeps ``gateway.endpoints`` up to date."""
+    base = dict(gateway.endpoints)
+
+    def on_change(state: ControlState, kind: str, _entry: object) -> None:
+        if kind == "policy":
+            gateway.endpoints = merged(base, gateway.endpoints, state)  # one atomic swap
+            log.info("endpoints updated", extra={"endpoints": sorted(gateway.endpoints)})
+
+    return ControlFollower(kafka, topics, on_change)

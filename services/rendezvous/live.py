@@ -1,0 +1,50 @@
+"""Policies that follow the control topic: the policy files give the base; a control
+entry for an endpoint replaces the file's policy of that endpoint at the next decision
+(a tombstone brings the file's back). An entry that does not validate is logged and the
+endpoint keeps the policy it had."""
+
+from __future__ import annotations
+
+import logging
+
+from services.common.errors import ConfigError
+from services.common.settings import KafkaSettings
+from services.control.follower import ControlFollower
+from services.control.state import ControlState
+from services.rendezvous import metrics
+from services.rendezvous.policy import Policy, policy_from_entry
+from services.rendezvous.service import Rendezvous
+
+log = logging.getLogger("rdv.rendezvous")
+
+
+def merged(
+    base: dict[str, Policy], current: dict[str, Policy], state: ControlState
+) -> dict[str, Policy]:
+    """The policies in force: ``base`` overlaid with the control entries."""
+    out = dict(base)
+    for endpoint, entry in state.policies.items():
+        try:
+            out[endpoint] = policy_from_entry(entry)
+        except ConfigError as exc:
+            log.error(
+                "invalid policy entry ignored", extra={"endpoint": endpoint, "error": str(exc)}
+            )
+            if endpoint in current:
+                out[endpoint] = current[endpoint]
+    return out
+
+
+def follow_control(kafka: KafkaSettings, processor: Rendezvous) -> ControlFollower:
+    """A follower (not started) that keeps ``processor.policies`` up to date."""
+    base = dict(processor.policies)
+
+    def on_change(state: ControlState, kind: str, _entry: object) -> None:
+        if kind != "policy":
+            return
+        processor.policies = merged(base, processor.policies, state)  # one atomic swap
+        versions = {e: p.version for e, p in processor.policies.items()}
+        metrics.POLICY_CHANGES.inc()
+        log.info("policies updated", extra={"versions": versions})
+
+    return ControlFollower(kafka, processor.topics, on_change)
