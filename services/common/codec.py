@@ -32,6 +32,7 @@ from services.common.messages import (
     Score,
     StreamGrant,
 )
+from services.common.redact import redact
 
 M = TypeVar("M", bound=BaseMessage)
 
@@ -128,7 +129,7 @@ def make_dead_letter(
         origin_partition=partition,
         origin_offset=offset,
         error_code=str(getattr(error, "code", type(error).__name__)),
-        error=str(error)[:MAX_ERROR_CHARS],
+        error=redact(str(error))[:MAX_ERROR_CHARS],  # never a secret in a dead letter
         service=service,
         key=None if key is None else key.decode("utf-8", errors="replace"),
         value_b64="" if value is None else base64.b64encode(value).decode("ascii"),

@@ -1,7 +1,9 @@
 """Structured logs: one JSON object per line on stderr.
 
 Use the standard library: ``log.info("event name", extra={"field": value})``; every
-``extra`` field becomes a key of the JSON line.
+``extra`` field becomes a key of the JSON line. No secret reaches a line: fields with a
+credential's name (``password``, ``api_key``...) are hidden whole, and the finished line
+goes through ``services.common.redact`` (registered secrets, ``Bearer <token>``...).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import json
 import logging
 import sys
 import time
+
+from services.common.redact import REDACTED, redact, sensitive_name
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -22,7 +26,11 @@ class JsonFormatter(logging.Formatter):
         self.service = service
 
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, object] = {k: v for k, v in vars(record).items() if k not in _STANDARD}
+        line: dict[str, object] = {
+            k: REDACTED if sensitive_name(k) else v
+            for k, v in vars(record).items()
+            if k not in _STANDARD
+        }
         line.update(  # the fixed fields win over extras of the same name
             ts=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
@@ -33,7 +41,7 @@ class JsonFormatter(logging.Formatter):
         )
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return redact(json.dumps(line, default=str))
 
 
 def configure_logging(service: str, level: str = "INFO") -> None:

@@ -13,6 +13,7 @@ from services.common.endpoints import EndpointSpec, load_endpoints
 from services.common.errors import ConfigError
 from services.common.messages import ReturnAddress
 from services.common.topics import Topics
+from services.gateway.auth import install_security
 from services.gateway.bus import Bus
 from services.gateway.errors import install_error_handlers
 from services.gateway.pending import PendingReplies
@@ -77,6 +78,7 @@ def build_app(
     app = FastAPI(title="Rendezvous gateway", lifespan=lifespan, openapi_url=None)
     app.state.gateway = gateway
     install_error_handlers(app, settings.retry_after_s)
+    install_security(app, settings)  # API keys and rate limits (services/gateway/auth.py)
     app.include_router(infer.router)
     app.include_router(openai.router)
     app.include_router(feedback.router)

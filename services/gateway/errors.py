@@ -67,6 +67,35 @@ class OverloadedError(RendezvousError):
     code = "overloaded"
 
 
+class UnauthorizedError(RendezvousError):
+    """API keys are on and the request has none, or one the gateway does not know.
+    ``challenge`` is the ``WWW-Authenticate`` value (RFC 6750)."""
+
+    code = "unauthorized"
+
+    def __init__(self, message: str, *, invalid: bool) -> None:
+        super().__init__(message)
+        self.challenge = 'Bearer realm="rendezvous"' + (
+            ', error="invalid_token"' if invalid else ""
+        )
+
+
+class ForbiddenError(RendezvousError):
+    """A known API key whose role may not do this (e.g. a client key on an admin route)."""
+
+    code = "forbidden"
+
+
+class RateLimitedError(RendezvousError):
+    """The API key (or client IP) spent its rate limit; retry after ``retry_after_s``."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, retry_after_s)
+
+
 class NoAnswerError(RendezvousError):
     """No reply reached the gateway by the request's deadline (plus the grace)."""
 
@@ -103,6 +132,9 @@ _REPLY_STATUS = {  # the rendezvous's error codes; any other is a 502
 _KNOWN = frozenset(s.value for s in HTTPStatus)
 
 _STATUS: tuple[tuple[type[RendezvousError], HTTPStatus], ...] = (
+    (UnauthorizedError, HTTPStatus.UNAUTHORIZED),
+    (ForbiddenError, HTTPStatus.FORBIDDEN),
+    (RateLimitedError, HTTPStatus.TOO_MANY_REQUESTS),
     (UnknownEndpointError, HTTPStatus.NOT_FOUND),
     (BodyTooLargeError, HTTPStatus.REQUEST_ENTITY_TOO_LARGE),
     (UnsupportedMediaTypeError, HTTPStatus.UNSUPPORTED_MEDIA_TYPE),
@@ -121,14 +153,19 @@ _STATUS: tuple[tuple[type[RendezvousError], HTTPStatus], ...] = (
 def error_response(
     exc: Exception, *, request_id: str | None = None, retry_after_s: int = 1
 ) -> JSONResponse:
-    """Status + ``{"error": {"code", "message"}}`` for any exception; 503s carry
-    Retry-After, and the request id header once the gateway has stamped one."""
+    """Status + ``{"error": {"code", "message"}}`` for any exception; 503s and 429s carry
+    Retry-After, 401s WWW-Authenticate, and the request id header once the gateway has
+    stamped one."""
     status, body = error_body(exc)
     headers: dict[str, str] = {}
     if isinstance(exc, HTTPException) and exc.headers:
         headers.update(exc.headers)
     if status == HTTPStatus.SERVICE_UNAVAILABLE:
         headers["Retry-After"] = str(retry_after_s)
+    if isinstance(exc, RateLimitedError):
+        headers["Retry-After"] = str(exc.retry_after_s)
+    if isinstance(exc, UnauthorizedError):
+        headers["WWW-Authenticate"] = exc.challenge
     if request_id is not None:
         headers[REQUEST_ID_HEADER] = request_id
     if isinstance(exc, ReplyError):

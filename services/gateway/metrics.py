@@ -42,3 +42,13 @@ DELIVERY_FAILURES = Counter(
     "rdv_gateway_delivery_failures_total", "Requests the broker did not acknowledge"
 )
 FEEDBACK = Counter("rdv_gateway_feedback_total", "POST /v1/feedback requests", ["status"])
+AUTH_FAILURES = Counter(
+    "rdv_gateway_auth_failures_total",
+    "Requests refused for their API key (keys on)",
+    ["reason"],  # missing, malformed (not Bearer), invalid (unknown key), forbidden (role)
+)
+RATE_LIMITED = Counter(
+    "rdv_gateway_rate_limited_total",
+    "Requests refused with 429 by the rate limit",
+    ["key"],  # the API key's name; _ip when keys are off (limited per client IP)
+)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -14,7 +14,10 @@ DEFAULT_POLICIES = REPO_ROOT / "deploy" / "policies"
 class GatewaySettings(BaseSettings):
     """How the gateway serves HTTP and waits for replies (env prefix ``RDV_GATEWAY_``)."""
 
-    model_config = SettingsConfigDict(env_prefix="RDV_GATEWAY_", extra="forbid")
+    # hide_input_in_errors: a validation error must not echo a value back (an API key)
+    model_config = SettingsConfigDict(
+        env_prefix="RDV_GATEWAY_", extra="forbid", hide_input_in_errors=True
+    )
 
     host: str = "127.0.0.1"
     """Interface to listen on (0.0.0.0 for every interface)."""
@@ -58,3 +61,19 @@ class GatewaySettings(BaseSettings):
 
     access_log: bool = False
     """Log one line per HTTP request (uvicorn's access log)."""
+
+    api_keys: SecretStr | None = None
+    """API keys as ``name:role:key`` entries separated by commas (role ``client`` or
+    ``admin``). With no keys here nor in ``api_keys_file`` the gateway is open (the local
+    dev profile); with any, every route but /healthz, /readyz and /metrics needs one."""
+
+    api_keys_file: Path | None = None
+    """A YAML file of API keys (see README "Security"): a name, a role, the key or only
+    its SHA-256 digest, and optional per-key rate limits."""
+
+    rate_limit_per_s: float | None = Field(default=None, gt=0)
+    """Requests per second each API key may make (a token bucket; over it: 429 +
+    Retry-After). With keys off it limits each client IP instead. None: no limit."""
+
+    rate_limit_burst: int = Field(default=20, ge=1)
+    """How many requests a key (or IP) may make at once before the rate applies."""

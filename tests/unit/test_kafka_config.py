@@ -36,6 +36,10 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "RDV_KAFKA_SASL_USERNAME",
         "RDV_KAFKA_SASL_PASSWORD",
         "RDV_KAFKA_SSL_CA_LOCATION",
+        "RDV_KAFKA_SSL_CERTIFICATE_LOCATION",
+        "RDV_KAFKA_SSL_KEY_LOCATION",
+        "RDV_KAFKA_SSL_KEY_PASSWORD",
+        "RDV_KAFKA_SSL_VERIFY_HOSTNAME",
         "RDV_KAFKA_CLIENT_CONFIG",
     ]:
         monkeypatch.delenv(name, raising=False)
@@ -168,6 +172,7 @@ def test_admin_config_has_bootstrap_security_and_user_config_only() -> None:
     assert admin_config(settings) == {
         "bootstrap.servers": "broker-a:9092",
         "security.protocol": "SSL",
+        "ssl.endpoint.identification.algorithm": "https",
         "socket.timeout.ms": "5000",
     }
 
@@ -186,7 +191,11 @@ def test_user_config_can_override_security_properties() -> None:
         ({}, {"security.protocol": "PLAINTEXT"}),
         (
             {"security_protocol": "SSL", "ssl_ca_location": "/etc/ca.pem"},
-            {"security.protocol": "SSL", "ssl.ca.location": "/etc/ca.pem"},
+            {
+                "security.protocol": "SSL",
+                "ssl.ca.location": "/etc/ca.pem",
+                "ssl.endpoint.identification.algorithm": "https",
+            },
         ),
         (
             {
@@ -202,21 +211,27 @@ def test_user_config_can_override_security_properties() -> None:
                 "sasl.username": "svc",
                 "sasl.password": PASSWORD,
                 "ssl.ca.location": "/etc/ca.pem",
+                "ssl.endpoint.identification.algorithm": "https",
             },
         ),
         (
-            {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN", "sasl_password": ""},
-            {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN"},
+            {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "GSSAPI"},
+            {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "GSSAPI"},
         ),
     ],
-    ids=["plaintext", "ssl", "sasl-ssl", "empty-password-omitted"],
+    ids=["plaintext", "ssl", "sasl-ssl", "sasl-gssapi-without-password"],
 )
 def test_security_config_maps_fields(fields: dict[str, object], expected: dict[str, str]) -> None:
     assert _settings(**fields).security_config() == expected
 
 
 def test_security_config_reaches_every_client_role() -> None:
-    settings = _settings(security_protocol="SASL_SSL", sasl_username="svc", sasl_password=PASSWORD)
+    settings = _settings(
+        security_protocol="SASL_SSL",
+        sasl_mechanism="PLAIN",
+        sasl_username="svc",
+        sasl_password=PASSWORD,
+    )
     for conf in (
         producer_config(settings, "p"),
         consumer_config(settings, "g", "c"),
@@ -227,7 +242,12 @@ def test_security_config_reaches_every_client_role() -> None:
 
 
 def test_password_is_a_secret_and_never_shown() -> None:
-    settings = _settings(sasl_username="svc", sasl_password=PASSWORD)
+    settings = _settings(
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-256",
+        sasl_username="svc",
+        sasl_password=PASSWORD,
+    )
     assert isinstance(settings.sasl_password, SecretStr)
     assert settings.sasl_password.get_secret_value() == PASSWORD
     for shown in (repr(settings), str(settings), settings.model_dump_json()):
@@ -236,6 +256,9 @@ def test_password_is_a_secret_and_never_shown() -> None:
 
 
 def test_password_from_the_environment_is_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RDV_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("RDV_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("RDV_KAFKA_SASL_USERNAME", "svc")
     monkeypatch.setenv("RDV_KAFKA_SASL_PASSWORD", PASSWORD)
     settings = KafkaSettings()
     assert settings.security_config()["sasl.password"] == PASSWORD
