@@ -24,7 +24,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     by.add_argument("--by", default=None, help="who makes the change (default: $USER)")
     by.add_argument("--policies", type=Path, default=POLICIES, help="the base policy files")
 
-    models = commands.add_parser("models", help="the model registry")
+    models = commands.add_parser("models", parents=[by], help="the model registry")
     models.add_argument("action", choices=["list"])
     models.set_defaults(func=models_list)
 
@@ -91,15 +91,18 @@ def _current_doc(state: Any, endpoint: str, policies: Path) -> tuple[dict[str, A
     raise ConfigError(f"no policy for endpoint {endpoint!r} (control topic or {policies})")
 
 
-def _publish_policy(kafka: Any, topics: Any, state: Any, doc: dict[str, Any], who: str) -> int:
-    """Validate and write a new version of an endpoint's policy; returns the version."""
+def _publish_policy(
+    kafka: Any, topics: Any, state: Any, doc: dict[str, Any], *, who: str, after: int = 0
+) -> int:
+    """Validate and write a new version of an endpoint's policy (above ``after``, the
+    version in force, which may be a policy file's); returns the version."""
     from services.common.messages import PolicyEntry  # noqa: PLC0415
     from services.control.state import policy_key, policy_version_key  # noqa: PLC0415
     from services.control.store import publish  # noqa: PLC0415
     from services.rendezvous.policy import parse_policy  # noqa: PLC0415
 
     endpoint = str(doc["endpoint"])
-    version = state.next_version(endpoint)
+    version = max(state.next_version(endpoint), after + 1)  # above the file's version too
     body = {k: v for k, v in doc.items() if k != "version"}
     parse_policy({**body, "version": version}, f"the new policy of {endpoint}")
     entry = PolicyEntry(
@@ -150,13 +153,14 @@ def models_list(args: argparse.Namespace) -> int:
 
 
 def deploy_model(args: argparse.Namespace) -> int:
+    from services.common.messages import Role  # noqa: PLC0415
     from services.control.deployers import deployer  # noqa: PLC0415
     from services.workers.spec import load_spec  # noqa: PLC0415
 
     kafka, topics = _context()
     spec = load_spec(args.spec)
     if args.role:
-        spec = spec.model_copy(update={"role": args.role})
+        spec = spec.model_copy(update={"role": Role(args.role)})
     reg = spec.registration(_who(args), int(time.time() * 1000))
     _register(kafka, topics, [reg])
     print(f"{spec.name}: registered as {spec.role.value} on {', '.join(spec.endpoints)}")
@@ -168,6 +172,7 @@ def deploy_model(args: argparse.Namespace) -> int:
 
 def promote_model(args: argparse.Namespace) -> int:
     from services.common.errors import ConfigError  # noqa: PLC0415
+    from services.common.messages import Role  # noqa: PLC0415
     from services.control.policies import champion_of, promote  # noqa: PLC0415
     from services.control.store import read_state  # noqa: PLC0415
 
@@ -180,16 +185,18 @@ def promote_model(args: argparse.Namespace) -> int:
     who = _who(args)
     changed = []
     for endpoint in endpoints:
-        doc, _ = _current_doc(state, endpoint, args.policies)
+        doc, current = _current_doc(state, endpoint, args.policies)
         old = champion_of(doc)
-        version = _publish_policy(kafka, topics, state, promote(doc, args.model), who)
+        version = _publish_policy(
+            kafka, topics, state, promote(doc, args.model), who=who, after=current
+        )
         print(
             f"{endpoint}: {args.model} preferred, fallback {old or '-'} (policy version {version})"
         )
         if old and old in state.models:
-            changed.append(state.models[old].model_copy(update={"role": "challenger"}))
+            changed.append(state.models[old].model_copy(update={"role": Role.CHALLENGER}))
     if reg is not None:
-        changed.append(reg.model_copy(update={"role": "champion"}))
+        changed.append(reg.model_copy(update={"role": Role.CHAMPION}))
     now = int(time.time() * 1000)
     _register(
         kafka,
@@ -214,12 +221,14 @@ def retire_model(args: argparse.Namespace) -> int:
     endpoints |= {e for e, p in state.policies.items() if mentions(p.policy, args.model)}
     for endpoint in sorted(endpoints):
         try:
-            doc, _ = _current_doc(state, endpoint, args.policies)
+            doc, current = _current_doc(state, endpoint, args.policies)
         except ConfigError:
             continue  # no policy for that endpoint: nothing names the model there
         if not mentions(doc, args.model):
             continue
-        version = _publish_policy(kafka, topics, state, retire(doc, args.model), who)
+        version = _publish_policy(
+            kafka, topics, state, retire(doc, args.model), who=who, after=current
+        )
         print(f"{endpoint}: {args.model} removed (policy version {version})")
     publish(kafka, topics, [(model_key(args.model), None)])
     print(f"{args.model}: unregistered")
@@ -257,7 +266,11 @@ def policy_command(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"{args.file} is the policy of {doc.get('endpoint')!r}, not {args.endpoint!r}"
             )
-        version = _publish_policy(kafka, topics, state, dict(doc), _who(args))
+        try:
+            _, current = _current_doc(state, args.endpoint, args.policies)
+        except ConfigError:
+            current = 0  # a new endpoint
+        version = _publish_policy(kafka, topics, state, dict(doc), who=_who(args), after=current)
         print(f"{args.endpoint}: policy version {version} in force")
         return 0
     _, current = _current_doc(state, args.endpoint, args.policies)
@@ -267,6 +280,8 @@ def policy_command(args: argparse.Namespace) -> int:
             f"{args.endpoint}: no earlier version on the control topic to roll back to"
         )
     previous = state.history[args.endpoint][max(earlier)]
-    version = _publish_policy(kafka, topics, state, dict(previous.policy), _who(args))
+    version = _publish_policy(
+        kafka, topics, state, dict(previous.policy), who=_who(args), after=current
+    )
     print(f"{args.endpoint}: version {max(earlier)} restored as version {version}")
     return 0

@@ -20,7 +20,8 @@ from services.common.errors import BrokerSetupError, ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STACK_FILE = PROJECT_ROOT / "deploy" / "local" / "stack.yaml"
-RUN_DIR = PROJECT_ROOT / ".rdv" / "run"
+RUN_DIR = Path(os.environ.get("RDV_RUN_DIR", PROJECT_ROOT / ".rdv" / "run"))
+"""Pids and logs of the stack's processes and of deployed models (RDV_RUN_DIR moves it)."""
 
 
 class ProcessSpec(BaseModel):

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from services.common.codec import decode_control
 from services.common.errors import KafkaUnavailableError, MessageError
-from services.common.kafka import Consumer, consumer_config
+from services.common.kafka import Consumer, consumer_config, retry_transient
 from services.common.messages import ControlEntry
 from services.common.settings import KafkaSettings
 from services.common.topics import Topics
@@ -43,10 +43,14 @@ class ControlFollower:
 
     def start(self, timeout_s: float = 30.0) -> ControlFollower:
         """Read everything up to the current end, then follow in the background."""
-        ends = self._consumer.end_offsets(self._topic, self._partitions, timeout_s)
+        until = time.monotonic() + timeout_s
+        ends = retry_transient(
+            lambda: self._consumer.end_offsets(self._topic, self._partitions, timeout_s),
+            f"read the end of {self._topic}",
+            until,
+        )
         self._consumer.assign_from(self._topic, dict.fromkeys(range(self._partitions), 0))
         left = {p: end for p, end in ends.items() if end > 0}
-        until = time.monotonic() + timeout_s
         while left:
             if time.monotonic() > until:
                 raise KafkaUnavailableError(f"could not read {self._topic} to its end")

@@ -190,6 +190,17 @@ class Stack:
         code = self.procs[name].kill()
         assert code == -signal.SIGKILL, f"{name} exited with {code} before the kill"
 
+    def terminate(self, name: str) -> None:
+        """SIGTERM one process and wait for its clean exit (it stays down until
+        ``restart``)."""
+        proc = self.procs[name]
+        assert proc.popen is not None, f"{name} was never started"
+        assert proc.alive, f"{name} is not running"
+        proc.popen.send_signal(signal.SIGTERM)
+        proc.killed = True
+        problem = proc.wait_stopped()
+        assert problem is None, problem
+
     def restart(self, name: str, timeout_s: float = 60.0) -> None:
         """Start a process that was killed again, with the same command and ports."""
         proc = self.procs[name]

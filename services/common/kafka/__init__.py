@@ -4,7 +4,7 @@
 ``clients`` has the producer and the consumer, ``admin`` the cluster-level calls.
 """
 
-from services.common.kafka.admin import Admin, read_since, wait_for_broker
+from services.common.kafka.admin import Admin, read_since, retry_transient, wait_for_broker
 from services.common.kafka.clients import Consumer, ErrorHook, Outbound, Producer, Record
 from services.common.kafka.config import (
     CONSUMER_DEFAULTS,
@@ -37,5 +37,6 @@ __all__ = [
     "merge_config",
     "producer_config",
     "read_since",
+    "retry_transient",
     "wait_for_broker",
 ]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 import confluent_kafka
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
@@ -34,17 +34,31 @@ def read_since(
     (a partition whose leader is being elected, as right after topic creation) are
     retried until ``timeout_s``; then, or for any other error, KafkaUnavailableError."""
     until = time.monotonic() + timeout_s
+    return retry_transient(
+        lambda: _read_since_once(config, topic, list(partitions), since_ms, until),
+        f"read {topic}",
+        until,
+    )
+
+
+T = TypeVar("T")
+
+
+def retry_transient(call: Callable[[], T], what: str, until: float) -> T:
+    """``call()``, again after a short back-off while the broker answers with a transient
+    error (a leader being elected, as right after topic creation) and ``until``
+    (monotonic s) has not passed; KafkaUnavailableError otherwise."""
     while True:
         try:
-            return _read_since_once(config, topic, list(partitions), since_ms, until)
+            return call()
         except confluent_kafka.KafkaException as exc:
             err = exc.args[0] if exc.args else None
             retriable = isinstance(err, confluent_kafka.KafkaError) and (
                 err.retriable() or err.code() in TRANSIENT
             )
             if not retriable or time.monotonic() >= until:
-                raise KafkaUnavailableError(f"could not read {topic}: {exc}") from exc
-            log.info("retrying a read", extra={"topic": topic, "error": str(exc)})
+                raise KafkaUnavailableError(f"could not {what}: {exc}") from exc
+            log.info("retrying", extra={"what": what, "error": str(exc)})
             time.sleep(RETRY_BACKOFF_S)  # back off from the broker, then ask again
 
 
