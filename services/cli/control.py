@@ -64,12 +64,30 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 # -- plumbing -------------------------------------------------------------------------
 
 
-def _context() -> tuple[Any, Any]:
+def _context(admin: bool = True) -> tuple[Any, Any]:
     from services.common.settings import KafkaSettings  # noqa: PLC0415 - fast --help
     from services.common.topics import load_topics  # noqa: PLC0415
 
+    if admin:
+        require_admin_key()
     kafka = KafkaSettings()
     return kafka, load_topics(prefix=kafka.topic_prefix)
+
+
+def require_admin_key() -> None:
+    """With API keys configured (the gateway's RDV_GATEWAY_API_KEYS / _FILE), a change
+    needs an admin key in RDV_API_KEY. The commands write to Kafka themselves: on a real
+    cluster, restrict writes to the control topic with Kafka ACLs as well."""
+    from services.common.errors import ConfigError  # noqa: PLC0415
+    from services.gateway.keys import load_keys  # noqa: PLC0415
+    from services.gateway.settings import GatewaySettings  # noqa: PLC0415
+
+    ring = load_keys(GatewaySettings())
+    if not ring.enabled:
+        return
+    key = ring.identify(os.environ.get("RDV_API_KEY", ""))
+    if key is None or key.role != "admin":
+        raise ConfigError("API keys are on: control changes need an admin key in RDV_API_KEY")
 
 
 def _who(args: argparse.Namespace) -> str:
@@ -138,7 +156,7 @@ def _when(ms: float) -> str:
 def models_list(args: argparse.Namespace) -> int:
     from services.control.store import read_state  # noqa: PLC0415
 
-    kafka, topics = _context()
+    kafka, topics = _context(admin=False)
     state = read_state(kafka, topics)
     if not state.models:
         print("no model is registered on the control topic (rdv deploy <spec> registers one)")
@@ -243,7 +261,7 @@ def policy_command(args: argparse.Namespace) -> int:
     from services.common.errors import ConfigError  # noqa: PLC0415
     from services.control.store import read_state  # noqa: PLC0415
 
-    kafka, topics = _context()
+    kafka, topics = _context(admin=args.action != "show")
     state = read_state(kafka, topics)
     if args.action == "show":
         doc, version = _current_doc(state, args.endpoint, args.policies)

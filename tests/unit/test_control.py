@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
+from services.cli.control import require_admin_key
+from services.cli.main import main
 from services.common.errors import ConfigError
 from services.common.messages import ModelRegistration, PolicyEntry, Role
 from services.control.deployers import DockerDeployer, effective_spec
@@ -151,3 +153,23 @@ def test_the_docker_deployer_runs_the_worker_command_on_the_network() -> None:
     assert started.where == "container rdv-chall"
     assert docker.stop("chall") is True
     assert containers.stopped == ["rdv.model=chall"]
+
+
+def test_control_changes_need_an_admin_key_when_keys_are_on(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(
+        "RDV_GATEWAY_API_KEYS", "ops:admin:admin-key-0123456789,app:client:client-key-0123456789"
+    )
+    monkeypatch.setenv("RDV_KAFKA_BOOTSTRAP", "127.0.0.1:1")  # never reached: refused first
+    monkeypatch.setenv("RDV_API_KEY", "client-key-0123456789")
+    assert main(["policy", "set", "demo", "deploy/policies/demo.yaml"]) == 2
+    assert "need an admin key" in capsys.readouterr().err
+    monkeypatch.delenv("RDV_API_KEY")
+    assert main(["promote", "slow", "--endpoint", "demo"]) == 2
+    assert "need an admin key" in capsys.readouterr().err
+    monkeypatch.setenv("RDV_API_KEY", "admin-key-0123456789")
+    require_admin_key()  # accepted
+    monkeypatch.delenv("RDV_GATEWAY_API_KEYS")
+    monkeypatch.delenv("RDV_API_KEY")
+    require_admin_key()  # keys off: open
