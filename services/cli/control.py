@@ -94,18 +94,27 @@ def _who(args: argparse.Namespace) -> str:
     return str(args.by or os.environ.get("USER") or getpass.getuser() or "rdv")
 
 
+def _file_doc(endpoint: str, policies: Path) -> dict[str, Any] | None:
+    """The endpoint's document in the policy files, if any."""
+    from services.common.endpoints import read_documents  # noqa: PLC0415
+
+    if policies.exists():
+        for _, doc in read_documents(policies):
+            if doc.get("endpoint") == endpoint:
+                return dict(doc)
+    return None
+
+
 def _current_doc(state: Any, endpoint: str, policies: Path) -> tuple[dict[str, Any], int]:
     """The endpoint's policy in force as a document, and its version."""
-    from services.common.endpoints import read_documents  # noqa: PLC0415
     from services.common.errors import ConfigError  # noqa: PLC0415
 
     entry = state.policies.get(endpoint)
     if entry is not None:
         return dict(entry.policy), int(entry.version)
-    if policies.exists():
-        for _, doc in read_documents(policies):
-            if doc.get("endpoint") == endpoint:
-                return dict(doc), int(doc.get("version", 1))
+    doc = _file_doc(endpoint, policies)
+    if doc is not None:
+        return doc, int(doc.get("version", 1))
     raise ConfigError(f"no policy for endpoint {endpoint!r} (control topic or {policies})")
 
 
@@ -293,13 +302,13 @@ def policy_command(args: argparse.Namespace) -> int:
         return 0
     _, current = _current_doc(state, args.endpoint, args.policies)
     earlier = [v for v in state.history.get(args.endpoint, {}) if v < current]
-    if not earlier:
-        raise ConfigError(
-            f"{args.endpoint}: no earlier version on the control topic to roll back to"
-        )
-    previous = state.history[args.endpoint][max(earlier)]
-    version = _publish_policy(
-        kafka, topics, state, dict(previous.policy), who=_who(args), after=current
-    )
-    print(f"{args.endpoint}: version {max(earlier)} restored as version {version}")
+    if earlier:
+        doc, label = dict(state.history[args.endpoint][max(earlier)].policy), str(max(earlier))
+    else:  # before the first control change: the policy file's version
+        file_doc = _file_doc(args.endpoint, args.policies)
+        if file_doc is None or args.endpoint not in state.policies:
+            raise ConfigError(f"{args.endpoint}: no earlier version to roll back to")
+        doc, label = file_doc, f"{file_doc.get('version', 1)} (the policy file)"
+    version = _publish_policy(kafka, topics, state, doc, who=_who(args), after=current)
+    print(f"{args.endpoint}: version {label} restored as version {version}")
     return 0

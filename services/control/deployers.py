@@ -54,11 +54,21 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _process(name: str, spec_path: Path | None = None, port: int = 0) -> stack.ProcessSpec:
-    command = ["python", "-m", "services.workers", "--model", str(spec_path or name)]
+def _process(name: str, run_dir: Path, port: int = 0) -> stack.ProcessSpec:
+    """The worker's process; its last argument, the effective spec's path, is what
+    identifies the running process for ``stop`` (with the pid file)."""
+    spec_path = run_dir / "specs" / f"{name}.yaml"
     return stack.ProcessSpec(
         name=f"model-{name}",
-        command=[*command, "--ops-port", str(port)],
+        command=[
+            "python",
+            "-m",
+            "services.workers",
+            "--ops-port",
+            str(port),
+            "--model",
+            str(spec_path),
+        ],
         ready=f"http://127.0.0.1:{port}/readyz",
     )
 
@@ -71,12 +81,13 @@ class ProcessDeployer:
 
     def start(self, spec: ModelSpec, env: dict[str, str]) -> Deployed:
         port = _free_port()
-        proc = _process(spec.name, effective_spec(spec, self.run_dir / "specs"), port)
+        effective_spec(spec, self.run_dir / "specs")
+        proc = _process(spec.name, self.run_dir, port)
         pid, took = stack.start(proc, env, self.run_dir)
         return Deployed(spec.name, f"pid {pid}, ops :{port}, ready in {took:.1f} s")
 
     def stop(self, name: str) -> bool:
-        return stack.stop(_process(name), self.run_dir)
+        return stack.stop(_process(name, self.run_dir), self.run_dir)
 
 
 class DockerDeployer:

@@ -149,8 +149,9 @@ def test_deploy_promote_retire_under_load_fails_no_request(
             wait_for(lambda: _after(load, retired_done + 1.0) >= 20, 30, lambda: "load stalled")
         listed = rdv(stack, env, "models", "list")
         shown = rdv(stack, env, "policy", "show", "live")
+        assert ProcessDeployer(tmp_path / "run").stop("chall")  # found and stopped
     finally:
-        ProcessDeployer(tmp_path / "run").stop("chall")
+        ProcessDeployer(tmp_path / "run").stop("chall")  # whatever happened above
 
     failed = [s for s in load.sent if s.status != 200]
     assert not failed, f"{len(failed)} of {len(load.sent)} requests failed: {failed[:3]}"
