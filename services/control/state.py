@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from services.common.messages import ControlEntry, ModelRegistration, PolicyEntry
+
+log = logging.getLogger("rdv.control")
+T = TypeVar("T")
 
 MODEL = "model/"
 POLICY = "policy/"
@@ -60,3 +66,26 @@ class ControlState:
         seen = [*self.history.get(endpoint, {}), 0]
         current = self.policies.get(endpoint)
         return max(*seen, current.version if current else 0) + 1
+
+
+def overlay(
+    base: Mapping[str, T],
+    current: Mapping[str, T],
+    state: ControlState,
+    build: Callable[[PolicyEntry], T],
+    invalid: tuple[type[Exception], ...],
+) -> dict[str, T]:
+    """Per endpoint, what is in force: ``base`` (from the policy files) overlaid with
+    ``build(entry)`` of each control policy. An entry ``build`` refuses (raising one of
+    ``invalid``) is logged and its endpoint keeps what it had in ``current``."""
+    out = dict(base)
+    for endpoint, entry in state.policies.items():
+        try:
+            out[endpoint] = build(entry)
+        except invalid as exc:
+            log.error(
+                "invalid policy entry ignored", extra={"endpoint": endpoint, "error": str(exc)}
+            )
+            if endpoint in current:
+                out[endpoint] = current[endpoint]
+    return out

@@ -13,7 +13,7 @@ from services.common.endpoints import EndpointSpec
 from services.common.settings import KafkaSettings
 from services.common.topics import Topics
 from services.control.follower import ControlFollower
-from services.control.state import ControlState
+from services.control.state import ControlState, overlay
 from services.gateway.service import Gateway
 
 log = logging.getLogger("rdv.gateway")
@@ -22,17 +22,10 @@ log = logging.getLogger("rdv.gateway")
 def merged(
     base: Mapping[str, EndpointSpec], current: Mapping[str, EndpointSpec], state: ControlState
 ) -> dict[str, EndpointSpec]:
-    out = dict(base)
-    for endpoint, entry in state.policies.items():
-        try:
-            out[endpoint] = EndpointSpec.model_validate(entry.policy)
-        except ValidationError as exc:
-            log.error(
-                "invalid policy entry ignored", extra={"endpoint": endpoint, "error": str(exc)}
-            )
-            if endpoint in current:
-                out[endpoint] = current[endpoint]
-    return out
+    """The endpoints in force: ``base`` overlaid with the control entries."""
+    return overlay(
+        base, current, state, lambda e: EndpointSpec.model_validate(e.policy), (ValidationError,)
+    )
 
 
 def follow_control(kafka: KafkaSettings, topics: Topics, gateway: Gateway) -> ControlFollower:

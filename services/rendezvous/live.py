@@ -10,7 +10,7 @@ import logging
 from services.common.errors import ConfigError
 from services.common.settings import KafkaSettings
 from services.control.follower import ControlFollower
-from services.control.state import ControlState
+from services.control.state import ControlState, overlay
 from services.rendezvous import metrics
 from services.rendezvous.policy import Policy, policy_from_entry
 from services.rendezvous.service import Rendezvous
@@ -22,17 +22,7 @@ def merged(
     base: dict[str, Policy], current: dict[str, Policy], state: ControlState
 ) -> dict[str, Policy]:
     """The policies in force: ``base`` overlaid with the control entries."""
-    out = dict(base)
-    for endpoint, entry in state.policies.items():
-        try:
-            out[endpoint] = policy_from_entry(entry)
-        except ConfigError as exc:
-            log.error(
-                "invalid policy entry ignored", extra={"endpoint": endpoint, "error": str(exc)}
-            )
-            if endpoint in current:
-                out[endpoint] = current[endpoint]
-    return out
+    return overlay(base, current, state, policy_from_entry, (ConfigError,))
 
 
 def follow_control(kafka: KafkaSettings, processor: Rendezvous) -> ControlFollower:

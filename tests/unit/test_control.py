@@ -16,6 +16,8 @@ from services.common.messages import ModelRegistration, PolicyEntry, Role
 from services.control.deployers import DockerDeployer, effective_spec
 from services.control.policies import champion_of, mentions, promote, retire
 from services.control.state import ControlState, model_key, policy_key, policy_version_key
+from services.rendezvous.live import merged
+from services.rendezvous.policy import parse_policy
 from services.workers.spec import load_spec
 from tests.factories import policy_doc
 
@@ -173,3 +175,15 @@ def test_control_changes_need_an_admin_key_when_keys_are_on(
     monkeypatch.delenv("RDV_GATEWAY_API_KEYS")
     monkeypatch.delenv("RDV_API_KEY")
     require_admin_key()  # keys off: open
+
+
+def test_control_policies_overlay_the_files_and_a_bad_entry_keeps_the_last_good() -> None:
+    base = {"demo": parse_policy(policy_doc(), "file")}
+    state = ControlState()
+    state.apply(policy_key("demo"), _entry(2, deadline_ms=900))
+    live = merged(base, base, state)
+    assert (live["demo"].version, live["demo"].deadline_ms) == (2, 900)
+    state.apply(policy_key("demo"), _entry(3, stages=[]))  # invalid: no stages
+    assert merged(base, live, state)["demo"].version == 2  # kept
+    state.apply(policy_key("demo"), None)  # a tombstone: the file's again
+    assert merged(base, live, state)["demo"].version == 1
