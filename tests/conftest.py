@@ -4,6 +4,8 @@ the end. Every test gets its own topic prefix, so tests never see each other's d
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import socket
 import uuid
@@ -14,6 +16,7 @@ import pytest
 
 from services.cli.localkafka import LocalBroker
 from services.common.kafka import Admin, admin_config, wait_for_broker
+from services.common.logs import JsonFormatter
 from services.common.settings import KafkaSettings
 from services.common.topics import Topics, load_topics
 
@@ -73,3 +76,21 @@ def topics(kafka_settings: KafkaSettings) -> Topics:
     catalog = load_topics(prefix=kafka_settings.topic_prefix)
     catalog.ensure(Admin(admin_config(kafka_settings)))
     return catalog
+
+
+@pytest.fixture
+def json_logs() -> Iterator[io.StringIO]:
+    """Every log line of the process at DEBUG, as the services' JSON formatter writes it
+    (for tests that a secret never reaches a log)."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter("test"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)

@@ -242,6 +242,23 @@ class Stack:
         return problems
 
 
+def run_rdv(
+    kafka: KafkaSettings, *args: str, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``rdv <args>`` as a user runs it, on the test's broker; asserts it succeeded."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", *args],
+        cwd=REPO,
+        env=service_env(kafka) | dict(env or {}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, f"rdv {' '.join(args)}: {proc.stderr}"
+    return proc
+
+
 class Launch(Protocol):
     """Start a stack: the gateway, the rendezvous and the given workers."""
 
@@ -254,8 +271,9 @@ class Launch(Protocol):
     ) -> Stack: ...
 
 
-def _base_env(kafka: KafkaSettings) -> dict[str, str]:
-    # settings of the developer's shell (ports, policies) must not leak into the stack
+def service_env(kafka: KafkaSettings) -> dict[str, str]:
+    """The environment of a process on the test's broker and topics: settings of the
+    developer's shell (ports, policies) must not leak into it."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -279,7 +297,7 @@ def build_stack(
     policy_dir.mkdir(parents=True)
     for doc in policies:
         (policy_dir / f"{doc['endpoint']}.yaml").write_text(yaml.safe_dump(dict(doc)))
-    base = _base_env(kafka)
+    base = service_env(kafka)
     python = [sys.executable, "-m"]
     procs: dict[str, Proc] = {}
 

@@ -4,10 +4,7 @@ promotion, and the decisions record the policy version that chose each answer.""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -23,12 +20,12 @@ from services.control.deployers import ProcessDeployer
 from tests.integration.kafka_io import read_all_after
 from tests.integration.stack import (
     GATEWAY,
-    REPO,
     Launch,
     Stack,
     Worker,
     launch_stack_fixture,  # noqa: F401 - registers the launch_stack fixture here
     model_spec,
+    run_rdv,
     wait_for,
 )
 
@@ -87,28 +84,11 @@ class SteadyLoad:
         return sum(1 for s in self.sent if s.model == model)
 
 
-def rdv(stack: Stack, env: dict[str, str], *args: str) -> str:
+def rdv(stack: Stack, run_dir: Path, *args: str) -> str:
+    """An ``rdv`` control command on the stack's broker, with its policy files."""
     policies = stack.procs[GATEWAY].env["RDV_GATEWAY_POLICIES"]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "services.cli.main",
-            *args,
-            "--by",
-            "tester",
-            "--policies",
-            policies,
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, f"rdv {' '.join(args)}: {proc.stderr}"
-    return proc.stdout
+    flags = ["--by", "tester", "--policies", policies]
+    return run_rdv(stack.kafka, *args, *flags, env={"RDV_RUN_DIR": str(run_dir)}).stdout
 
 
 def test_deploy_promote_retire_under_load_fails_no_request(
@@ -119,16 +99,11 @@ def test_deploy_promote_retire_under_load_fails_no_request(
         policies=[POLICY],
         workers=[Worker("champ", model_spec("champ", "echo", "champion", ["live"], latency_ms=3))],
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RDV_")}
-    env |= {
-        "RDV_KAFKA_BOOTSTRAP": kafka_settings.bootstrap,
-        "RDV_KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix,
-        "RDV_RUN_DIR": str(tmp_path / "run"),
-    }
+    run_dir = tmp_path / "run"
     try:
         with SteadyLoad(stack.url) as load:
             wait_for(lambda: load.answered_by("champ") >= 20, 30, lambda: f"{load.sent[-3:]}")
-            out = rdv(stack, env, "deploy", CHALL, "--role", "challenger")
+            out = rdv(stack, run_dir, "deploy", CHALL, "--role", "challenger")
             assert "registered as challenger" in out
             port = re.search(r"ops :(\d+)", out)
             assert port is not None, out
@@ -138,20 +113,20 @@ def test_deploy_promote_retire_under_load_fails_no_request(
                 lambda: "no chall scores",
             )
             promoted_at = time.monotonic()
-            out = rdv(stack, env, "promote", "chall", "--endpoint", "live")
+            out = rdv(stack, run_dir, "promote", "chall", "--endpoint", "live")
             assert "live: chall preferred, fallback champ (policy version 2)" in out
             promoted_done = time.monotonic()
             wait_for(lambda: _after(load, promoted_done + 1.0) >= 20, 30, lambda: "load stalled")
-            out = rdv(stack, env, "retire", "champ", "--keep-running")
+            out = rdv(stack, run_dir, "retire", "champ", "--keep-running")
             assert "live: champ removed (policy version 3)" in out
             retired_done = time.monotonic()
             stack.terminate("champ")  # the old champion's worker goes away
             wait_for(lambda: _after(load, retired_done + 1.0) >= 20, 30, lambda: "load stalled")
-        listed = rdv(stack, env, "models", "list")
-        shown = rdv(stack, env, "policy", "show", "live")
-        assert ProcessDeployer(tmp_path / "run").stop("chall")  # found and stopped
+        listed = rdv(stack, run_dir, "models", "list")
+        shown = rdv(stack, run_dir, "policy", "show", "live")
+        assert ProcessDeployer(run_dir).stop("chall")  # found and stopped
     finally:
-        ProcessDeployer(tmp_path / "run").stop("chall")  # whatever happened above
+        ProcessDeployer(run_dir).stop("chall")  # whatever happened above
 
     failed = [s for s in load.sent if s.status != 200]
     assert not failed, f"{len(failed)} of {len(load.sent)} requests failed: {failed[:3]}"

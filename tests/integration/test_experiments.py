@@ -4,9 +4,6 @@ makes the challenger score past traffic again without answering any client."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -17,11 +14,11 @@ from services.common.messages import Reply
 from services.common.settings import KafkaSettings
 from tests.integration.kafka_io import read_exactly
 from tests.integration.stack import (
-    REPO,
     Launch,
     Worker,
     launch_stack_fixture,  # noqa: F401 - the fixture
     model_spec,
+    run_rdv,
     wait_for,
 )
 from tests.integration.test_archive import archive_proc, archives, start  # noqa: F401
@@ -89,35 +86,8 @@ def test_compare_and_replay_on_archived_traffic(
     assert report["models"]["champ"]["chosen"]["value"] == 1.0
     assert report["verdict"][0].startswith("latency p50: champ is faster")
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RDV_")}
-    env |= {
-        "RDV_KAFKA_BOOTSTRAP": kafka_settings.bootstrap,
-        "RDV_KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix,
-    }
-    replay = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "services.cli.main",
-            "replay",
-            "--endpoint",
-            "exp",
-            "--model",
-            "chall",
-            "--fast",
-            "--mark",
-            "rp1",
-            "--archive",
-            str(root),
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert replay.returncode == 0, replay.stderr
+    args = ["--endpoint", "exp", "--model", "chall", "--fast", "--mark", "rp1"]
+    replay = run_rdv(kafka_settings, "replay", *args, "--archive", str(root))
     assert f"rp1: {N} sent, 0 failed" in replay.stdout
     replayed = "SELECT count(*) FROM scores WHERE request_id LIKE 'rp1:%'"
     wait_for(

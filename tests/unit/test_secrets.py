@@ -7,14 +7,13 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 from pydantic import ValidationError
 
 from services.common.codec import decode, make_dead_letter
 from services.common.errors import ConfigError
-from services.common.logs import JsonFormatter
 from services.common.loop import Context, Inbound
 from services.common.messages import DeadLetter
 from services.common.redact import REDACTED, redact, register_secret, sensitive_name
@@ -36,24 +35,7 @@ def sasl_settings(**fields: object) -> KafkaSettings:
     )
 
 
-@pytest.fixture
-def logs() -> Iterator[io.StringIO]:
-    """Every log line of the process, as the JSON formatter writes it."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter("unit"))
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
-        yield stream
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
-
-
-def test_the_sasl_password_never_reaches_a_log_line(logs: io.StringIO) -> None:
+def test_the_sasl_password_never_reaches_a_log_line(json_logs: io.StringIO) -> None:
     settings = sasl_settings()
     log = logging.getLogger("rdv.unit")
     log.info("connecting", extra={"config": settings.security_config()})
@@ -64,7 +46,7 @@ def test_the_sasl_password_never_reaches_a_log_line(logs: io.StringIO) -> None:
     except ConfigError:
         log.exception("failed")
 
-    text = logs.getvalue()
+    text = json_logs.getvalue()
     assert PASSWORD not in text
     assert text.count(REDACTED) >= 4
     lines = [json.loads(line) for line in text.splitlines()]
@@ -72,15 +54,15 @@ def test_the_sasl_password_never_reaches_a_log_line(logs: io.StringIO) -> None:
     assert lines[2]["sasl_password"] == REDACTED
 
 
-def test_a_password_with_json_escapes_is_still_redacted(logs: io.StringIO) -> None:
+def test_a_password_with_json_escapes_is_still_redacted(json_logs: io.StringIO) -> None:
     odd = 'quo"te\\back-slash-é'
     register_secret(odd)
     logging.getLogger("rdv.unit").info("got %s", odd, extra={"value": odd})
-    assert json.dumps(odd)[1:-1] not in logs.getvalue()
-    assert REDACTED in logs.getvalue()
+    assert json.dumps(odd)[1:-1] not in json_logs.getvalue()
+    assert REDACTED in json_logs.getvalue()
 
 
-def test_dead_letters_of_a_failing_record_hold_no_password(logs: io.StringIO) -> None:
+def test_dead_letters_of_a_failing_record_hold_no_password(json_logs: io.StringIO) -> None:
     sasl_settings()  # registers the password, as every service's main() does at boot
 
     class Leaky(Scorer):
@@ -96,7 +78,7 @@ def test_dead_letters_of_a_failing_record_hold_no_password(logs: io.StringIO) ->
     assert letter.error_code == "RuntimeError"
     assert REDACTED in letter.error
     assert PASSWORD.encode() not in letters[0].value
-    assert PASSWORD not in logs.getvalue()  # the loop's log.exception of the batch
+    assert PASSWORD not in json_logs.getvalue()  # the loop's log.exception of the batch
 
 
 def test_make_dead_letter_redacts_credential_shaped_text() -> None:

@@ -18,7 +18,6 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from services.common.errors import ConfigError
-from services.common.logs import JsonFormatter
 from services.common.topics import Topics
 from services.gateway.app import build_app
 from services.gateway.auth import AdminOnly, RequireAdmin
@@ -231,25 +230,8 @@ def test_an_empty_key_ring_is_off() -> None:
 # --- no key in logs or records --------------------------------------------------------
 
 
-@pytest.fixture
-def all_logs() -> Iterator[io.StringIO]:
-    """Every log line of the process, as the JSON formatter writes it, at DEBUG."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter("gateway"))
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
-        yield stream
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
-
-
 def test_keys_never_reach_logs_or_records(
-    keyed: GatewaySettings, bus: FakeBus, topics: Topics, all_logs: io.StringIO
+    keyed: GatewaySettings, bus: FakeBus, topics: Topics, json_logs: io.StringIO
 ) -> None:
     app = with_admin_route(build_app(keyed, bus=bus, topics=topics))
     with running(app) as c:
@@ -261,7 +243,7 @@ def test_keys_never_reach_logs_or_records(
         )
         logging.getLogger("rdv.test").warning("header was Bearer %s", WRONG_KEY)
 
-    logs = all_logs.getvalue()
+    logs = json_logs.getvalue()
     assert "api keys on" in logs
     assert "web (client)" in logs
     assert "request refused" in logs
