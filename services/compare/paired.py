@@ -102,9 +102,25 @@ p AS (
 """
 )
 
-_FIGURES = (
-    PAIRED_SQL
+# paired_figures reads the two models' scores of the window once, into temporary tables
+# on the connection; every figure is computed from those.
+_SCORED = (
+    _PAIRS
     + """
+SELECT r.request_id, r.created_ms, r.deadline_ms, s.model, s.status, s.finished_ms, s.text
+FROM r JOIN s USING (request_id)
+"""
+)
+
+_PAIRED_ROWS = """
+SELECT a.request_id, a.deadline_ms, a.created_ms,
+       a.status AS a_status, a.text AS a_text, a.finished_ms AS a_done,
+       b.status AS b_status, b.text AS b_text, b.finished_ms AS b_done
+FROM compare_scored a JOIN compare_scored b USING (request_id)
+WHERE a.model = $a AND b.model = $b
+"""
+
+_FIGURES = """
 SELECT
     count(*),
     count_if(a_status = 'ok'), count_if(a_status = 'error'), count_if(a_status = 'skipped'),
@@ -117,35 +133,21 @@ SELECT
     count_if(a_status = 'ok' AND b_status = 'ok' AND a_text = b_text),
     avg(jaro_winkler_similarity(a_text, b_text)) FILTER (WHERE a_status = 'ok' AND b_status = 'ok'),
     count_if(a_status = 'ok' AND b_status = 'ok' AND b_done < a_done)
-FROM p
+FROM compare_pairs
 """
-)
 
-_UNPAIRED = (
-    _PAIRS  # noqa: S608
-    + """
-SELECT
-    (SELECT count(*) FROM r JOIN a USING (request_id) ANTI JOIN b USING (request_id)),
-    (SELECT count(*) FROM r JOIN b USING (request_id) ANTI JOIN a USING (request_id))
-"""
-)
+_SCORED_BY = "SELECT count_if(model = $a), count_if(model = $b) FROM compare_scored"
 
-_DECISIONS = (
-    PAIRED_SQL
-    + """
+_DECISIONS = """
 SELECT count_if(d.chosen_model = $a), count_if(d.chosen_model = $b),
        count_if(d.ood_status IS NOT NULL), count_if(d.ood_status = 'flagged')
-FROM p JOIN decisions d USING (request_id)
+FROM compare_pairs p JOIN decisions d USING (request_id)
 """
-)
 
-_LATENCIES = (
-    PAIRED_SQL
-    + """
-SELECT a_done - created_ms AS a_lat, b_done - created_ms AS b_lat, a_status, b_status FROM p
-WHERE a_status = 'ok' OR b_status = 'ok'
+_LATENCIES = """
+SELECT a_done - created_ms AS a_lat, b_done - created_ms AS b_lat, a_status, b_status
+FROM compare_pairs WHERE a_status = 'ok' OR b_status = 'ok'
 """
-)
 
 
 def query_params(window: Window) -> dict[str, Any]:
@@ -167,24 +169,22 @@ def _counts(row: tuple[Any, ...] | None, averages: tuple[int, ...] = ()) -> list
 def paired_figures(con: duckdb.DuckDBPyConnection, window: Window) -> Paired:
     """The raw paired figures of ``window`` from the archive views on ``con``."""
     params = query_params(window)
-    row = _counts(con.execute(_FIGURES, params).fetchone(), averages=(5, 10, 13))
-    unpaired = _counts(con.execute(_UNPAIRED, params).fetchone())
-    decided = _counts(con.execute(_DECISIONS, params).fetchone())
-    champ = ModelFigures(window.champion, row[1], row[2], row[3], row[4], 0, row[5])
-    chall = ModelFigures(window.challenger, row[6], row[7], row[8], row[9], 0, row[10])
-    champ.chosen, chall.chosen = decided[0], decided[1]
-    cursor = con.execute(_LATENCIES, params)
-    while batch := cursor.fetchmany(100_000):
-        for a_lat, b_lat, a_status, b_status in batch:
-            if a_status == "ok":
-                champ.latency.add(a_lat)
-            if b_status == "ok":
-                chall.latency.add(b_lat)
+    models = {"a": window.champion, "b": window.challenger}
+    con.execute("CREATE OR REPLACE TEMP TABLE compare_scored AS " + _SCORED, params)
+    try:
+        con.execute("CREATE OR REPLACE TEMP TABLE compare_pairs AS " + _PAIRED_ROWS, models)
+        row = _counts(con.execute(_FIGURES).fetchone(), averages=(5, 10, 13))
+        scored = _counts(con.execute(_SCORED_BY, models).fetchone())
+        decided = _counts(con.execute(_DECISIONS, models).fetchone())
+        champ, chall = _model_figures(window, row, decided)
+        _sketch(con, champ, chall)
+    finally:
+        con.execute("DROP TABLE IF EXISTS compare_pairs; DROP TABLE IF EXISTS compare_scored")
     return Paired(
         window=window,
         paired=row[0],
-        only_champion=unpaired[0],
-        only_challenger=unpaired[1],
+        only_champion=scored[0] - row[0],
+        only_challenger=scored[1] - row[0],
         champion=champ,
         challenger=chall,
         both_ok=row[11],
@@ -194,3 +194,22 @@ def paired_figures(con: duckdb.DuckDBPyConnection, window: Window) -> Paired:
         ood_checked=decided[2],
         ood_flagged=decided[3],
     )
+
+
+def _model_figures(
+    window: Window, row: list[Any], decided: list[Any]
+) -> tuple[ModelFigures, ModelFigures]:
+    champ = ModelFigures(window.champion, row[1], row[2], row[3], row[4], decided[0], row[5])
+    chall = ModelFigures(window.challenger, row[6], row[7], row[8], row[9], decided[1], row[10])
+    return champ, chall
+
+
+def _sketch(con: duckdb.DuckDBPyConnection, champ: ModelFigures, chall: ModelFigures) -> None:
+    """Each model's ok latencies into its sketch, streamed in batches."""
+    cursor = con.execute(_LATENCIES)
+    while batch := cursor.fetchmany(100_000):
+        for a_lat, b_lat, a_status, b_status in batch:
+            if a_status == "ok":
+                champ.latency.add(a_lat)
+            if b_status == "ok":
+                chall.latency.add(b_lat)
