@@ -40,7 +40,7 @@ class DriftMonitor:
         reference = (current[0] - self.reference_ms, current[0])
         con = connect(self.root)
         try:
-            found = drift_signals(con, current, reference)
+            found = drift_signals(con, current, reference, source="scores_raw")
         finally:
             con.close()
         for signal, drift in found.items():
