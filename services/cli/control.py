@@ -265,11 +265,33 @@ def retire_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def policy_command(args: argparse.Namespace) -> int:
+def _new_policy(args: argparse.Namespace) -> dict[str, Any]:
+    """The one policy document of ``args.file``, for ``args.endpoint``, validated."""
     from services.common.endpoints import read_documents  # noqa: PLC0415
+    from services.common.errors import ConfigError  # noqa: PLC0415
+    from services.rendezvous.policy import parse_policy  # noqa: PLC0415
+
+    if args.file is None:
+        raise ConfigError("rdv policy set <endpoint> <file>")
+    if not args.file.is_file():
+        raise ConfigError(f"no policy file {args.file}")
+    docs = read_documents(args.file)
+    if len(docs) != 1:
+        raise ConfigError(f"{args.file} must hold one policy document, not {len(docs)}")
+    doc = dict(docs[0][1])
+    if doc.get("endpoint") != args.endpoint:
+        raise ConfigError(
+            f"{args.file} is the policy of {doc.get('endpoint')!r}, not {args.endpoint!r}"
+        )
+    parse_policy(doc, str(args.file))
+    return doc
+
+
+def policy_command(args: argparse.Namespace) -> int:
     from services.common.errors import ConfigError  # noqa: PLC0415
     from services.control.store import read_state  # noqa: PLC0415
 
+    new_doc = _new_policy(args) if args.action == "set" else None  # checked before Kafka
     kafka, topics = _context(admin=args.action != "show")
     state = read_state(kafka, topics)
     if args.action == "show":
@@ -285,19 +307,12 @@ def policy_command(args: argparse.Namespace) -> int:
         for v, e in sorted(state.history.get(args.endpoint, {}).items()):
             print(f"# version {v}: by {e.changed_by} at {_when(e.changed_ms)}")
         return 0
-    if args.action == "set":
-        if args.file is None:
-            raise ConfigError("rdv policy set <endpoint> <file>")
-        [(_, doc)] = read_documents(args.file)
-        if doc.get("endpoint") != args.endpoint:
-            raise ConfigError(
-                f"{args.file} is the policy of {doc.get('endpoint')!r}, not {args.endpoint!r}"
-            )
+    if new_doc is not None:
         try:
             _, current = _current_doc(state, args.endpoint, args.policies)
         except ConfigError:
             current = 0  # a new endpoint
-        version = _publish_policy(kafka, topics, state, dict(doc), who=_who(args), after=current)
+        version = _publish_policy(kafka, topics, state, new_doc, who=_who(args), after=current)
         print(f"{args.endpoint}: policy version {version} in force")
         return 0
     _, current = _current_doc(state, args.endpoint, args.policies)

@@ -187,3 +187,19 @@ def test_control_policies_overlay_the_files_and_a_bad_entry_keeps_the_last_good(
     assert merged(base, live, state)["demo"].version == 2  # kept
     state.apply(policy_key("demo"), None)  # a tombstone: the file's again
     assert merged(base, live, state)["demo"].version == 1
+
+
+def test_a_bad_policy_file_is_refused_before_kafka_is_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RDV_KAFKA_BOOTSTRAP", "127.0.0.1:1")  # never reached
+    broken = tmp_path / "demo.yaml"
+    broken.write_text(yaml.safe_dump(policy_doc(stages=[])))
+    cases = {
+        str(tmp_path / "missing.yaml"): "no policy file",
+        "deploy/policies/chat.yaml": "is the policy of 'chat', not 'demo'",
+        str(broken): "stages",
+    }
+    for path, message in cases.items():
+        assert main(["policy", "set", "demo", path]) == 2
+        assert message in capsys.readouterr().err
