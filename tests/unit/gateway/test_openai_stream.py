@@ -248,8 +248,8 @@ def test_a_client_that_goes_away_frees_its_request(
             httpx.Client(timeout=30) as http,
             http.stream("POST", f"{url}/v1/chat/completions", json=body) as resp,
         ):
-            first = next(resp.iter_lines())
-            assert first.startswith("data: ")
+            lines = resp.iter_lines()  # held: a dropped iterator closes the connection
+            assert next(lines).startswith("data: ")
             assert len(gateway.pending) == 1
         until = time.monotonic() + 30.0
         while len(gateway.pending) and time.monotonic() < until:
