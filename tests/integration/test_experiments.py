@@ -1,6 +1,7 @@
 """Champion against challenger on the real broker: the stack answers, the archive records,
-``GET /v1/experiments/compare`` reports the known latency ordering, and ``rdv replay``
-makes the challenger score past traffic again without answering any client."""
+``GET /v1/experiments/compare`` reports the known latency quantiles (within the sketch's
+error) and ordering, and ``rdv replay`` makes the challenger score past traffic again
+without answering any client."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from services.archive.query import connect
 from services.common.codec import decode
 from services.common.messages import Reply
 from services.common.settings import KafkaSettings
+from services.compare.sketch import QUANTILES, RELATIVE_ACCURACY
 from tests.integration.kafka_io import read_exactly
 from tests.integration.stack import (
     Launch,
@@ -39,6 +41,28 @@ def _count(root: Path, sql: str) -> int:
         return int(row[0]) if row else 0
     finally:
         con.close()
+
+
+def _latencies(root: Path, model: str) -> list[float]:
+    """Every ok score's latency for ``model`` as compare defines it, exactly, sorted."""
+    con = connect(root)
+    try:
+        rows = con.execute(
+            "SELECT s.finished_ms - r.created_ms FROM scores s JOIN requests r USING (request_id)"
+            " WHERE s.model = ? AND s.status = 'ok' ORDER BY 1",
+            [model],
+        ).fetchall()
+    finally:
+        con.close()
+    return [float(r[0]) for r in rows]
+
+
+def _within_sketch_error(reported: float, exact: list[float], q: float) -> bool:
+    """``reported`` is the q-quantile of ``exact`` up to the sketch's relative error (the
+    rank q(n-1) may fall between two order statistics: either one is right)."""
+    rank = q * (len(exact) - 1)
+    low, high = exact[int(rank)], exact[min(int(rank) + 1, len(exact) - 1)]
+    return low * (1 - RELATIVE_ACCURACY) <= reported <= high * (1 + RELATIVE_ACCURACY)
 
 
 def _reply_ids(kafka: KafkaSettings, topic: str, expected: int) -> list[str]:
@@ -81,6 +105,12 @@ def test_compare_and_replay_on_archived_traffic(
     champ_p50 = report["models"]["champ"]["latency_ms"]["p50"]
     chall_p50 = report["models"]["chall"]["latency_ms"]["p50"]
     assert report["paired"] == N
+    for model in ("champ", "chall"):  # the known latencies, recorded in the archive
+        exact = _latencies(root, model)
+        assert len(exact) == N
+        for q in QUANTILES:
+            reported = report["models"][model]["latency_ms"][f"p{q * 100:g}"]
+            assert _within_sketch_error(reported, exact, q), (model, q, reported, exact)
     assert 20 <= champ_p50 < chall_p50  # each takes at least its simulated compute
     assert chall_p50 >= 120
     assert report["models"]["champ"]["chosen"]["value"] == 1.0
