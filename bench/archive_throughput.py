@@ -42,7 +42,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.loadgen import Run, measure, quantile
-from bench.stack import BenchStack, free_port
+from bench.stack import BODY, ECHO_MODELS, POLICY, BenchStack, free_port
 from services.archive.query import connect
 from services.cli.stack import ProcessSpec, start, stop
 from services.common.codec import decode, encode, message_key
@@ -60,16 +60,6 @@ from services.common.settings import KafkaSettings
 from services.common.topics import Topics
 
 KINDS = ("requests", "scores", "decisions")
-POLICY = """
-endpoint: bench
-deadline_ms: 250
-models: [champ, chall, shadow]
-stages:
-  - {until_ms: 100, accept: [champ]}
-  - {until_ms: deadline, accept: any}
-"""
-ECHO = "echo:name={name},role={role},endpoints=bench,latency_ms=0"
-BODY = {"inputs": {"text": "hello"}}
 
 
 def traffic(topics: Topics, requests: int) -> list[Outbound]:
@@ -277,13 +267,7 @@ def uncommitted(stack: BenchStack, probe: Consumer, group_topics: list[tuple[str
 
 def stack_phase(stack: BenchStack, rate: float, duration_s: float) -> dict[str, object]:
     """The stack at ``rate`` without, then with the archive; the archive's lag with it."""
-    stack.start_workers(
-        {
-            "champ": ECHO.format(name="champ", role="champion"),
-            "chall": ECHO.format(name="chall", role="challenger"),
-            "shadow": ECHO.format(name="shadow", role="canary"),
-        }
-    )
+    stack.start_workers(ECHO_MODELS)
     stack.start_front()
     gw = stack.gateway_port
     measure("127.0.0.1", gw, "/v1/infer/bench", BODY, rate=100, duration_s=2)  # warm

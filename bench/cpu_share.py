@@ -14,8 +14,7 @@ import threading
 import time
 
 from bench.loadgen import measure
-from bench.stack import BenchStack
-from bench.stream_overhead import BODY, ECHO, POLICY
+from bench.stack import BODY, ECHO_MODELS, POLICY, BenchStack
 
 
 def cpu_ticks(pid: int) -> int:
@@ -28,16 +27,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=400.0)
     rate = parser.parse_args().rate
     with BenchStack(POLICY) as stack:
-        stack.start_workers(
-            {
-                name: ECHO.format(name=name, role=role)
-                for name, role in (
-                    ("champ", "champion"),
-                    ("chall", "challenger"),
-                    ("shadow", "canary"),
-                )
-            }
-        )
+        stack.start_workers(ECHO_MODELS)
         stack.start_front()
         measure("127.0.0.1", stack.gateway_port, "/v1/infer/bench", BODY, rate=200, duration_s=2)
         pids = {name: int((stack.dir / f"{name}.pid").read_text()) for name in stack.specs}

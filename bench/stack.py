@@ -21,6 +21,24 @@ from services.common.messages import Decision, RequestEnvelope, Score
 from services.common.settings import KafkaSettings
 from services.common.topics import load_topics
 
+DEADLINE_MS = 250
+POLICY = f"""
+endpoint: bench
+deadline_ms: {DEADLINE_MS}
+models: [champ, chall, shadow]
+stages:
+  - {{until_ms: 100, accept: [champ]}}
+  - {{until_ms: deadline, accept: any}}
+"""
+"""The benchmarks' endpoint: champ first, then whichever model answers by the deadline."""
+ECHO = "echo:name={name},role={role},endpoints=bench,latency_ms=0"
+ECHO_MODELS = {
+    name: ECHO.format(name=name, role=role)
+    for name, role in (("champ", "champion"), ("chall", "challenger"), ("shadow", "canary"))
+}
+"""Three instant workers for POLICY's models, for ``BenchStack.start_workers``."""
+BODY = {"inputs": {"text": "hello"}}
+
 
 def free_port() -> int:
     with socket.socket() as sock:

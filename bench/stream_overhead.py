@@ -25,24 +25,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.loadgen import Run, measure, quantile
-from bench.stack import BenchStack, free_port
+from bench.stack import BODY, DEADLINE_MS, ECHO, ECHO_MODELS, POLICY, BenchStack, free_port
 from services.cli.stack import ProcessSpec, start, stop
 
-DEADLINE_MS = 250
-POLICY = f"""
-endpoint: bench
-deadline_ms: {DEADLINE_MS}
-models: [champ, chall, shadow]
-stages:
-  - {{until_ms: 100, accept: [champ]}}
-  - {{until_ms: deadline, accept: any}}
-"""
-ECHO = "echo:name={name},role={role},endpoints=bench,latency_ms=0"
 SLOW_CHAMP = (
     "latency:name=champ,role=champion,endpoints=bench,latency_ms=0,"
     "slow_share=0.2,slow_ms=400,seed=7"
 )
-BODY = {"inputs": {"text": "hello"}}
 
 
 def summary(run: Run) -> dict[str, float]:
@@ -106,13 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline_server() as base_port,
         BenchStack(POLICY, max_in_flight=256) as stack,
     ):
-        stack.start_workers(
-            {
-                "champ": ECHO.format(name="champ", role="champion"),
-                "chall": ECHO.format(name="chall", role="challenger"),
-                "shadow": ECHO.format(name="shadow", role="canary"),
-            }
-        )
+        stack.start_workers(ECHO_MODELS)
         stack.start_front()
         gw = stack.gateway_port
         for port in (base_port, gw):  # warm both (connections, caches, consumer groups)
