@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -71,22 +72,21 @@ def decode_control(data: bytes | None) -> ControlEntry | None:
     """Decode a control-topic value; ``None`` for a tombstone (no value or empty value)."""
     if not data:
         return None
-    obj = _parse(data)
-    kind = obj.get("kind")
-    cls = _CONTROL_KINDS.get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        expected = " or ".join(repr(k) for k in _CONTROL_KINDS)
-        raise MessageError(f"expected kind {expected}, got {_short(kind)}")
-    return _validate(obj, cls)
+    return _decode_one_of(data, _CONTROL_KINDS)
 
 
 def decode_reply_record(data: bytes | None) -> ReplyRecord:
     """Decode a record of a return address: a reply, or a streaming delta or grant."""
+    return _decode_one_of(data, _REPLY_KINDS)
+
+
+def _decode_one_of(data: bytes | None, kinds: Mapping[str, type[M]]) -> M:
+    """Parse ``data`` as whichever message of ``kinds`` its ``kind`` names."""
     obj = _parse(data)
     kind = obj.get("kind")
-    cls = _REPLY_KINDS.get(kind) if isinstance(kind, str) else None
+    cls = kinds.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        expected = " or ".join(repr(k) for k in _REPLY_KINDS)
+        expected = " or ".join(repr(k) for k in kinds)
         raise MessageError(f"expected kind {expected}, got {_short(kind)}")
     return _validate(obj, cls)
 
