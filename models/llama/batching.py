@@ -105,6 +105,15 @@ class BatchEngine:
         self._batch: generate.PaddedBatch | None = None
         self._step_s = 0.0  # smoothed duration of a step (0 until one ran)
 
+    def reset(self) -> list[str]:
+        """Drop every waiting and running request (after a failed step, when the batch's
+        state is unknown); returns their ids. The model's weights stay loaded."""
+        dropped = [seq.request_id for seq in itertools.chain(self._running, self._waiting)]
+        self._waiting.clear()
+        self._running = []
+        self._batch = None
+        return dropped
+
     @property
     def waiting(self) -> int:
         return len(self._waiting)

@@ -71,6 +71,8 @@ class SamplingParams:
             raise InvalidRequestError(f"top_p must be in (0, 1], not {self.top_p}")
         if any(not s for s in self.stop):
             raise InvalidRequestError("stop strings must not be empty")
+        if self.seed is not None and not -(2**63) <= self.seed < 2**64:
+            raise InvalidRequestError(f"seed must be in [-2**63, 2**64), not {self.seed}")
 
     @property
     def greedy(self) -> bool:

@@ -22,12 +22,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from services.common.clock import wall_ms
 from services.common.codec import encode, message_key
 from services.common.kafka import Outbound, Record
 from services.common.loop import Context
 from services.common.messages import Delta, RequestEnvelope, ReturnAddress, ScoreStatus, Timings
-from services.workers.chat_runtime import ChatRuntime, messages, output_of, parse_payload
+from services.workers.chat_runtime import (
+    ChatRuntime,
+    failure,
+    messages,
+    output_of,
+    parse_payload,
+)
 from services.workers.metrics import (
     BATCH_SIZE,
     DELTAS,
@@ -71,7 +76,7 @@ class ChatWorker(ModelWorker):
             started = max(self._clock(), received)
             try:
                 payload = parse_payload(req.payload)
-                left_s = req.deadline_ms - wall_ms() - self.model.config.deadline_margin_ms
+                left_s = req.deadline_ms - started - self.model.config.deadline_margin_ms
                 expired = self.score_expired and left_s <= 0  # a backfill: no deadline
                 self.model.chat.submit(
                     messages(payload),
@@ -81,9 +86,8 @@ class ChatWorker(ModelWorker):
                 )
             except Exception as exc:  # noqa: BLE001 - the stream edge: a failure is a score
                 timings = Timings(received_ms=received, started_ms=started, finished_ms=started)
-                self._emit(
-                    ctx, record, self._score(req, ScoreStatus.ERROR, timings, error=describe(exc))
-                )
+                score = self._score(req, ScoreStatus.ERROR, timings, error=_error_text(exc))
+                self._emit(ctx, record, score)
                 continue
             ctx.hold(record)  # until its answer is produced
             self._pending[req.request_id] = (record, req, received, started)
@@ -154,7 +158,7 @@ class ChatWorker(ModelWorker):
             TTFT.labels(name).observe(result.ttft_s)
         TOKENS_PER_S.labels(name).observe(result.tokens_per_s)
 
-    def _fail_all(self, ctx: Context, exc: BaseException) -> None:
+    def _fail_all(self, ctx: Context, exc: Exception) -> None:
         """A step failed: the engine's state is unknown, so every request fails now."""
         finished = self._clock()
         for record, req, received, started in self._pending.values():
@@ -162,10 +166,13 @@ class ChatWorker(ModelWorker):
                 received_ms=received, started_ms=started, finished_ms=max(finished, started)
             )
             self._emit(
-                ctx, record, self._score(req, ScoreStatus.ERROR, timings, error=describe(exc))
+                ctx, record, self._score(req, ScoreStatus.ERROR, timings, error=_error_text(exc))
             )
             ctx.release(record)
         self._pending.clear()
         self._streams.clear()
-        self.model.unload()
-        self.model.load()  # a fresh engine
+        self.model.chat.engine.reset()  # the weights are fine; only the batch is in doubt
+
+
+def _error_text(exc: Exception) -> str:
+    return describe(failure(exc))

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from services.common.chat import ChatOutput, ChatPayload, ChatUsage
 from services.common.codec import summarise
+from services.common.errors import ConfigError
 from services.workers.runtime import ModelRuntime, Params, Prediction, PredictionError, parse_params
 
 
@@ -58,19 +59,23 @@ class ChatRuntime(ModelRuntime):
     def load(self) -> None:
         from models.llama.chat import build  # noqa: PLC0415 - torch only in model workers
         from models.llama.config import EngineConfig, LoadConfig  # noqa: PLC0415
+        from models.llama.errors import LlamaError  # noqa: PLC0415
 
         c = self.config
-        self.chat = build(
-            LoadConfig(
-                source=c.source,
-                cache_root=c.cache_root,
-                device=c.device,
-                dtype=c.dtype,
-                threads=c.threads,
-                quantize=c.quantize,
-            ),
-            EngineConfig(max_batch_size=c.max_batch_size, max_batch_tokens=c.max_batch_tokens),
-        )
+        try:
+            self.chat = build(
+                LoadConfig(
+                    source=c.source,
+                    cache_root=c.cache_root,
+                    device=c.device,
+                    dtype=c.dtype,
+                    threads=c.threads,
+                    quantize=c.quantize,
+                ),
+                EngineConfig(max_batch_size=c.max_batch_size, max_batch_tokens=c.max_batch_tokens),
+            )
+        except (LlamaError, OSError, ValueError) as exc:
+            raise ConfigError(f"runtime 'llama-chat' cannot load the model: {exc}") from exc
         super().load()
 
     def unload(self) -> None:
@@ -97,9 +102,25 @@ class ChatRuntime(ModelRuntime):
                 req = parse_payload(payload)
                 [result] = self.chat.generate([messages(req)], self.sampling(req))
                 out.append(output_of(result))
-            except PredictionError as exc:
-                out.append(exc)
+            except Exception as exc:
+                error = failure(exc)
+                if not isinstance(error, PredictionError):
+                    raise
+                out.append(error)
         return out
+
+
+def failure(exc: Exception) -> Exception:
+    """What failed one request, at the worker's edge: a models.llama error (which keeps
+    its code, e.g. ``prompt_too_long``) becomes a ``PredictionError``; anything else
+    stays as it is."""
+    from models.llama.errors import LlamaError  # noqa: PLC0415 - torch only in model workers
+
+    if not isinstance(exc, LlamaError):
+        return exc
+    error = PredictionError(exc.message)
+    error.code = exc.code
+    return error
 
 
 def parse_payload(payload: JsonValue) -> ChatPayload:

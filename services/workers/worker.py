@@ -58,10 +58,9 @@ _COUNTERS = {ScoreStatus.OK: SCORED, ScoreStatus.ERROR: ERRORS, ScoreStatus.SKIP
 
 
 def describe(exc: BaseException) -> str:
-    """An exception as a score's error text; errors with a ``code`` (the platform's,
-    the models') keep it as ``[code] message`` so the rendezvous can read it."""
-    coded = isinstance(exc, RendezvousError) or isinstance(getattr(exc, "code", None), str)
-    text = str(exc) if coded else f"{type(exc).__name__}: {exc}"
+    """An exception as a score's error text; the platform's errors keep their code as
+    ``[code] message`` so the rendezvous can read it."""
+    text = str(exc) if isinstance(exc, RendezvousError) else f"{type(exc).__name__}: {exc}"
     return text[:MAX_ERROR_CHARS]
 
 

@@ -105,3 +105,65 @@ def test_a_payload_without_stream_is_not_streamed() -> None:
     worker.tick(0.0, ctx)
     assert ctx.best_effort == []
     assert len(ctx.emits) == 1
+
+
+class FailingChat(ScriptedChat):
+    """Takes requests, then its step fails; counts how often its engine was reset."""
+
+    def __init__(self, submit_error: Exception | None = None) -> None:
+        super().__init__({})
+        self.submit_error = submit_error
+        self.engine = self
+        self.resets = 0
+
+    def submit(self, _messages: Any, _params: Any, *, deadline: float, request_id: str) -> str:
+        if self.submit_error is not None:
+            raise self.submit_error
+        return super().submit(_messages, _params, deadline=deadline, request_id=request_id)
+
+    def step(self) -> list[GenerationResult]:
+        raise RuntimeError("the batch broke")
+
+    def reset(self) -> list[str]:
+        self.resets += 1
+        dropped, self.running = self.running, []
+        return dropped
+
+
+def test_a_failed_step_fails_its_requests_and_resets_the_engine_only() -> None:
+    runtime = ChatRuntime({})
+    chat = FailingChat()
+    runtime.chat = chat
+    spec = parse_inline("llama-chat:name=smol,role=champion,version=1,endpoints=chat")
+    worker = ChatWorker(spec, runtime, "rdv.scores")
+    inbound = [_inbound(_payload(True), "a"), _inbound(_payload(False), "b")]
+    worker.process(inbound, Context())
+
+    ctx = Context()
+    worker.tick(0.0, ctx)
+
+    scores = [decode(out.value, Score) for out, _ in ctx.emits]
+    assert sorted((s.request_id, s.status) for s in scores) == [
+        ("a", ScoreStatus.ERROR),
+        ("b", ScoreStatus.ERROR),
+    ]
+    assert all("the batch broke" in (s.error or "") for s in scores)
+    assert sorted(r.offset for r in ctx.releases) == sorted(i.record.offset for i in inbound)
+    assert chat.resets == 1
+    assert runtime.chat is chat  # the loaded model stays: no reload
+    assert not worker.busy
+
+
+def test_a_models_request_error_keeps_its_code_in_the_score() -> None:
+    from models.llama.errors import PromptTooLongError  # noqa: PLC0415 - torch
+
+    runtime = ChatRuntime({})
+    runtime.chat = FailingChat(submit_error=PromptTooLongError(9000, 8192))
+    spec = parse_inline("llama-chat:name=smol,role=champion,version=1,endpoints=chat")
+    worker = ChatWorker(spec, runtime, "rdv.scores")
+    ctx = Context()
+    worker.process([_inbound(_payload(False), "long")], ctx)
+
+    [score] = [decode(out.value, Score) for out, _ in ctx.emits]
+    assert score.status is ScoreStatus.ERROR
+    assert (score.error or "").startswith("[prompt_too_long] the prompt has 9000 tokens")

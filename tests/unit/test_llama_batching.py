@@ -81,6 +81,17 @@ def test_late_requests_join_the_running_batch(model: LlamaForCausalLM) -> None:
     assert [results[i].token_ids for i in late] == [alone(model, p) for p in PROMPTS[2:5]]
 
 
+def test_reset_drops_every_request_and_the_engine_serves_again(model: LlamaForCausalLM) -> None:
+    engine = BatchEngine(model, EngineConfig(max_batch_size=1))
+    running = engine.submit(PROMPTS[1], GREEDY)
+    engine.step()
+    waiting = engine.submit(PROMPTS[2], GREEDY)
+    assert sorted(engine.reset()) == sorted([running, waiting])
+    assert (engine.running, engine.waiting, engine.has_work) == (0, 0, False)
+    again = engine.submit(PROMPTS[3], GREEDY)
+    assert by_id(engine.run())[again].token_ids == alone(model, PROMPTS[3])
+
+
 def test_token_budget_bounds_the_batch(model: LlamaForCausalLM) -> None:
     a, b = PROMPTS[1], PROMPTS[2]
     budget = len(a) + len(b) + 2 * GREEDY.max_tokens - 1  # not both at once
@@ -203,7 +214,15 @@ def test_a_tiny_top_p_is_greedy(model: LlamaForCausalLM) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"max_tokens": 0}, {"temperature": -1.0}, {"top_p": 0.0}, {"top_p": 1.5}, {"stop": ("",)}],
+    [
+        {"max_tokens": 0},
+        {"temperature": -1.0},
+        {"top_p": 0.0},
+        {"top_p": 1.5},
+        {"stop": ("",)},
+        {"seed": 2**64},
+        {"seed": -(2**63) - 1},
+    ],
 )
 def test_invalid_sampling_params_are_refused(kwargs: dict[str, object]) -> None:
     with pytest.raises(InvalidRequestError):
