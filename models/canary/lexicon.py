@@ -26,7 +26,8 @@ class Lexicon:
     @classmethod
     def load(cls, path: Path = VOCAB_FILE) -> Lexicon:
         lines = path.read_text(encoding="utf-8").splitlines()
-        header, entries = lines[0], [w for w in lines[1:] if w and not w.startswith("#")]
+        header = lines[0] if lines else ""
+        entries = [w for w in lines[1:] if w and not w.startswith("#")]
         if not header.startswith("# lexicon "):
             raise ValueError(f"{path} is not a lexicon file (no '# lexicon <version>' header)")
         if not entries:

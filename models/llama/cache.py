@@ -23,16 +23,12 @@ from typing import Any
 FORMAT = 1
 MARKER = "rendezvous-entry.json"
 INDEX = "index.json"
-_CHUNK = 4 << 20
 
 
 def file_sha256(path: Path) -> str:
     """The hex SHA-256 of a file's bytes (reads all of it)."""
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _write_json(path: Path, data: Any) -> None:

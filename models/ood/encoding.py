@@ -78,11 +78,8 @@ class EncoderInfo:
 
 def file_sha256(path: Path) -> str:
     """The SHA-256 of one file's bytes (as ``sha256sum`` and the Hugging Face hub show it)."""
-    digest = hashlib.sha256()
     with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def files_sha256(paths: Sequence[Path]) -> str:

@@ -50,3 +50,7 @@ def test_an_unusable_vocabulary_is_a_config_error(tmp_path: Path) -> None:
         LexiconRuntime({"vocab": str(bad)}).load()
     with pytest.raises(ConfigError, match="cannot load"):
         LexiconRuntime({"vocab": str(tmp_path / "missing.txt")}).load()
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="not a lexicon file"):
+        LexiconRuntime({"vocab": str(empty)}).load()
