@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 PSI_ALERT = 0.25
 VALUES_PER_BIN = 20
+MAX_BINS = 10
 EPSILON = 1e-4  # keeps empty bins finite in the PSI's logarithm
 
 
@@ -72,9 +73,17 @@ def ks(reference: Sequence[float], current: Sequence[float]) -> float:
     return gap
 
 
-def drift(reference: Sequence[float], current: Sequence[float], bins: int = 10) -> Drift:
+def fitted_bins(n: int, m: int) -> int:
+    """PSI bins for samples of ``n`` and ``m`` values: one per ``VALUES_PER_BIN`` of the
+    smaller, from 2 to ``MAX_BINS``."""
+    return max(2, min(MAX_BINS, min(n, m) // VALUES_PER_BIN))
+
+
+def drift(reference: Sequence[float], current: Sequence[float], bins: int | None = None) -> Drift:
+    """PSI (over ``bins``, fitted to the samples' sizes when None) and KS."""
+    used = bins or fitted_bins(len(reference), len(current))
     return Drift(
-        psi(reference, current, bins), ks(reference, current), len(reference), len(current)
+        psi(reference, current, used), ks(reference, current), len(reference), len(current)
     )
 
 

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from services.compare.drift import drift, ks, psi
+from services.compare.drift import drift, fitted_bins, ks, psi
 from services.compare.intervals import mean_interval, wilson
 from services.compare.offpolicy import Logged, estimate
 from services.compare.sketch import LatencySketch
@@ -58,6 +58,21 @@ def test_drift_is_quiet_on_the_same_distribution_and_loud_on_a_shift() -> None:
     assert ks(reference, shifted) > 0.4
     assert ks([1.0, 2.0], [1.0, 2.0]) == 0.0
     assert ks([0.0], [1.0]) == 1.0
+
+
+def test_psi_bins_shrink_with_small_samples_so_no_drift_stays_quiet() -> None:
+    assert [fitted_bins(n, 5000) for n in (10, 60, 199, 200, 5000)] == [2, 3, 9, 10, 10]
+    rng = random.Random(5)
+    false_alarms = {"fitted": 0, "ten": 0}
+    for _ in range(200):  # two windows of 60 values from one distribution
+        reference = [rng.gauss(0.0, 1.0) for _ in range(60)]
+        current = [rng.gauss(0.0, 1.0) for _ in range(60)]
+        fitted, ten = drift(reference, current), drift(reference, current, bins=10)
+        assert fitted.ks == ten.ks
+        false_alarms["fitted"] += fitted.alert
+        false_alarms["ten"] += ten.alert
+    assert false_alarms["fitted"] <= 10  # 5%
+    assert false_alarms["ten"] > 100  # ten bins on 60 values: mostly alarms
 
 
 def _logged_run(n: int, share: float, true: dict[str, float], seed: int) -> list[Logged]:
