@@ -70,6 +70,7 @@ class _Sequence:
     generator: torch.Generator | None
     tokens: list[int] = field(default_factory=list)
     text: str | None = None
+    decoded: tuple[int, str] = (0, "")  # (token count, their decoding): decoded once
     admitted_at: float | None = None
     first_token_at: float | None = None
     finish_reason: FinishReason | None = None
@@ -229,7 +230,7 @@ class BatchEngine:
         if token in self._eos:
             seq.finish_reason = "stop"
         elif seq.params.stop and self._decode is not None:
-            text = self._decode(seq.tokens)
+            text = self._decoded(seq)
             cuts = [i for i in (text.find(s) for s in seq.params.stop) if i >= 0]
             if cuts:
                 seq.text = text[: min(cuts)]
@@ -269,11 +270,18 @@ class BatchEngine:
         self._accept(admitted, logits, fresh)
         return admitted, fresh
 
+    def _decoded(self, seq: _Sequence) -> str:
+        """The decoding of ``seq``'s tokens so far, decoded once per new token (the stop
+        check, the streamed partial text and the result share it)."""
+        assert self._decode is not None
+        if seq.decoded[0] != len(seq.tokens):
+            seq.decoded = (len(seq.tokens), self._decode(seq.tokens))
+        return seq.decoded[1]
+
     def _shown_text(self, seq: _Sequence) -> str:
         if seq.text is not None:  # cut before a stop string: final
             return seq.text
-        assert self._decode is not None
-        text = self._decode(seq.tokens).rstrip("\ufffd")
+        text = self._decoded(seq).rstrip("\ufffd")
         held = max(
             (k for stop in seq.params.stop for k in range(1, len(stop)) if text.endswith(stop[:k])),
             default=0,
@@ -284,7 +292,7 @@ class BatchEngine:
         finished = self._clock()
         text = seq.text
         if text is None:
-            text = self._decode(seq.tokens) if self._decode is not None else ""
+            text = self._decoded(seq) if self._decode is not None else ""
         active = finished - seq.admitted_at if seq.admitted_at is not None else 0.0
         return GenerationResult(
             request_id=seq.request_id,
