@@ -41,7 +41,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.loadgen import Run, measure, quantile
+from bench.loadgen import measure, summary
 from bench.stack import BODY, ECHO_MODELS, POLICY, BenchStack, free_port
 from services.archive.query import connect
 from services.cli.stack import ProcessSpec, start, stop
@@ -243,15 +243,6 @@ def drain_phase(stack: BenchStack, requests: int, repeats: int) -> dict[str, obj
         "archive_vs_consume_only": med["archive"] / med["consume_only"],
         "archive_vs_consume_decode": med["archive"] / med["consume_decode"],
         "archive_details": details,
-    }
-
-
-def summary(run: Run) -> dict[str, float]:
-    ok = [r.latency_ms for r in run.results if r.status == 200]
-    return {
-        "ok_share": len(ok) / max(len(run.results), 1),
-        "p50_ms": quantile(ok, 0.5),
-        "p99_ms": quantile(ok, 0.99),
     }
 
 

@@ -4,17 +4,21 @@ steady open-loop load (the stream_overhead stack and endpoint).
     python -m bench.cpu_share --rate 400
 
 Reads utime+stime from /proc for 5 s in the middle of a 10 s run. The load generator
-runs in this process and is not counted."""
+runs in this process and is not counted. No baseline is measured: the shares show where
+the CPU goes, docs/benchmarks.md quotes them as investigation notes, not as results."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import threading
 import time
 
 from bench.loadgen import measure
 from bench.stack import BODY, ECHO_MODELS, POLICY, BenchStack
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")  # the unit of /proc/<pid>/stat's utime and stime
 
 
 def cpu_ticks(pid: int) -> int:
@@ -42,7 +46,7 @@ def main() -> None:
             took = time.monotonic() - began
             share.update(
                 {
-                    n: round(100 * (cpu_ticks(p) - before[n]) / 100 / took, 1)
+                    n: round(100 * (cpu_ticks(p) - before[n]) / CLK_TCK / took, 1)
                     for n, p in pids.items()
                 }
             )

@@ -139,6 +139,21 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.5) - 1))]
 
 
+def summary(run: Run) -> dict[str, float]:
+    """A run's figures, as the HTTP benches print them: ``p50``, ``p99`` and ``p999``
+    latency in ms of the requests answered with a 200, ``ok_share`` (the share of all
+    requests answered with a 200) and ``max_lag_ms`` (how far the generator itself fell
+    behind its schedule)."""
+    ok = [r.latency_ms for r in run.results if r.status == 200]
+    return {
+        "p50": quantile(ok, 0.5),
+        "p99": quantile(ok, 0.99),
+        "p999": quantile(ok, 0.999),
+        "ok_share": len(ok) / max(len(run.results), 1),
+        "max_lag_ms": run.max_lag_ms,
+    }
+
+
 def measure(
     host: str,
     port: int,

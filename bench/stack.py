@@ -50,8 +50,9 @@ class BenchStack:
     """Broker, topics, policy file; workers and front (rendezvous, gateway) on demand."""
 
     def __init__(
-        self, policy_yaml: str, *, max_in_flight: int = 256, max_loop_lag_ms: float = 50.0
+        self, policy_yaml: str, *, max_in_flight: int = 256, max_loop_lag_ms: float | None = None
     ) -> None:
+        """``max_loop_lag_ms``: the gateway's shedding limit; None leaves its default."""
         self._tmp = tempfile.TemporaryDirectory(prefix="rdv-bench-")
         self.dir = Path(self._tmp.name)
         self.policy = self.dir / "policy.yaml"
@@ -126,6 +127,12 @@ class BenchStack:
 
     def start_front(self) -> None:
         ops, self.gateway_port = free_port(), free_port()
+        gateway_env = {
+            "RDV_GATEWAY_PORT": str(self.gateway_port),
+            "RDV_GATEWAY_MAX_IN_FLIGHT": str(self.max_in_flight),
+        }
+        if self.max_loop_lag_ms is not None:
+            gateway_env["RDV_GATEWAY_MAX_LOOP_LAG_MS"] = str(self.max_loop_lag_ms)
         self._run(
             ProcessSpec(
                 name="rendezvous",
@@ -138,11 +145,7 @@ class BenchStack:
             ProcessSpec(
                 name="gateway",
                 command=["python", "-m", "services.gateway"],
-                env={
-                    "RDV_GATEWAY_PORT": str(self.gateway_port),
-                    "RDV_GATEWAY_MAX_IN_FLIGHT": str(self.max_in_flight),
-                    "RDV_GATEWAY_MAX_LOOP_LAG_MS": str(self.max_loop_lag_ms),
-                },
+                env=gateway_env,
                 ready=f"http://127.0.0.1:{self.gateway_port}/readyz",
             )
         )

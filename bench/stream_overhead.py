@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.loadgen import Run, measure, quantile
+from bench.loadgen import Run, measure, quantile, summary
 from bench.stack import BODY, DEADLINE_MS, ECHO, ECHO_MODELS, POLICY, BenchStack, free_port
 from services.cli.stack import ProcessSpec, start, stop
 
@@ -32,17 +32,6 @@ SLOW_CHAMP = (
     "latency:name=champ,role=champion,endpoints=bench,latency_ms=0,"
     "slow_share=0.2,slow_ms=400,seed=7"
 )
-
-
-def summary(run: Run) -> dict[str, float]:
-    ok = [r.latency_ms for r in run.results if r.status == 200]
-    return {
-        "p50": quantile(ok, 0.5),
-        "p99": quantile(ok, 0.99),
-        "p999": quantile(ok, 0.999),
-        "ok_share": len(ok) / max(len(run.results), 1),
-        "max_lag_ms": run.max_lag_ms,
-    }
 
 
 def within(run: Run, slack_ms: float) -> float:
