@@ -1,16 +1,21 @@
 """Generation throughput of the chat worker's engine against the naive baseline, in
-the same run, with the same model (SmolLM2-135M-Instruct by default), greedy decoding
-and the same prompts and token counts.
+the same run, with the same model (SmolLM2-135M-Instruct by default), greedy decoding,
+the same prompts and the same token limit (``--max-tokens``, 64). The naive side is
+made to generate all of them (``min_new_tokens``); the engine stops a request at end of
+sequence. Tokens/s counts the tokens each side actually generated (``tokens`` in the
+JSON, for the naive run and for each engine level).
 
-    python -m bench.llm_throughput            # about 2 minutes on 2 cores
+    python -m bench.llm_throughput            # about 2.5 minutes on 2 cores
     python -m bench.llm_throughput --quick
     python -m bench.llm_throughput --quantize none --dtype float32   # the exact engine
 
 - baseline: transformers ``generate`` on one request at a time, with the default
   float32 model, as a plain transformers user runs it;
-- worker engine: models.llama's continuous-batching engine, driven step by step as
-  the worker drives it, with its own copy of the model (by default bfloat16 with
-  int8 decode weights: ``--dtype``, ``--quantize``), ``concurrency`` requests kept in
+- worker engine: models.llama's continuous-batching engine, driven step by step
+  (``submit``, then ``step`` in a loop, the calls the llama-chat worker makes), with
+  the engine settings of models/specs/smol.yaml (max_batch_size 16, max_batch_tokens
+  32768, int8) on its own copy of the model (by default bfloat16 with int8 decode
+  weights: ``--dtype``, ``--quantize``), ``concurrency`` requests kept in
   flight (closed loop: a finished request is replaced at once). The clients start
   one per engine step (a ramp); the last level starts 16 at once (a burst).
 
@@ -132,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     plain = load(LoadConfig(threads=args.threads))  # the default float32 model
     loaded = load(LoadConfig(threads=args.threads, dtype=args.dtype, quantize=args.quantize))
     baseline = ChatModel(plain)  # its tokenizer and chat template only
+    # the engine settings of models/specs/smol.yaml (max_batch_size, max_batch_tokens),
+    # so the bench measures what the stack's chat champion runs
     chat = ChatModel(loaded, EngineConfig(max_batch_size=16, max_batch_tokens=32768))
     threads = torch.get_num_threads()
     print(
