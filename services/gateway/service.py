@@ -8,6 +8,7 @@ import re
 import uuid
 from collections.abc import Callable, Mapping
 from functools import partial
+from typing import TypeVar
 
 from pydantic import ValidationError
 
@@ -32,6 +33,8 @@ from services.gateway.schemas import FeedbackRequest, InferRequest, describe
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger("rdv.gateway")
+
+W = TypeVar("W")
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -92,15 +95,9 @@ class Gateway:
         self, spec: EndpointSpec, req: InferRequest, *, request_id: str, trace_id: str
     ) -> Reply:
         """The successful reply to ``req``; raises a gateway error for anything else."""
-        deadline_ms = min(req.deadline_ms or spec.deadline_ms, spec.deadline_ms)
-        self._check_capacity()
-        started = self._clock()
-        envelope = self._envelope(spec, req, request_id, trace_id, deadline_ms)
-        out = Outbound(self._requests_topic, request_id.encode(), encode(envelope))
-        fut = self.pending.open(request_id)
+        fut, deadline_ms, due = self._submit(spec, req, request_id, trace_id, self.pending.open)
         try:
-            self.bus.produce(out, partial(self._delivered, request_id))
-            left_ms = deadline_ms + self.settings.grace_ms - (self._clock() - started)
+            left_ms = due - self._clock()
             try:
                 reply = await asyncio.wait_for(fut, max(left_ms, 0.0) / 1000.0)
             except TimeoutError:
@@ -119,22 +116,12 @@ class Gateway:
 
     def open_stream(
         self, spec: EndpointSpec, req: InferRequest, *, request_id: str, trace_id: str
-    ) -> tuple[StreamInbox, float]:
+    ) -> tuple[StreamInbox, int, float]:
         """Put a streaming request on the requests topic; its deltas, grant and reply
         arrive in the inbox, which the caller closes with ``pending.close``. Also returns
-        the monotonic ms by which the reply is due (the deadline plus the grace)."""
-        deadline_ms = min(req.deadline_ms or spec.deadline_ms, spec.deadline_ms)
-        self._check_capacity()
-        started = self._clock()
-        envelope = self._envelope(spec, req, request_id, trace_id, deadline_ms)
-        out = Outbound(self._requests_topic, request_id.encode(), encode(envelope))
-        inbox = self.pending.open_stream(request_id)
-        try:
-            self.bus.produce(out, partial(self._delivered, request_id))
-        except BaseException:
-            self.pending.close(request_id)
-            raise
-        return inbox, started + deadline_ms + self.settings.grace_ms
+        the deadline the request got (ms) and the monotonic ms by which the reply is due
+        (the deadline plus the grace)."""
+        return self._submit(spec, req, request_id, trace_id, self.pending.open_stream)
 
     def now_ms(self) -> float:
         """The gateway's monotonic clock."""
@@ -183,6 +170,31 @@ class Gateway:
             raise OverloadedError(
                 f"{self.settings.max_in_flight} requests are waiting already; retry later"
             )
+
+    def _submit(
+        self,
+        spec: EndpointSpec,
+        req: InferRequest,
+        request_id: str,
+        trace_id: str,
+        open_entry: Callable[[str], W],
+    ) -> tuple[W, int, float]:
+        """Check capacity, open the request's entry in ``pending`` with ``open_entry`` and
+        put its envelope on the requests topic (the entry is closed again if that fails).
+        Returns the entry, the request's deadline (ms, capped at the endpoint's) and the
+        monotonic ms by which its reply is due (the deadline plus the grace)."""
+        deadline_ms = min(req.deadline_ms or spec.deadline_ms, spec.deadline_ms)
+        self._check_capacity()
+        started = self._clock()
+        envelope = self._envelope(spec, req, request_id, trace_id, deadline_ms)
+        out = Outbound(self._requests_topic, request_id.encode(), encode(envelope))
+        entry = open_entry(request_id)
+        try:
+            self.bus.produce(out, partial(self._delivered, request_id))
+        except BaseException:
+            self.pending.close(request_id)
+            raise
+        return entry, deadline_ms, started + deadline_ms + self.settings.grace_ms
 
     def _envelope(
         self,

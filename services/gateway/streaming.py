@@ -147,9 +147,11 @@ class ChatStream:
         when this raises; afterwards ``events`` does."""
         while self.text.granted is None and self.reply is None:
             items = await self._take()
-            while items and self.text.granted is None and self.reply is None:
-                self._ready += self._take_in(items.pop(0))
-            self._backlog = items  # for events(), one chunk each
+            taken = 0
+            while taken < len(items) and self.text.granted is None and self.reply is None:
+                self._ready += self._take_in(items[taken])
+                taken += 1
+            self._backlog = items[taken:]  # for events(), one chunk each
         if self.reply is not None and self.reply.error is not None:
             raise _reply_error(self.reply)
 

@@ -53,6 +53,7 @@ router = APIRouter()
 FINISH_HEADER = "x-rdv-finish-reason"
 DEADLINE_HEADER = "x-rdv-deadline-ms"
 DEFAULT_MAX_TOKENS = 128
+MAX_DEADLINE_DIGITS = 9  # far past any endpoint's deadline, which caps it anyway
 
 
 @router.get("/v1/models")
@@ -136,27 +137,35 @@ async def stream(
     gateway: Gateway, spec: EndpointSpec, inputs: InferRequest, start: ChatStreamStart
 ) -> Response:
     """The event stream of a ``stream: true`` request, once the rendezvous granted it a
-    model (or answered); errors until then raise, as without streaming."""
+    model (or answered); errors until then raise, as without streaming. Until the
+    response holds the stream (and closes it), any failure closes the request here."""
     request_id, req = start.request_id, start.req
-    trace_id, started = start.trace_id, start.started_ms
-    inbox, due = gateway.open_stream(spec, inputs, request_id=request_id, trace_id=trace_id)
-    chat = ChatStream(
-        gateway,
-        inbox,
-        request_id=request_id,
-        endpoint=spec.endpoint,
-        due_ms=due,
-        deadline_ms=min(inputs.deadline_ms or spec.deadline_ms, spec.deadline_ms),
-        started_ms=started,
-        include_usage=bool(req.stream_options and req.stream_options.include_usage),
+    inbox, deadline_ms, due = gateway.open_stream(
+        spec, inputs, request_id=request_id, trace_id=start.trace_id
     )
     try:
+        chat = ChatStream(
+            gateway,
+            inbox,
+            request_id=request_id,
+            endpoint=spec.endpoint,
+            due_ms=due,
+            deadline_ms=deadline_ms,
+            started_ms=start.started_ms,
+            include_usage=bool(req.stream_options and req.stream_options.include_usage),
+        )
         await chat.start()
+        close = partial(gateway.pending.close, request_id)  # also if the events never start
+        return EventStream(chat.events(), on_close=close, headers=stream_headers(chat))
     except BaseException:
         gateway.pending.close(request_id)
         raise
+
+
+def stream_headers(chat: ChatStream) -> dict[str, str]:
+    """A started stream's headers: the model, and all the reply says when it came first."""
     headers = {
-        REQUEST_ID_HEADER: request_id,
+        REQUEST_ID_HEADER: chat.request_id,
         MODEL_HEADER: header_value(chat.model),
         "cache-control": "no-cache",
         "x-accel-buffering": "no",  # proxies must not hold the events back
@@ -166,8 +175,7 @@ async def stream(
         headers[REASON_HEADER] = header_value(reply.reason)
         headers[FINISH_HEADER] = chat_output(reply.output).finish_reason
     headers.update(ood_headers(grant.ood if grant is not None else reply.ood if reply else None))
-    close = partial(gateway.pending.close, request_id)  # also if the events never start
-    return EventStream(chat.events(), on_close=close, headers=headers)
+    return headers
 
 
 def parse_chat(body: bytes) -> OpenAIChatRequest:
@@ -195,11 +203,7 @@ def resolve(gateway: Gateway, model: str) -> EndpointSpec:
 def to_infer_request(req: OpenAIChatRequest, deadline: str | None = None) -> InferRequest:
     """The envelope's inputs; ``deadline`` is the optional x-rdv-deadline-ms header
     (relative ms, capped at the endpoint's deadline like /v1/infer's deadline_ms)."""
-    deadline_ms = None
-    if deadline is not None:
-        if not deadline.isdigit() or int(deadline) < 1:
-            raise InvalidRequestError(f"{DEADLINE_HEADER} must be a positive integer (ms)")
-        deadline_ms = int(deadline)
+    deadline_ms = None if deadline is None else parse_deadline(deadline)
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     try:
         payload = ChatPayload(
@@ -217,3 +221,12 @@ def to_infer_request(req: OpenAIChatRequest, deadline: str | None = None) -> Inf
     # stream left out when false: payloads stay as older chat workers know them
     inputs = payload.model_dump(exclude=None if req.stream else {"stream"})
     return InferRequest(inputs=inputs, attributes=attributes, deadline_ms=deadline_ms)
+
+
+def parse_deadline(value: str) -> int:
+    """The x-rdv-deadline-ms header as ms: ASCII digits only (headers arrive as latin-1,
+    where ``'²'.isdigit()``), and few enough that ``int`` stays cheap."""
+    digits = value.isascii() and value.isdigit() and len(value) <= MAX_DEADLINE_DIGITS
+    if not digits or int(value) < 1:
+        raise InvalidRequestError(f"{DEADLINE_HEADER} must be a positive integer (ms)")
+    return int(value)

@@ -151,3 +151,18 @@ def test_a_deadline_header_shortens_the_request_deadline(
     bad = httpx.post(f"{url}/v1/chat/completions", json=body, headers={"x-rdv-deadline-ms": "soon"})
     assert bad.status_code == 422
     assert len(bus.envelopes()) == 1
+
+
+@pytest.mark.parametrize(
+    "value", [b"soon", b"0", b"\xb2", b"9" * 5000], ids=["word", "zero", "superscript", "huge"]
+)
+def test_a_bad_deadline_header_is_422(
+    api: tuple[openai.OpenAI, str], bus: FakeBus, value: bytes
+) -> None:
+    """Headers arrive latin-1 decoded: b"\\xb2" is "²", which ``str.isdigit`` takes."""
+    _, url = api
+    body = {"model": "chat", "messages": USER}
+    resp = httpx.post(f"{url}/v1/chat/completions", json=body, headers={"x-rdv-deadline-ms": value})
+    assert resp.status_code == 422
+    assert "x-rdv-deadline-ms" in resp.json()["error"]["message"]
+    assert bus.envelopes() == []

@@ -209,6 +209,28 @@ def test_a_reply_without_a_grant_is_one_chunk(api: tuple[openai.OpenAI, str], bu
     assert resp.headers["x-rdv-finish-reason"] == "stop"
 
 
+def test_a_reply_without_a_grant_that_is_no_chat_answer_is_502_and_frees_its_request(
+    app: FastAPI, api: tuple[openai.OpenAI, str], bus: FakeBus
+) -> None:
+    _, url = api
+    gateway: Gateway = app.state.gateway
+    bus.responder = lambda env: [  # a safe reply configured as plain text, no chat answer
+        encode(
+            Reply(
+                request_id=env.request_id,
+                model=None,
+                reason="ood_safe_reply",
+                output={"text": "sorry"},
+                decided_ms=1.0,
+            )
+        )
+    ]
+    resp = events(url)
+    assert resp.status_code == 502
+    assert resp.json()["error"]["code"] == "bad_message"
+    assert len(gateway.pending) == 0
+
+
 def test_no_grant_and_no_reply_by_the_deadline_is_504(
     api: tuple[openai.OpenAI, str], bus: FakeBus
 ) -> None:
