@@ -1,6 +1,8 @@
 """Endpoints that follow the control topic: a policy entry adds its endpoint or changes
 its deadline and roster at once (the policy files give the base; a tombstone brings the
-file's endpoint back, or removes one the files do not have)."""
+file's endpoint back, or removes one the files do not have). An entry is checked as the
+rendezvous checks it (``policy_from_entry``), so the gateway applies exactly the entries
+the rendezvous does."""
 
 from __future__ import annotations
 
@@ -10,11 +12,14 @@ from collections.abc import Mapping
 from pydantic import ValidationError
 
 from services.common.endpoints import EndpointSpec
+from services.common.errors import ConfigError
+from services.common.messages import PolicyEntry
 from services.common.settings import KafkaSettings
 from services.common.topics import Topics
 from services.control.follower import ControlFollower
 from services.control.state import ControlState, overlay
 from services.gateway.service import Gateway
+from services.rendezvous.policy import policy_from_entry
 
 log = logging.getLogger("rdv.gateway")
 
@@ -23,9 +28,13 @@ def merged(
     base: Mapping[str, EndpointSpec], current: Mapping[str, EndpointSpec], state: ControlState
 ) -> dict[str, EndpointSpec]:
     """The endpoints in force: ``base`` overlaid with the control entries."""
-    return overlay(
-        base, current, state, lambda e: EndpointSpec.model_validate(e.policy), (ValidationError,)
-    )
+    return overlay(base, current, state, spec_from_entry, (ConfigError, ValidationError))
+
+
+def spec_from_entry(entry: PolicyEntry) -> EndpointSpec:
+    """The endpoint a control entry sets; ``ConfigError`` for an entry the rendezvous
+    refuses (an invalid policy, or one that names another endpoint than its key)."""
+    return EndpointSpec.model_validate(policy_from_entry(entry).model_dump())
 
 
 def follow_control(kafka: KafkaSettings, topics: Topics, gateway: Gateway) -> ControlFollower:
