@@ -1,6 +1,6 @@
 """Endpoints as data: each policy document (YAML or JSON, see deploy/policies/) names an
-endpoint and its maximum deadline. The gateway needs only that much; the rendezvous
-reads the whole document as its policy."""
+endpoint, its maximum deadline, its roster and its OOD gate. The gateway needs only that
+much; the rendezvous reads the whole document as its policy."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ class GateSpec(BaseModel):
 
 
 class EndpointSpec(BaseModel):
-    """An endpoint the gateway serves and the longest deadline a request may get."""
+    """An endpoint the gateway serves: the longest deadline a request may get, its roster
+    (models a chat request may name, listed by ``/v1/models``) and its OOD gate's
+    detector, which scores requests but never answers (so it is not listed)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 

@@ -26,25 +26,42 @@ _CREDENTIAL = re.compile(
         ["']?\s*[:=]\s*["']?)(?P<value>[^\s"',;}\]]+)""",
     re.I | re.X,
 )
-_secrets: set[str] = set()
-_lock = threading.Lock()
+
+
+class _Secrets:
+    """The registered secrets, longest first (a secret inside another is replaced after
+    it). Registering replaces the tuple whole, under the lock; ``redact`` reads it as it
+    is (one reference), so the hot path takes no lock and never sees a half update."""
+
+    def __init__(self) -> None:
+        self.longest_first: tuple[str, ...] = ()
+        self._lock = threading.Lock()
+
+    def add(self, *values: str) -> None:
+        with self._lock:
+            known = {*self.longest_first, *values}
+            self.longest_first = tuple(sorted(known, key=len, reverse=True))
+
+
+_secrets = _Secrets()
 
 
 def register_secret(value: str | None) -> None:
     """From now on, ``redact`` hides ``value`` wherever it appears."""
     if value and len(value) >= MIN_SECRET_CHARS:
-        with _lock:  # and as it reads inside a JSON string (a log line)
-            _secrets.update({value, json.dumps(value)[1:-1]})
+        _secrets.add(value, json.dumps(value)[1:-1])  # and as it reads in a JSON string
 
 
 def redact(text: str) -> str:
     """``text`` with every registered secret and credential-shaped value replaced."""
-    for secret in sorted(_secrets, key=len, reverse=True):  # longest first: nested ones
+    for secret in _secrets.longest_first:
         if secret in text:
             text = text.replace(secret, REDACTED)
-    if _CREDENTIAL.search(text) is None:
-        return text
-    return _CREDENTIAL.sub(lambda m: m["lead"] + REDACTED, text)
+    return _CREDENTIAL.sub(_hide_value, text)
+
+
+def _hide_value(match: re.Match[str]) -> str:
+    return match["lead"] + REDACTED
 
 
 def sensitive_name(name: str) -> bool:

@@ -56,7 +56,8 @@ class InvalidRequestError(RendezvousError):
 
 
 class UnsupportedFeatureError(RendezvousError):
-    """A valid request for something this gateway does not do (yet), e.g. streaming."""
+    """A valid request for something this gateway does not do (yet), e.g. ``n > 1``
+    chat choices."""
 
     code = "unsupported"
 

@@ -27,6 +27,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from services.common.codec import summarise
 from services.common.errors import ConfigError
 from services.gateway.settings import GatewaySettings
 
@@ -138,8 +139,5 @@ def _entries(docs: Sequence[object], source: str) -> list[ApiKey]:
 
 
 def _describe(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):  # locations and messages only, no inputs
-        return "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'entry'}: {e['msg']}" for e in exc.errors()
-        )
-    return str(exc)
+    """Locations and messages only, never the inputs (they may hold a key)."""
+    return summarise(exc, root="entry") if isinstance(exc, ValidationError) else str(exc)

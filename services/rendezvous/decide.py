@@ -22,10 +22,11 @@ Before the deadline (``decide`` may return None: wait):
    The most preferred acceptable model with an ok score answers at once. A stage
    whose acceptable models have all reported without an ok is exhausted: the next
    stage applies at once. When every remaining stage is exhausted (and no canary is
-   pending) the default answers at once.
+   pending) the all-failed answer (below) is given at once.
 
 At or past the deadline (never None): the canary's ok score (canary branch), else the
-last stage's most preferred ok score, else the default.
+last stage's most preferred ok score, else the all-failed answer when the last stage is
+exhausted (and no canary is pending), else the default.
 
 Streaming (a request whose payload has ``stream`` true): its client sees one model's
 text as it is generated, so that model is chosen up front. ``stream_grant`` names it
@@ -35,12 +36,12 @@ preferred model of the current stage that has not failed (later stages when ever
 one of it has). A flagged request gets no grant: the gate's answer as usual. Once a
 request holds a grant (``Mailbox.grant``), ``decide`` answers with the granted
 model's ok score whenever it arrives before the deadline (a deadline-cut partial
-answer included), and with the default when it fails (its client error kept, as in
-``all_failed``) or stays silent until the deadline; no other model's score can
-answer it. The verdict carries the gate's finding from the time of the grant. The
-reason is the one the granted model's answer would have had: ``canary`` in the canary
-share, else ``champion_in_time`` or ``fallback:<i>`` for the first stage from the
-current one that accepts it (else the last earlier stage that does).
+answer included), with the all-failed answer when it fails, and with the default when
+it stays silent until the deadline; no other model's score can answer it. The verdict
+carries the gate's finding from the time of the grant. The reason is the one the
+granted model's answer would have had: ``canary`` in the canary share, else
+``champion_in_time`` or ``fallback:<i>`` for the first stage from the current one that
+accepts it (else the last earlier stage that does).
 
 ``accept: any`` takes roster models in roster order (every model, in arrival order,
 when the roster is empty), except scores whose role is detector, decoy or canary:
@@ -53,14 +54,20 @@ Reasons (``Verdict.reason``):
 - ``canary``: the canary model's ok answer, for a request in the canary share;
 - ``ood_safe_reply``: the OOD gate's configured safe reply, for a flagged request;
 - ``ood_fallback``: the OOD gate's fallback model's ok answer, for a flagged request;
-- ``all_failed``: the default, because every model that could still be accepted
-  reported error or skipped;
+- ``all_failed``: every model that could still be accepted (or the granted one)
+  reported error or skipped: the all-failed answer; or a flagged request's fallback
+  model failed: the default;
 - ``deadline_exceeded``: the default, because the deadline came with nothing acceptable;
 - ``overloaded``, ``no_policy``: verdicts the service gives without a mailbox
   (``error_verdict``).
 
 A default answer has ``chosen_model`` None and carries the policy's ``default``
-(an error, or a configured output with ``error`` None).
+(an error, or a configured output with ``error`` None). The all-failed answer has
+``chosen_model`` None too: when every error among the failures has the same
+client-error code (``CLIENT_ERROR_CODES``: the input was at fault, e.g. a prompt too
+long for the context), that error; else the default when it is an output (a safe
+reply); else an ``all_failed`` error naming each model's failure, whatever error the
+default names.
 
 Propensity (the probability of the branch that answered, for off-policy evaluation):
 1.0 when the policy has no canary; otherwise ``share`` for every verdict of a request

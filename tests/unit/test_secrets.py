@@ -7,11 +7,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 from collections.abc import Sequence
 
 import pytest
 from pydantic import ValidationError
 
+from services.common import redact as redact_module
 from services.common.codec import decode, make_dead_letter
 from services.common.errors import ConfigError
 from services.common.loop import Context, Inbound
@@ -108,6 +110,25 @@ def test_make_dead_letter_redacts_credential_shaped_text() -> None:
 def test_credential_shapes_are_redacted(text: str, hidden: str) -> None:
     assert hidden not in redact(text)
     assert REDACTED in redact(text)
+
+
+def test_a_secret_inside_another_is_replaced_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redact_module, "_secrets", redact_module._Secrets())
+    register_secret("inner-7f3a")
+    register_secret("outer-inner-7f3a-tail")
+    assert redact("x outer-inner-7f3a-tail, inner-7f3a") == f"x {REDACTED}, {REDACTED}"
+
+
+def test_secrets_registered_while_lines_are_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redact_module, "_secrets", redact_module._Secrets())
+    registering = threading.Thread(
+        target=lambda: [register_secret(f"unit-secret-{i:05d}") for i in range(2000)]
+    )
+    registering.start()
+    while registering.is_alive():  # no "set changed size during iteration" here
+        redact("a line with unit-secret-00001 in it")
+    registering.join()
+    assert redact("unit-secret-01999, unit-secret-00001") == f"{REDACTED}, {REDACTED}"
 
 
 @pytest.mark.parametrize(

@@ -72,7 +72,8 @@ TRANSIENT = frozenset(
         confluent_kafka.KafkaError._TRANSPORT,
     }
 )
-"""Error codes read_since retries even when librdkafka does not mark them retriable."""
+"""Error codes retry_transient retries (for read_since and the control follower) even
+when librdkafka does not mark them retriable."""
 
 
 def _read_since_once(
