@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from pathlib import Path
 
 from services.archive import metrics
+from services.common.clock import wall_ms
 
 log = logging.getLogger("rdv.archive")
 
@@ -60,6 +60,6 @@ class DriftMonitor:
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):  # the period, and the stop signal
             try:
-                self.check(time.time() * 1000.0)
+                self.check(wall_ms())
             except Exception:  # a failed check must not stop the archive
                 log.exception("drift check failed")

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
+from services.common.clock import wall_ms
 from services.common.errors import ConfigError
 from services.common.ops import Route
 
@@ -27,7 +27,7 @@ def compare_route(archive: Path, policies: Path | None) -> Route:
     def handle(query: dict[str, str]) -> tuple[int, bytes, str]:
         from services.compare.run import compare, drift_spans, window_from  # noqa: PLC0415
 
-        now = time.time() * 1000
+        now = wall_ms()
         try:
             window = window_from(query, now)
             report = compare(

@@ -1,5 +1,5 @@
 """Read the archive with DuckDB: ``connect(root)`` gives a connection whose views are
-the archive's three tables, each row once.
+the archive's four tables, each row once.
 
     from services.archive.query import connect
 

@@ -17,12 +17,10 @@ import pyarrow as pa
 
 from services.common.kafka import Record
 from services.common.messages import Decision, Feedback, RequestEnvelope, Score
+from services.replay import REPLAY
 
 REQUESTS, SCORES, DECISIONS, FEEDBACK = "requests", "scores", "decisions", "feedback"
 KINDS = (REQUESTS, SCORES, DECISIONS, FEEDBACK)
-
-REPLAY_ATTRIBUTE = "replay"
-"""The request attribute that marks replayed traffic (copied to the ``replay`` column)."""
 
 _SOURCE = [
     pa.field("topic", pa.string(), nullable=False),
@@ -127,7 +125,7 @@ def request_row(msg: RequestEnvelope, rec: Record, archived_ms: int) -> Row:
         msg.created_ms,
         msg.deadline_ms,
         msg.trace_id,
-        msg.attributes.get(REPLAY_ATTRIBUTE),
+        msg.attributes.get(REPLAY),  # the replay's mark (services.replay)
         msg.return_address.topic,
         msg.return_address.partition,
         msg.v,
@@ -197,7 +195,7 @@ ROW_BUILDERS: dict[str, Callable[[Any, Record, int], Row]] = {
 
 
 Key = tuple[str, str, str]
-"""What makes a row unique: (kind, request id, model)."""
+"""What makes a row unique: (kind, request id, model); see dedup_key."""
 
 
 def dedup_key(kind: str, msg: RequestEnvelope | Score | Decision | Feedback) -> Key:

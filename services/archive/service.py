@@ -28,7 +28,7 @@ from services.archive.schema import (
     record_ms,
     to_table,
 )
-from services.archive.store import HOUR_MS, PartStore, hour_of
+from services.archive.store import HOUR_MS, PartStore, hour_of, partition_dir
 from services.common.clock import mono_ms, wall_ms
 from services.common.kafka import Record
 from services.common.loop import Context, Inbound
@@ -36,9 +36,14 @@ from services.common.topics import Topics
 
 log = logging.getLogger("rdv.archive")
 
+Staged = tuple[str, Record, Key, Row | None, int]
+"""A record of the batch: its kind, the record, its key, its row (None for a duplicate)
+and its hour partition."""
+
 
 class Archive:
-    """A services.common.loop Processor over the requests, scores and decisions topics."""
+    """A services.common.loop Processor over the requests, scores, decisions and feedback
+    topics."""
 
     def __init__(
         self,
@@ -71,25 +76,48 @@ class Archive:
 
     def process(self, batch: Sequence[Inbound], ctx: Context) -> None:
         archived = int(self._wall())
-        staged: list[tuple[str, Record, Key, Row | None]] = []
+        staged: list[Staged] = []
         fresh: set[Key] = set()
         for item in batch:  # build every row first: a failure leaves no trace
             rec = item.record
             kind = self.kinds[rec.topic]
             key = dedup_key(kind, item.message)
+            hour = hour_of(record_ms(rec, archived))
             if key in self.seen or key in fresh:
-                staged.append((kind, rec, key, None))
+                staged.append((kind, rec, key, None, hour))
                 continue
             fresh.add(key)
-            staged.append((kind, rec, key, ROW_BUILDERS[kind](item.message, rec, archived)))
+            staged.append((kind, rec, key, ROW_BUILDERS[kind](item.message, rec, archived), hour))
+        self._check(staged)
         now = self._clock()
-        for kind, rec, key, row in staged:
+        for kind, rec, key, maybe_row, hour in staged:
             ctx.hold(rec)
-            if row is None:
+            if maybe_row is None:
                 metrics.DUPLICATES.labels(kind).inc()
             else:
                 self.seen.add(key)
-            self.buffers[kind].add(rec, row, hour_of(record_ms(rec, archived)), now)
+            self.buffers[kind].add(rec, maybe_row, hour, now)
+
+    def _check(self, staged: Sequence[Staged]) -> None:
+        """Raise unless the batch's new rows can be written: converted to Arrow (one table
+        per kind: about a microsecond a row) and each put in a nameable hour partition.
+
+        A value a message may hold but Arrow cannot store (a lone surrogate such as the
+        JSON escape "\\ud800", an integer beyond int64) or a record stamped past the year
+        9999 would otherwise fail at the flush, in ``tick``, where nothing dead-letters
+        it: the record stays uncommitted and the archive fails again after every
+        restart. Raised here, the loop retries the batch record by record and sends only
+        the records that fail to the dead letters."""
+        rows: dict[str, list[Row]] = {}
+        hours: set[tuple[str, int]] = set()
+        for kind, _, _, row, hour in staged:
+            if row is not None:
+                rows.setdefault(kind, []).append(row)
+                hours.add((kind, hour))
+        for kind, kind_rows in rows.items():
+            to_table(kind, kind_rows)
+        for kind, hour in hours:
+            partition_dir(self.store.root, kind, hour)
 
     def tick(self, now_ms: float, ctx: Context) -> None:
         now = self._clock()

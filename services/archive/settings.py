@@ -32,8 +32,9 @@ class ArchiveSettings(BaseSettings):
     """... or once its oldest record waited this long (offsets commit only after)."""
 
     dedup_window: int = Field(default=200_000, ge=0)
-    """How many recent (kind, request id, model) keys are remembered to drop records
-    delivered again within a run; the query views deduplicate across restarts."""
+    """How many recent keys (kind, request id, and the model for scores or the time it
+    was received for feedback) are remembered to drop records delivered again within a
+    run; the query views deduplicate across restarts."""
 
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
     """Parquet compression codec."""
@@ -60,7 +61,8 @@ class ArchiveSettings(BaseSettings):
     drift_reference_s: float = Field(default=3600.0, gt=0)
     """...with this long a reference window just before it."""
     policies: Path | None = REPO / "deploy" / "policies"
-    """Endpoint policies, for compare's "would be chosen under today's policy"."""
+    """Endpoint policy files, for compare's "would be chosen under the policy files'
+    policy" (the files, not the policy a control-topic change may have put in force)."""
     topics_file: Path | None = None
     """The topics file; default the repo's deploy/kafka/topics.yaml."""
 

@@ -9,16 +9,20 @@ names end in ``.tmp``).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
-import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from services.common.clock import wall_ms
+
+log = logging.getLogger("rdv.archive")
 
 HOUR_MS = 3_600_000
 _DATE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
@@ -35,7 +39,8 @@ def partition_dir(root: Path, kind: str, hour_ms: int) -> Path:
     return root / kind / f"date={at:%Y-%m-%d}" / f"hour={at:%H}"
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file's data, or a directory's entries) to the disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -53,7 +58,16 @@ def _make_dirs(path: Path) -> None:
         at = at.parent
     for d in reversed(missing):
         d.mkdir(exist_ok=True)
-        _fsync_dir(d.parent)
+        _fsync(d.parent)
+
+
+def _hour_ms(date: str, hour: str) -> int | None:
+    """Epoch ms of ``date`` (YYYY-MM-DD) at ``hour`` (HH), UTC; None if no such hour."""
+    try:
+        at = datetime.strptime(f"{date} {hour}", "%Y-%m-%d %H").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return int(at.timestamp() * 1000)
 
 
 class PartStore:
@@ -69,24 +83,22 @@ class PartStore:
         folder = partition_dir(self.root, kind, hour_ms)
         _make_dirs(folder)
         self._seq += 1
-        name = f"part-{int(time.time() * 1000)}-{self._seq}-{uuid.uuid4().hex[:12]}.parquet"
+        name = f"part-{int(wall_ms())}-{self._seq}-{uuid.uuid4().hex[:12]}.parquet"
         tmp = folder / f".{name}.tmp"
         try:
             pq.write_table(table, tmp, compression=self.compression)
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync(tmp)
             os.replace(tmp, folder / name)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(folder)
+        _fsync(folder)
         return folder / name
 
     def partitions(self, kind: str) -> list[tuple[int, Path]]:
-        """(hour start in epoch ms, directory) of every hour partition of ``kind``."""
+        """(hour start in epoch ms, directory) of every hour partition of ``kind``.
+        Directories whose names are no date and hour (``hour=24``, ``date=2026-13-40``)
+        are skipped with a warning: not this store's, they must not stop it."""
         out: list[tuple[int, Path]] = []
         base = self.root / kind
         if not base.is_dir():
@@ -97,8 +109,10 @@ class PartStore:
             for hour_dir in date_dir.iterdir():
                 if not (h := _HOUR.match(hour_dir.name)) or not hour_dir.is_dir():
                     continue
-                at = datetime.strptime(f"{m[1]} {h[1]}", "%Y-%m-%d %H").replace(tzinfo=UTC)
-                out.append((int(at.timestamp() * 1000), hour_dir))
+                if (hour_ms := _hour_ms(m[1], h[1])) is None:
+                    log.warning("not an hour partition: skipped", extra={"dir": str(hour_dir)})
+                    continue
+                out.append((hour_ms, hour_dir))
         return sorted(out)
 
     def expire(self, kind: str, now_ms: float, retention_ms: float) -> list[Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,12 +17,19 @@ from services.archive.query import connect
 from services.archive.schema import DECISIONS, REQUESTS, SCORES, to_table
 from services.archive.service import Archive
 from services.archive.store import HOUR_MS, PartStore, hour_of, partition_dir
-from services.common.codec import encode
+from services.common.codec import decode, encode
 from services.common.kafka import Record
-from services.common.loop import Context, Inbound
-from services.common.messages import Decision, OodCheck, RequestEnvelope, ScoreStatus
+from services.common.loop import Context, Inbound, StreamRunner
+from services.common.messages import (
+    DeadLetter,
+    Decision,
+    OodCheck,
+    RequestEnvelope,
+    ScoreStatus,
+)
 from services.common.topics import Topics, load_topics
 from tests.factories import request, score_for
+from tests.unit.test_loop import FakeConsumer, FakeProducer
 
 NOW_MS = 1_764_158_400_000  # 2025-11-26T12:00:00Z, an hour boundary
 
@@ -308,3 +316,65 @@ def test_the_archive_process_does_not_load_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.split() == ["False"]
+
+
+def _raw_request(**over: object) -> bytes:
+    """A request's bytes with fields replaced: values the codec accepts as they are."""
+    return json.dumps(json.loads(encode(request(1))) | over).encode()
+
+
+def test_a_record_arrow_cannot_store_is_dead_lettered_not_crash_looping(
+    topics: Topics, tmp_path: Path
+) -> None:
+    """A lone surrogate ("\\ud800" in the JSON), an int64 overflow and a record stamped
+    past the year 9999 decode fine but cannot be written: each must fail in process (the
+    loop dead-letters it), not at the flush in tick (nothing would, at every restart)."""
+    values = [
+        encode(request({"text": "fine"})),
+        _raw_request(payload={"text": "\ud800"}),
+        _raw_request(created_ms=10**20, deadline_ms=10**20 + 1),
+        encode(request({"text": "fine too"})),
+    ]
+    stamps = [NOW_MS, NOW_MS, NOW_MS, 10**15]  # 10**15 ms: the year 33658
+    records = [
+        Record(topics.requests, 0, i, b"k", value, (), ts)
+        for i, (value, ts) in enumerate(zip(values, stamps, strict=True))
+    ] + [Record(topics.requests, 0, 4, b"k", encode(request(2)), (), NOW_MS)]
+    consumer, producer = FakeConsumer(records), FakeProducer()
+    consumer.assignment = frozenset({(topics.requests, 0)})
+    archive = make_archive(topics, tmp_path, FakeClock())
+    runner = StreamRunner(
+        service="archive",
+        consumer=consumer,
+        producer=producer,  # type: ignore[arg-type]
+        decoders={topics.requests: lambda b: decode(b, RequestEnvelope)},
+        processor=archive,
+        dead_letter_topic=topics.dead_letters,
+    )
+    archive.on_drained = runner.stop
+    archive.drain()  # write at the first tick, then stop
+
+    stats = runner.run(max_records=5)
+
+    letters = [decode(o.value, DeadLetter) for o in producer.sent]
+    assert [(d.origin_offset, d.error_code) for d in letters] == [
+        (1, "UnicodeEncodeError"),
+        (2, "OverflowError"),
+        (3, "ValueError"),
+    ]
+    assert stats.dead_letters == 3
+    assert consumer.committed == {(topics.requests, 0): 5}  # nothing left to fail again
+    assert connect(tmp_path).sql("SELECT count(*) FROM requests").fetchall() == [(2,)]
+
+
+def test_directories_that_are_no_hour_are_skipped_not_fatal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = PartStore(tmp_path)
+    kept = store.write(SCORES, NOW_MS - 48 * HOUR_MS, to_table(SCORES, [])).parent
+    for bogus in ("date=2025-11-26/hour=24", "date=2026-13-40/hour=01"):
+        (tmp_path / SCORES / bogus).mkdir(parents=True)
+    assert store.partitions(SCORES) == [(NOW_MS - 48 * HOUR_MS, kept)]
+    assert store.expire(SCORES, NOW_MS, retention_ms=24 * HOUR_MS) == [kept]
+    assert (tmp_path / SCORES / "date=2025-11-26" / "hour=24").is_dir()  # left alone
+    assert sum("not an hour partition" in r.message for r in caplog.records) == 4
