@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
+
+from services.common.clock import wall_ms
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -15,8 +16,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "Paired figures of two models on identical archived requests: latency "
             "quantiles, share within the deadline, errors and skips, agreement, how often "
-            "each was (and would be, under today's policy) chosen, OOD flags, off-policy "
-            "reward estimates from feedback; a verdict line per figure."
+            "each was (and would be, under the policy files' policy) chosen, OOD flags, "
+            "off-policy reward estimates from feedback; a verdict line per figure."
         ),
     )
     parser.add_argument("--champion", required=True)
@@ -29,12 +30,49 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="drift reference window start (default: a span as long as the window, before it)",
     )
     parser.add_argument("--reference-until", help="drift reference window end")
-    parser.add_argument("--archive", type=Path, default=Path(".rdv/archive"))
+    add_archive_argument(parser)
     parser.add_argument("--policies", type=Path, default=Path("deploy/policies"))
-    parser.add_argument("--sample", type=int, default=5000, help="requests the policy replays")
+    parser.add_argument("--sample", type=count, default=5000, help="requests the policy replays")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--chart", type=Path, help="write the latency chart (HTML) here")
     parser.set_defaults(func=run)
+
+
+def add_archive_argument(parser: argparse.ArgumentParser) -> None:
+    """``--archive``, by default where the archive service writes (archive_dir)."""
+    parser.add_argument(
+        "--archive",
+        type=Path,
+        help="the archive's folder (default: the archive service's, RDV_ARCHIVE_DIR or "
+        ".rdv/archive in the repo)",
+    )
+
+
+def archive_dir(given: Path | None) -> Path:
+    """``given``, else the folder the archive service writes (ArchiveSettings.dir:
+    RDV_ARCHIVE_DIR, default .rdv/archive in the repo), wherever the command runs."""
+    if given is not None:
+        return given
+    from pydantic import ValidationError  # noqa: PLC0415 - keeps `rdv --help` fast
+
+    from services.archive.settings import ArchiveSettings  # noqa: PLC0415
+    from services.common.errors import ConfigError  # noqa: PLC0415
+
+    try:
+        return ArchiveSettings().dir
+    except ValidationError as exc:
+        raise ConfigError(f"invalid archive settings (RDV_ARCHIVE_*): {exc}") from None
+
+
+def count(text: str) -> int:
+    """An argparse type: a whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,13 +81,12 @@ def run(args: argparse.Namespace) -> int:
 
     keys = ("champion", "challenger", "endpoint", "since", "until")
     query = {k: v for k in (*keys, "reference_since", "reference_until") if (v := getattr(args, k))}
-    now = time.time() * 1000
+    now = wall_ms()
     window = window_from(query, now)
-    policies = args.policies if args.policies.exists() else None
     report = compare(
-        args.archive,
+        archive_dir(args.archive),
         window,
-        policies=policies,
+        policies=args.policies,
         sample=args.sample,
         drift=drift_spans(window, query, now),
     )

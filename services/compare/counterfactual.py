@@ -1,5 +1,6 @@
-"""How often each model would be chosen under a policy (today's, typically), replayed on
-archived paired requests with the rendezvous's own decision function.
+"""How often each model would be chosen under a policy (in ``rdv compare``, the policy
+files' policy), replayed on archived paired requests with the rendezvous's own decision
+function.
 
 For each sampled request, a mailbox gets the two models' scores at the latencies they
 had (score finished minus request created), and ``decide`` runs at every moment its
@@ -24,19 +25,16 @@ from services.common.messages import (
     Timings,
 )
 from services.compare.intervals import Interval, wilson
-from services.compare.paired import PAIRED_SQL, Window, query_params
+from services.compare.paired import Window, build_pairs, holds_pairs
 from services.rendezvous.decide import decide, next_check
 from services.rendezvous.mailbox import Mailbox
 from services.rendezvous.policy import Policy
 
-_SAMPLE = (
-    PAIRED_SQL
-    + """
+_SAMPLE = """
 SELECT request_id, deadline_ms - created_ms, a_status, a_done - created_ms,
        b_status, b_done - created_ms
-FROM p ORDER BY hash(request_id) LIMIT $sample
+FROM compare_pairs ORDER BY hash(request_id) LIMIT $sample
 """
-)
 _NOWHERE = ReturnAddress(topic="compare.none")
 
 
@@ -44,8 +42,11 @@ def would_choose(
     con: duckdb.DuckDBPyConnection, window: Window, policy: Policy, sample: int = 5000
 ) -> dict[str, Interval]:
     """Per model (and ``"default"`` for the default answer): the share of sampled paired
-    requests the policy would have answered with it, with a Wilson interval."""
-    rows = con.execute(_SAMPLE, query_params(window) | {"sample": sample}).fetchall()
+    requests the policy would have answered with it, with a Wilson interval. The paired
+    requests are those paired_figures read when it ran on ``con`` first (build_pairs)."""
+    if not holds_pairs(con, window):
+        build_pairs(con, window)
+    rows = con.execute(_SAMPLE, {"sample": sample}).fetchall()
     counts: dict[str, int] = {window.champion: 0, window.challenger: 0, "default": 0}
     for rid, deadline, a_status, a_lat, b_status, b_lat in rows:
         sides = ((window.champion, a_status, a_lat), (window.challenger, b_status, b_lat))

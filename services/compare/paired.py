@@ -18,6 +18,7 @@ the paired requests the OOD gate flagged.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,20 +91,8 @@ b AS (SELECT * FROM s WHERE model = $b)
 """
 
 # The queries are composed from these constants only; values go in as parameters.
-PAIRED_SQL = (
-    _PAIRS  # noqa: S608
-    + """,
-p AS (
-    SELECT r.request_id, r.deadline_ms, r.created_ms,
-           a.status AS a_status, a.text AS a_text, a.finished_ms AS a_done,
-           b.status AS b_status, b.text AS b_text, b.finished_ms AS b_done
-    FROM r JOIN a USING (request_id) JOIN b USING (request_id)
-)
-"""
-)
-
-# paired_figures reads the two models' scores of the window once, into temporary tables
-# on the connection; every figure is computed from those.
+# build_pairs reads the two models' scores of the window once, into temporary tables on
+# the connection; every figure, and the counterfactual sample, is computed from those.
 _SCORED = (
     _PAIRS
     + """
@@ -144,6 +133,10 @@ SELECT count_if(d.chosen_model = $a), count_if(d.chosen_model = $b),
 FROM compare_pairs p JOIN decisions d USING (request_id)
 """
 
+_STAMPED = """
+SELECT count(*) FROM duckdb_tables() WHERE temporary AND table_name = 'compare_pairs_of'
+"""
+
 _LATENCIES = """
 SELECT a_done - created_ms AS a_lat, b_done - created_ms AS b_lat, a_status, b_status
 FROM compare_pairs WHERE a_status = 'ok' OR b_status = 'ok'
@@ -166,20 +159,42 @@ def _counts(row: tuple[Any, ...] | None, averages: tuple[int, ...] = ()) -> list
     return [v if v is not None or i in averages else 0 for i, v in enumerate(row)]
 
 
-def paired_figures(con: duckdb.DuckDBPyConnection, window: Window) -> Paired:
-    """The raw paired figures of ``window`` from the archive views on ``con``."""
+def build_pairs(con: duckdb.DuckDBPyConnection, window: Window) -> None:
+    """The window's scores of the two models into the temporary table ``compare_scored``,
+    and its paired requests into ``compare_pairs`` (one row per request: both sides'
+    status, text and finish time), read from the archive's views now. The tables stay
+    for the life of the connection, stamped with the window, so that the counterfactual
+    sample reads the pairs the figures were computed from rather than the views again."""
     params = query_params(window)
     models = {"a": window.champion, "b": window.challenger}
+    con.execute("DROP TABLE IF EXISTS compare_pairs_of")  # no stamp while half rebuilt
     con.execute("CREATE OR REPLACE TEMP TABLE compare_scored AS " + _SCORED, params)
-    try:
-        con.execute("CREATE OR REPLACE TEMP TABLE compare_pairs AS " + _PAIRED_ROWS, models)
-        row = _counts(con.execute(_FIGURES).fetchone(), averages=(5, 10, 13))
-        scored = _counts(con.execute(_SCORED_BY, models).fetchone())
-        decided = _counts(con.execute(_DECISIONS, models).fetchone())
-        champ, chall = _model_figures(window, row, decided)
-        _sketch(con, champ, chall)
-    finally:
-        con.execute("DROP TABLE IF EXISTS compare_pairs; DROP TABLE IF EXISTS compare_scored")
+    con.execute("CREATE OR REPLACE TEMP TABLE compare_pairs AS " + _PAIRED_ROWS, models)
+    con.execute("CREATE TEMP TABLE compare_pairs_of AS SELECT $stamp AS stamp", _stamp(window))
+
+
+def holds_pairs(con: duckdb.DuckDBPyConnection, window: Window) -> bool:
+    """Whether ``compare_pairs`` on ``con`` holds ``window``'s pairs (build_pairs ran)."""
+    if not _counts(con.execute(_STAMPED).fetchone())[0]:
+        return False
+    row = con.execute("SELECT stamp FROM compare_pairs_of").fetchone()
+    return row is not None and row[0] == _stamp(window)["stamp"]
+
+
+def _stamp(window: Window) -> dict[str, str]:
+    return {"stamp": json.dumps(query_params(window), sort_keys=True)}
+
+
+def paired_figures(con: duckdb.DuckDBPyConnection, window: Window) -> Paired:
+    """The raw paired figures of ``window`` from the archive views on ``con`` (its pairs
+    stay on ``con``: build_pairs)."""
+    models = {"a": window.champion, "b": window.challenger}
+    build_pairs(con, window)
+    row = _counts(con.execute(_FIGURES).fetchone(), averages=(5, 10, 13))
+    scored = _counts(con.execute(_SCORED_BY, models).fetchone())
+    decided = _counts(con.execute(_DECISIONS, models).fetchone())
+    champ, chall = _model_figures(window, row, decided)
+    _sketch(con, champ, chall)
     return Paired(
         window=window,
         paired=row[0],

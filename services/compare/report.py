@@ -25,7 +25,7 @@ class Report:
     """Everything ``rdv compare`` shows."""
 
     paired: Paired
-    would_choose: dict[str, Interval] = field(default_factory=dict)  # under today's policy
+    would_choose: dict[str, Interval] = field(default_factory=dict)  # the policy files' policy
     off_policy: list[OffPolicy] = field(default_factory=list)
     drift: dict[str, Drift] = field(default_factory=dict)  # what -> drift
 
@@ -145,7 +145,7 @@ class Report:
         if self.would_choose:
             rows.append(
                 (
-                    "chosen (today's policy)",
+                    "chosen (policy files)",
                     _share(self.would_choose.get(a.model)),
                     _share(self.would_choose.get(b.model)),
                 )

@@ -27,17 +27,9 @@ FROM r JOIN decisions d USING (request_id) JOIN f USING (request_id)
 """
 
 
-def has_feedback(con: duckdb.DuckDBPyConnection) -> bool:
-    row = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'feedback'"
-    ).fetchone()
-    return bool(row and row[0])
-
-
 def logged_rewards(con: duckdb.DuckDBPyConnection, window: Window) -> list[Logged]:
-    """The logged (chosen, propensity, reward) rows of the window; [] without feedback."""
-    if not has_feedback(con):
-        return []
+    """The logged (chosen, propensity, reward) rows of the window; [] without feedback
+    (the archive's ``feedback`` view always exists, empty until feedback is archived)."""
     params = {k: v for k, v in query_params(window).items() if k in ("endpoint", "since", "until")}
     rows = con.execute(_LOG, params).fetchall()
     return [Logged(chosen, float(p), float(reward)) for chosen, p, reward in rows]

@@ -18,25 +18,35 @@ from services.compare.rewards import logged_rewards
 from services.compare.signals import Span, drift_signals
 from services.rendezvous.policy import load_policies
 
-_AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
+_AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$", re.ASCII)
 _UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_MIN_MS, _MAX_MS = -(2**63), 2**63 - 1  # what the archive's int64 columns can compare with
 
 
 def parse_time(text: str, now_ms: float) -> int:
     """Epoch ms from ``1767225600000`` (epoch ms), ``2026-11-26T10:00`` (ISO 8601, UTC
-    unless it says otherwise) or ``30m`` / ``2h`` / ``7d`` (that long ago)."""
+    unless it says otherwise) or ``30m`` / ``2h`` / ``7d`` (that long ago). Anything
+    else, or a time outside int64 milliseconds, is a ConfigError (a 400 over HTTP)."""
     value = text.strip()
-    if value.isdigit():
+    try:
+        ms = _epoch_ms(value, now_ms)
+    except (ValueError, OverflowError):
+        ms = None
+    if ms is None or not _MIN_MS <= ms <= _MAX_MS:
+        raise ConfigError(
+            f"cannot read the time {text[:64]!r}: use epoch ms, ISO 8601 or e.g. 30m, 2h, 7d"
+        )
+    return ms
+
+
+def _epoch_ms(value: str, now_ms: float) -> int:
+    """``value`` as epoch ms; ValueError or OverflowError if it is no time."""
+    if value.isascii() and value.isdigit():  # not "²": isdigit alone takes it, int() not
         return int(value)
     ago = _AGO.match(value)
     if ago:
         return int(now_ms - float(ago.group(1)) * _UNIT_MS[ago.group(2)])
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise ConfigError(
-            f"cannot read the time {text[:64]!r}: use epoch ms, ISO 8601 or e.g. 30m, 2h, 7d"
-        ) from None
+    moment = datetime.fromisoformat(value)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
@@ -85,15 +95,16 @@ def compare(
     sample: int = 5000,
     drift: tuple[Span, Span] | None = None,
 ) -> Report:
-    """The report over the archive under ``archive``. With ``policies`` and an endpoint
-    in the window, also how often today's policy would choose each model; with
-    ``drift`` spans, the drift of the canary and detector outputs."""
+    """The report over the archive under ``archive``. With ``policies`` (a policy folder
+    that exists: a missing one is the server's setup, not the caller's error) and an
+    endpoint in the window, also how often the policy files' policy would choose each
+    model; with ``drift`` spans, the drift of the canary and detector outputs."""
     if not archive.is_dir():
         raise ConfigError(f"no archive at {archive} (the archive service writes it: make up)")
     con = connect(archive)
     try:
         report = Report(paired_figures(con, window))
-        if policies is not None and window.endpoint is not None:
+        if policies is not None and policies.exists() and window.endpoint is not None:
             policy = load_policies(policies).get(window.endpoint)
             if policy is not None:
                 report.would_choose = would_choose(con, window, policy, sample)

@@ -18,7 +18,7 @@ from services.cli.main import main
 from services.common.errors import ConfigError
 from services.common.kafka import Record
 from services.common.messages import Decision, Feedback, Score, ScoreStatus, Timings
-from services.compare.run import parse_time, window_from
+from services.compare.run import drift_spans, parse_time, window_from
 from tests.factories import request
 
 NOW = 1_795_000_000_000.0
@@ -233,3 +233,58 @@ def test_the_archive_exports_drift_as_metrics(tmp_path: Path) -> None:
     assert set(quiet.check(base)) == {"detector:ood", "canary:canary"}  # two quiet halves
     assert REGISTRY.get_sample_value("rdv_archive_drift_alert", {"signal": "detector:ood"}) == 0.0
     assert DriftMonitor(tmp_path / "none", interval_s=1, window_s=1, reference_s=1).check(0) == {}
+
+
+@pytest.mark.parametrize("text", ["²", "9" * 400 + "h", "1" * 40, "99999999999999999d"])
+def test_times_that_are_no_epoch_ms_are_config_errors(text: str) -> None:
+    with pytest.raises(ConfigError, match="cannot read the time"):
+        parse_time(text, NOW)
+    with pytest.raises(ConfigError, match="cannot read the time"):
+        window_from({"champion": "a", "challenger": "b", "since": text}, NOW)
+    window = window_from({"champion": "a", "challenger": "b", "since": "1h"}, NOW)
+    with pytest.raises(ConfigError, match="cannot read the time"):
+        drift_spans(window, {"reference_since": text}, NOW)
+
+
+def test_a_bad_reference_time_is_a_400_and_a_clear_cli_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _archive(tmp_path / "archive")
+    handle = compare_route(tmp_path / "archive", None)
+    for bad in ({"since": "1h", "reference_since": "²"}, {"since": "1" * 40}):
+        status, body, _ = handle({"champion": "champ", "challenger": "chall", **bad})
+        assert status == 400
+        assert "cannot read the time" in json.loads(body)["error"]["message"]
+    argv = ["compare", "--champion", "a", "--challenger", "b", "--since", "1h"]
+    assert main([*argv, "--reference-since", "²", "--archive", str(tmp_path / "archive")]) == 2
+    assert "cannot read the time" in capsys.readouterr().err
+
+
+def test_a_missing_policies_folder_only_leaves_out_would_choose(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _archive(tmp_path / "archive")
+    handle = compare_route(tmp_path / "archive", tmp_path / "no-policies")
+    query = {"champion": "champ", "challenger": "chall", "endpoint": "demo"}
+    status, body, _ = handle(query)
+    assert status == 200
+    assert json.loads(body)["models"]["champ"]["would_choose"] is None
+    argv = ["compare", "--champion", "champ", "--challenger", "chall", "--endpoint", "demo"]
+    argv += ["--archive", str(tmp_path / "archive"), "--policies", str(tmp_path / "none")]
+    assert main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["models"]["champ"]["would_choose"] is None
+
+
+def test_the_archive_defaults_to_the_archive_service_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RDV_ARCHIVE_DIR", str(tmp_path / "elsewhere"))
+    assert main(["compare", "--champion", "a", "--challenger", "b"]) == 2
+    assert f"no archive at {tmp_path / 'elsewhere'}" in capsys.readouterr().err
+
+
+def test_a_negative_sample_is_refused_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["compare", "--champion", "a", "--challenger", "b", "--sample", "-1"])
+    assert exit_.value.code == 2
+    assert "--sample: must be 0 or more" in capsys.readouterr().err

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 
+import duckdb
 import pytest
 
 from services.compare.counterfactual import replay_decision, would_choose
@@ -125,3 +126,14 @@ def test_an_empty_window_reports_no_data() -> None:
     assert report.verdict() == ["no request was scored by both models in this window"]
     assert report.as_dict()["models"]["a"]["latency_ms"]["p50"] is None
     assert "paired requests: 0" in report.table()
+
+
+def test_the_counterfactual_sample_reads_the_pairs_the_figures_read() -> None:
+    con = _run().connect()
+    window = Window("champ", "chall")
+    fresh = would_choose(_run().connect(), window, CHAT, sample=300)
+    paired_figures(con, window)
+    con.execute("DROP TABLE scores")  # the archive views are not read again
+    assert would_choose(con, window, CHAT, sample=300) == fresh
+    with pytest.raises(duckdb.CatalogException):  # another window: read afresh
+        would_choose(con, Window("champ", "chall", endpoint="chat"), CHAT)
