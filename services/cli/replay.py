@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-import time
 import uuid
-from pathlib import Path
+
+from services.cli.compare import add_archive_argument, archive_dir, count
+from services.common.clock import wall_ms
+from services.replay import MARK_MAX
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,16 +26,43 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--endpoint", help="only this endpoint's requests")
     parser.add_argument("--since", help="epoch ms, ISO 8601, or e.g. 2h (that long ago)")
     parser.add_argument("--until", help="as --since")
-    parser.add_argument("--limit", type=int, default=100_000, help="at most this many")
+    parser.add_argument("--limit", type=count, default=100_000, help="at most this many")
     parser.add_argument("--model", help="only this model scores the replayed requests")
     pace = parser.add_mutually_exclusive_group()
     pace.add_argument(
-        "--speed", type=float, default=1.0, help="1 = the original timing, 10 = ten times faster"
+        "--speed",
+        type=positive_speed,
+        default=1.0,
+        help="1 = the original timing, 10 = ten times faster",
     )
     pace.add_argument("--fast", action="store_true", help="as fast as possible")
-    parser.add_argument("--mark", help="the replay's name (default: replay-<random>)")
-    parser.add_argument("--archive", type=Path, default=Path(".rdv/archive"))
+    parser.add_argument(
+        "--mark",
+        type=replay_mark,
+        help=f"the replay's name, 1 to {MARK_MAX} characters (default: replay-<random>)",
+    )
+    add_archive_argument(parser)
     parser.set_defaults(func=run)
+
+
+def positive_speed(text: str) -> float:
+    """An argparse type: a finite number above 0 (nan or 0 would send all at once or
+    never)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, not {text}")
+    return value
+
+
+def replay_mark(text: str) -> str:
+    """An argparse type: a replay mark of 1 to MARK_MAX characters. Refused rather than
+    cut short: the replayed ids start with it and must stay distinct."""
+    if not 1 <= len(text) <= MARK_MAX:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MARK_MAX} characters, not {len(text)}")
+    return text
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,9 +74,9 @@ def run(args: argparse.Namespace) -> int:
     from services.replay.plan import load_requests, offsets_ms  # noqa: PLC0415
     from services.replay.send import send  # noqa: PLC0415
 
-    now = time.time() * 1000
+    now = wall_ms()
     requests = load_requests(
-        args.archive,
+        archive_dir(args.archive),
         endpoint=args.endpoint,
         since_ms=parse_time(args.since, now) if args.since else None,
         until_ms=parse_time(args.until, now) if args.until else None,

@@ -7,3 +7,6 @@ their decisions but never sends a reply, so no live client is answered."""
 REPLAY = "replay"
 REPLAY_OF = "replay_of"
 REPLAY_MODEL = "replay_model"
+
+MARK_MAX = 64
+"""The longest replay mark: the mark, a colon and an original id make a replayed id."""

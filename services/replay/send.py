@@ -3,16 +3,20 @@ original timing (or none), every record acknowledged before the command returns.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from services.common.clock import wall_ms
 from services.common.codec import encode, message_key
 from services.common.errors import BackpressureError, DeliveryError
 from services.common.kafka import Outbound, Producer
 from services.common.messages import RequestEnvelope, ReturnAddress
 from services.replay import REPLAY, REPLAY_MODEL, REPLAY_OF
 from services.replay.plan import Archived
+
+_ID_MAX = 128  # the longest request id (RequestId in services.common.messages)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +40,7 @@ def envelope(
     attributes = {REPLAY: mark, REPLAY_OF: original.request_id}
     if model is not None:
         attributes[REPLAY_MODEL] = model
-    rid = f"{mark}:{original.request_id}"[:128]
+    rid = replay_id(mark, original.request_id)
     payload = original.payload
     if isinstance(payload, dict) and "stream" in payload:  # nobody reads a replay's stream
         payload = {k: v for k, v in payload.items() if k != "stream"}
@@ -50,6 +54,16 @@ def envelope(
         trace_id=rid,
         attributes=attributes,
     )
+
+
+def replay_id(mark: str, original_id: str) -> str:
+    """``<mark>:<original id>``; if that is longer than a request id may be, the original
+    id's digest stands for it (the ``replay_of`` attribute keeps it whole). Never cut
+    short: two long ids with a common start would become one."""
+    rid = f"{mark}:{original_id}"
+    if len(rid) <= _ID_MAX:
+        return rid
+    return f"{mark}:{hashlib.sha256(original_id.encode()).hexdigest()[:32]}"
 
 
 def send(
@@ -76,7 +90,7 @@ def send(
         due = start + at_ms / 1000.0
         while (wait_s := due - time.monotonic()) > 0:
             producer.poll(wait_s)  # serve delivery reports while the schedule waits
-        now_ms = int(time.time() * 1000)
+        now_ms = int(wall_ms())
         env = envelope(original, mark=mark, reply_to=reply_to, now_ms=now_ms, model=model)
         out = Outbound(topic, message_key(env), encode(env))
         while True:

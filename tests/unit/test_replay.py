@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 
+from services.cli.main import build_parser, main
 from services.common.codec import decode, encode
 from services.common.errors import ConfigError
 from services.common.kafka import Record
@@ -15,9 +17,9 @@ from services.common.topics import load_topics
 from services.rendezvous.mailbox import MailboxStore
 from services.rendezvous.policy import parse_policy
 from services.rendezvous.service import Rendezvous
-from services.replay import REPLAY, REPLAY_MODEL, REPLAY_OF
+from services.replay import MARK_MAX, REPLAY, REPLAY_MODEL, REPLAY_OF
 from services.replay.plan import Archived, offsets_ms
-from services.replay.send import envelope
+from services.replay.send import envelope, replay_id
 from tests.factories import policy_doc, score_for
 
 TOPICS = load_topics(prefix="unit.")
@@ -71,3 +73,45 @@ def test_the_rendezvous_decides_a_replay_but_sends_no_reply() -> None:
     assert topics == [TOPICS.decisions]
     decision = decode(ctx.emits[0][0].value, Decision)
     assert (decision.request_id, decision.chosen_model) == ("r1:orig", "fast")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--mark", "m" * (MARK_MAX + 1), "characters"),
+        ("--mark", "", "characters"),
+        ("--speed", "nan", "finite number above 0"),
+        ("--speed", "0", "finite number above 0"),
+        ("--speed", "inf", "finite number above 0"),
+        ("--limit", "-1", "0 or more"),
+        ("--limit", "ten", "whole number"),
+    ],
+)
+def test_rdv_replay_refuses_bad_options_before_reading_anything(
+    option: str, value: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["replay", option, value])
+    assert exit_.value.code == 2
+    assert says in capsys.readouterr().err
+
+
+def test_rdv_replay_takes_good_options_and_the_archive_service_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = build_parser().parse_args(
+        ["replay", "--mark", "m" * MARK_MAX, "--speed", "2.5", "--limit", "0"]
+    )
+    assert (args.mark, args.speed, args.limit, args.archive) == ("m" * MARK_MAX, 2.5, 0, None)
+    monkeypatch.setenv("RDV_ARCHIVE_DIR", str(tmp_path / "elsewhere"))
+    assert main(["replay", "--fast"]) == 2
+    assert f"no archive at {tmp_path / 'elsewhere'}" in capsys.readouterr().err
+
+
+def test_replayed_ids_stay_distinct_and_never_too_long() -> None:
+    mark = "m" * MARK_MAX
+    long_ids = [f"{'x' * 120}-{i}" for i in range(3)]
+    ids = {replay_id(mark, rid) for rid in long_ids}
+    assert len(ids) == 3
+    assert all(len(rid) <= 128 and rid.startswith(f"{mark}:") for rid in ids)
+    assert replay_id("r1", "orig") == "r1:orig"
