@@ -18,10 +18,13 @@ POLICY_VERSION = "policy-version/"
 
 
 def model_key(name: str) -> bytes:
+    """The control key of model ``name``: what codec.message_key gives its registration,
+    from the name alone (a tombstone has no registration to ask)."""
     return f"{MODEL}{name}".encode()
 
 
 def policy_key(endpoint: str) -> bytes:
+    """The control key of ``endpoint``'s policy, as codec.message_key gives an entry's."""
     return f"{POLICY}{endpoint}".encode()
 
 

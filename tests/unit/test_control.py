@@ -11,6 +11,7 @@ import yaml
 
 from services.cli.control import require_admin_key
 from services.cli.main import main
+from services.common.codec import message_key
 from services.common.errors import ConfigError
 from services.common.messages import ModelRegistration, PolicyEntry, Role
 from services.control.deployers import DockerDeployer, effective_spec
@@ -203,3 +204,8 @@ def test_a_bad_policy_file_is_refused_before_kafka_is_asked(
     for path, message in cases.items():
         assert main(["policy", "set", "demo", path]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_the_control_keys_are_the_keys_the_codec_gives_the_messages() -> None:
+    assert model_key("a") == message_key(_reg("a"))
+    assert policy_key("demo") == message_key(_entry(1))
