@@ -1,4 +1,4 @@
-"""What the archive holds in memory between flushes: rows per kind, bounded, and the
+"""What the archive holds in memory between flushes: rows per kind (Arrow tables), bounded, and the
 records whose offsets wait for them; and the recent keys that spot redeliveries."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-from services.archive.schema import Row
+import pyarrow as pa
+
 from services.common.kafka import Record
 
 
@@ -22,48 +23,43 @@ class Limits:
 
 @dataclass
 class Buffer:
-    """One kind's rows not yet written, and every record they stand for (duplicates
-    included: their offsets too wait for the write)."""
+    """One kind's rows not yet written, as Arrow tables per hour partition in arrival
+    order, and every record they stand for (duplicates included: their offsets too wait
+    for the write)."""
 
     kind: str
-    rows: list[Row] = field(default_factory=list)
-    hours: list[int] = field(default_factory=list)  # the hour partition of each row
+    tables: dict[int, list[pa.Table]] = field(default_factory=dict)
+    row_count: int = 0
     records: list[Record] = field(default_factory=list)
     bytes: int = 0
     since_ms: float | None = None  # monotonic time of the oldest record
 
-    def add(self, rec: Record, row: Row | None, hour_ms: int, now_ms: float) -> None:
-        """Take in ``rec``; ``row`` None for a duplicate (its offset still waits)."""
+    def add(self, rec: Record, now_ms: float) -> None:
+        """Take in ``rec`` (its row, if it has one, comes with ``add_rows``)."""
         if self.since_ms is None:
             self.since_ms = now_ms
         self.records.append(rec)
         self.bytes += len(rec.value or b"")
-        if row is not None:
-            self.rows.append(row)
-            self.hours.append(hour_ms)
+
+    def add_rows(self, hour_ms: int, table: pa.Table) -> None:
+        """Take in rows of the ``hour_ms`` partition, already converted."""
+        self.tables.setdefault(hour_ms, []).append(table)
+        self.row_count += table.num_rows
 
     def due(self, limits: Limits, now_ms: float) -> bool:
         return bool(self.records) and (
-            len(self.rows) >= limits.max_rows
+            self.row_count >= limits.max_rows
             or self.bytes >= limits.max_bytes
             or (self.since_ms is not None and now_ms - self.since_ms >= limits.max_age_ms)
         )
 
-    def by_hour(self) -> dict[int, list[Row]]:
-        """The rows grouped by hour partition, in arrival order."""
-        if len(set(self.hours)) == 1:
-            return {self.hours[0]: self.rows}
-        out: dict[int, list[Row]] = {}
-        for hour, row in zip(self.hours, self.rows, strict=True):
-            out.setdefault(hour, []).append(row)
-        return out
-
-    def take(self) -> tuple[dict[int, list[Row]], list[Record]]:
-        """Empty the buffer; returns its rows by hour and its records."""
-        out = (self.by_hour(), self.records)
-        self.rows, self.hours, self.records = [], [], []
+    def take(self) -> tuple[dict[int, pa.Table], list[Record]]:
+        """Empty the buffer; returns its rows as one table per hour, and its records."""
+        out = {hour: pa.concat_tables(parts) for hour, parts in self.tables.items()}
+        records = self.records
+        self.tables, self.row_count, self.records = {}, 0, []
         self.bytes, self.since_ms = 0, None
-        return out
+        return out, records
 
 
 class RecentKeys:

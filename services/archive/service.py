@@ -13,6 +13,8 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+import pyarrow as pa
+
 from services.archive import metrics
 from services.archive.buffer import Buffer, Limits, RecentKeys
 from services.archive.schema import (
@@ -88,36 +90,35 @@ class Archive:
                 continue
             fresh.add(key)
             staged.append((kind, rec, key, ROW_BUILDERS[kind](item.message, rec, archived), hour))
-        self._check(staged)
+        tables = self._tables(staged)
         now = self._clock()
-        for kind, rec, key, maybe_row, hour in staged:
+        for kind, rec, key, maybe_row, _ in staged:
             ctx.hold(rec)
             if maybe_row is None:
                 metrics.DUPLICATES.labels(kind).inc()
             else:
                 self.seen.add(key)
-            self.buffers[kind].add(rec, maybe_row, hour, now)
+            self.buffers[kind].add(rec, now)
+        for (kind, hour), table in tables.items():
+            self.buffers[kind].add_rows(hour, table)
 
-    def _check(self, staged: Sequence[Staged]) -> None:
-        """Raise unless the batch's new rows can be written: converted to Arrow (one table
-        per kind: about a microsecond a row) and each put in a nameable hour partition.
+    def _tables(self, staged: Sequence[Staged]) -> dict[tuple[str, int], pa.Table]:
+        """The batch's new rows as Arrow tables per kind and hour partition, in arrival
+        order; raises unless every row can be written.
 
         A value a message may hold but Arrow cannot store (a lone surrogate such as the
         JSON escape "\\ud800", an integer beyond int64) or a record stamped past the year
-        9999 would otherwise fail at the flush, in ``tick``, where nothing dead-letters
-        it: the record stays uncommitted and the archive fails again after every
-        restart. Raised here, the loop retries the batch record by record and sends only
-        the records that fail to the dead letters."""
-        rows: dict[str, list[Row]] = {}
-        hours: set[tuple[str, int]] = set()
+        9999 (no partition can name it) would otherwise fail at the flush, in ``tick``,
+        where nothing dead-letters it: the record stays uncommitted and the archive fails
+        again after every restart. Raised here, the loop retries the batch record by
+        record and sends only the records that fail to the dead letters."""
+        rows: dict[tuple[str, int], list[Row]] = {}
         for kind, _, _, row, hour in staged:
             if row is not None:
-                rows.setdefault(kind, []).append(row)
-                hours.add((kind, hour))
-        for kind, kind_rows in rows.items():
-            to_table(kind, kind_rows)
-        for kind, hour in hours:
+                rows.setdefault((kind, hour), []).append(row)
+        for kind, hour in rows:
             partition_dir(self.store.root, kind, hour)
+        return {(kind, hour): to_table(kind, part) for (kind, hour), part in rows.items()}
 
     def tick(self, now_ms: float, ctx: Context) -> None:
         now = self._clock()
@@ -125,7 +126,7 @@ class Archive:
         for buf in self.buffers.values():
             if self._draining or buf.due(self.limits, now):
                 flushed |= self._flush(buf, ctx)
-            metrics.BUFFERED.labels(buf.kind).set(len(buf.rows))
+            metrics.BUFFERED.labels(buf.kind).set(buf.row_count)
             metrics.BUFFERED_BYTES.labels(buf.kind).set(buf.bytes)
         if flushed:
             self.expire()
@@ -148,11 +149,11 @@ class Archive:
         by_hour, records = buf.take()
         rows = 0
         step = self.limits.max_rows  # a batch may overshoot the bound: files never do
-        for hour, part in sorted(by_hour.items()):
-            for start in range(0, len(part), step):
-                self.store.write(buf.kind, hour, to_table(buf.kind, part[start : start + step]))
+        for hour, table in sorted(by_hour.items()):
+            for start in range(0, table.num_rows, step):
+                self.store.write(buf.kind, hour, table.slice(start, step))
                 metrics.FILES.labels(buf.kind).inc()
-            rows += len(part)
+            rows += table.num_rows
         for rec in records:
             ctx.release(rec)
         metrics.ROWS.labels(buf.kind).inc(rows)

@@ -221,7 +221,7 @@ def test_a_failing_row_leaves_no_trace(topics: Topics, tmp_path: Path) -> None:
     assert ctx.holds == []
     assert all(not b.records for b in archive.buffers.values())
     archive.process([good], ctx)  # the loop's retry, record by record: not a duplicate
-    assert len(archive.buffers[REQUESTS].rows) == 1
+    assert archive.buffers[REQUESTS].row_count == 1
 
 
 def test_drain_writes_everything_then_stops(topics: Topics, tmp_path: Path) -> None:
