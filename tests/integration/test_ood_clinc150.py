@@ -29,7 +29,7 @@ from tests.integration.clinc import CLINC150, OOD_CACHE, run_ood_cli
 
 DATA, CACHE = CLINC150, OOD_CACHE
 
-# The data ships with the project's shared folder (beside the repository): a missing
+# The data ships in the repository (models/ood/clinc150): a missing
 # copy is an error, never a silent skip.
 assert (DATA / "train.jsonl").is_file(), f"no CLINC150 at {DATA}; set RDV_CLINC150_DIR"
 
