@@ -9,7 +9,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 # `../shared`, `REPO.parent / "shared"`, `parents[3] / 'shared'` and the like
-BESIDE = re.compile(r"\.\./shared\b|\.parent\s*/\s*[\"']shared[\"']|parents\[\d+\]\s*/\s*[\"']shared")
+BESIDE = re.compile(
+    r"\.\./shared\b"  # a relative path
+    r"|\.parent\s*/\s*[\"']shared[\"']"  # REPO.parent / "shared"
+    r"|parents\[\d+\]\s*/\s*[\"']shared"  # Path(__file__).parents[2] / "shared"
+)
 
 
 def tracked_text_files() -> list[Path]:
@@ -21,7 +25,7 @@ def tracked_text_files() -> list[Path]:
 
 
 def test_the_pattern_catches_what_the_repo_used_to_hold() -> None:
-    assert BESIDE.search('CLINC150 ?= ../shared/data/clinc150')
+    assert BESIDE.search("CLINC150 ?= ../shared/data/clinc150")
     assert BESIDE.search('REPO.parent / "shared" / "data"')
     assert not BESIDE.search("models/ood/clinc150 and services/common/shared.py")
 
