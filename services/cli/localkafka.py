@@ -138,8 +138,16 @@ def _server_properties(port: int, controller_port: int, data_dir: Path) -> str:
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
 
-def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+def _cluster_id(raw: bytes | None = None) -> str:
+    """A cluster id for ``kafka-storage format -t``: URL-safe base64 of 16 random bytes
+    (``raw`` if given), never starting with ``-`` (read as an option there; Kafka's own
+    ids never start with it). The first byte's top bit is cleared, so the first
+    character is one of ``A``-``Z``, ``a``-``f``."""
+    data = uuid.uuid4().bytes if raw is None else raw
+    if len(data) != 16:
+        raise ValueError(f"a cluster id takes 16 bytes, not {len(data)}")
+    data = bytes([data[0] & 0x7F]) + data[1:]
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
 def _port_in_use(port: int) -> bool:
