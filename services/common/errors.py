@@ -59,6 +59,18 @@ class DeliveryError(RendezvousError):
     code = "delivery_failed"
 
 
+class ProduceError(DeliveryError):
+    """The producer refused a record on the spot (an unknown topic or partition, a
+    record too large); ``error`` is librdkafka's ``"NAME: text"``, as delivery reports
+    give it, so one rule classifies both (``kafka.is_permanent``)."""
+
+    code = "delivery_failed"
+
+    def __init__(self, error: str) -> None:
+        super().__init__(f"the producer refused the record: {error}")
+        self.error = error
+
+
 class BrokerSetupError(RendezvousError):
     """The local broker cannot be fetched, formatted or started (Java, Maven, ports)."""
 

@@ -3,8 +3,34 @@ store offsets.
 
 A record's offset is stored (and so committed) only after every output it caused was
 acknowledged by the broker and no processor holds it open: at-least-once, never
-at-most-once. Undecodable records, and records on which the processor raises, go to
-the dead-letter topic with their origin; the loop keeps running.
+at-most-once. No input stops the loop; the error contract, per record:
+
+- **Undecodable** bytes go to the dead-letter topic with their origin.
+- **A record the processor cannot use**: the processor handles each record inside
+  ``with ctx.isolate(record):`` (or reports it with ``ctx.fail``). An exception in the
+  block drops the effects (emits, holds, releases) recorded in it and dead-letters that
+  record alone. The processor must leave its own state as if the record had not been
+  seen: it validates before it mutates (or undoes what it changed before raising).
+  Effects of the other records of the batch are applied as usual.
+- **An exception escaping ``process``** (outside any isolate block) is a processor
+  bug. The effects of the records whose isolate block finished are kept (their state
+  changes happened); the effects recorded after the last finished block are dropped,
+  and each record of the batch that was not finished is given to ``process`` again
+  alone, then dead-lettered if it fails again. A stateless processor may therefore
+  skip ``isolate``; a stateful one must not.
+- **An exception escaping ``tick``** is logged and counted; the effects up to the last
+  finished isolate block are kept (``isolate(None)`` marks a step with no record).
+- **An output that cannot be produced**, refused on the spot (``ProduceError``) or
+  failed in its delivery report, is classified:
+  - permanent (``kafka.is_permanent``: unknown topic or partition, too large), or the
+    cluster's metadata says its topic or partition does not exist (checked when a
+    delivery fails otherwise, e.g. ``_MSG_TIMED_OUT``): its first source record is
+    dead-lettered with the reason; its other outputs are unaffected. A dead letter
+    that itself cannot be delivered is logged and counted, and its record released;
+  - anything else (the broker unreachable, a full queue, a leader election): the
+    output is produced again, for as long as it takes. Its offsets stay uncommitted
+    meanwhile; nothing is dead-lettered and the process does not stop (a broker
+    outage). A full local queue makes the loop wait, serving delivery reports.
 """
 
 from __future__ import annotations
@@ -12,14 +38,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from prometheus_client import Counter, Histogram
 
 from services.common.codec import encode, make_dead_letter, message_key
-from services.common.errors import DeliveryError, MessageError
+from services.common.errors import (
+    BackpressureError,
+    DeliveryError,
+    KafkaUnavailableError,
+    MessageError,
+    ProduceError,
+)
 from services.common.kafka import Consumer, Outbound, Producer, Record, is_permanent
 from services.common.offsets import OffsetTracker, Ticket
 
@@ -31,6 +64,21 @@ DEAD_LETTERS = Counter(
 )
 DELIVERY_FAILURES = Counter(
     "rdv_stream_delivery_failures_total", "Outputs the broker did not acknowledge", ["service"]
+)
+DELIVERY_RETRIES = Counter(
+    "rdv_stream_delivery_retries_total",
+    "Outputs produced again after a failure that retrying can fix (broker away)",
+    ["service"],
+)
+LETTERS_LOST = Counter(
+    "rdv_stream_dead_letters_lost_total",
+    "Dead letters (or outputs without a source) that can never be delivered",
+    ["service"],
+)
+PROCESSOR_FAILURES = Counter(
+    "rdv_stream_processor_failures_total",
+    "Exceptions that escaped a processor's process() or tick() (bugs)",
+    ["service", "hook"],
 )
 BEST_EFFORT_LOST = Counter(
     "rdv_stream_best_effort_lost_total",
@@ -55,14 +103,26 @@ class Inbound:
     message: Any
 
 
+Key = tuple[str, int, int]
+
+
+def _key(rec: Record) -> Key:
+    return (rec.topic, rec.partition, rec.offset)
+
+
 @dataclass
 class Context:
-    """What a processor may do; effects apply only if its call returns normally."""
+    """What a processor may do; effects apply only if its call returns normally, or
+    (see the module's contract) if they were recorded in an isolate block that
+    finished."""
 
     emits: list[tuple[Outbound, Sequence[Record]]] = field(default_factory=list)
     holds: list[Record] = field(default_factory=list)
     releases: list[Record] = field(default_factory=list)
     best_effort: list[Outbound] = field(default_factory=list)
+    failures: list[tuple[Record, Exception]] = field(default_factory=list)
+    finished: set[Key] = field(default_factory=set)  # records whose isolate block ended
+    kept: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)  # effects up to the last one
 
     def emit(self, out: Outbound, source: Record | Sequence[Record] | None = None) -> None:
         """Produce ``out``; the offsets of ``source`` (one record or several) wait until
@@ -81,6 +141,50 @@ class Context:
 
     def release(self, record: Record) -> None:
         self.releases.append(record)
+
+    def fail(self, record: Record, error: Exception) -> None:
+        """The processor cannot use ``record`` (and left its state as if it had not seen
+        it): the loop sends it alone to dead letters with ``error``."""
+        self.failures.append((record, error))
+
+    @contextmanager
+    def isolate(self, record: Record | None) -> Iterator[None]:
+        """Handle one record (or, with None, one step of a tick) in the block. If the
+        block raises, the effects it recorded are dropped, the exception is swallowed
+        and the record is failed (dead-lettered); the processor's state must then be as
+        before the block."""
+        mark = self._mark()
+        try:
+            yield
+        except Exception as exc:  # the contract: one record fails alone
+            self._rollback(mark)
+            if record is None:
+                log.exception("a processor step failed; its effects were dropped")
+            else:
+                self.fail(record, exc)
+        if record is not None:
+            self.finished.add(_key(record))
+        self.kept = self._mark()
+
+    def keep_finished(self) -> None:
+        """Drop the effects recorded after the last finished isolate block."""
+        self._rollback(self.kept)
+
+    def _mark(self) -> tuple[int, int, int, int, int]:
+        return (
+            len(self.emits),
+            len(self.holds),
+            len(self.releases),
+            len(self.best_effort),
+            len(self.failures),
+        )
+
+    def _rollback(self, mark: tuple[int, int, int, int, int]) -> None:
+        del self.emits[mark[0] :]
+        del self.holds[mark[1] :]
+        del self.releases[mark[2] :]
+        del self.best_effort[mark[3] :]
+        del self.failures[mark[4] :]
 
 
 class Processor(Protocol):
@@ -132,6 +236,7 @@ class StreamRunner:
         on_revoke: Callable[[frozenset[tuple[str, int]]], None] | None = None,
         batch_linger_s: float = 0.0,
         busy: Callable[[], bool] | None = None,
+        metadata_timeout_s: float = 2.0,
     ) -> None:
         self.service = service
         self._consumer = consumer
@@ -147,8 +252,9 @@ class StreamRunner:
         self._on_revoke = on_revoke
         self._linger_s = batch_linger_s
         self._busy = busy  # True while the processor has work of its own (generation)
-        self._failures: list[str] = []
-        self._undeliverable: list[tuple[Outbound, Record, Sequence[Ticket], str]] = []
+        self._failed: list[_Failed] = []  # delivery failures not classified yet
+        self._metadata_timeout_s = metadata_timeout_s
+        self._metadata_down_until = 0.0  # monotonic: the cluster did not answer lately
         self._stop = threading.Event()
         self.stats = RunStats()
         self.last_turn: float | None = None  # monotonic seconds of the latest turn
@@ -220,7 +326,12 @@ class StreamRunner:
         for rec in records:
             self._finish(rec)
         ctx = Context()
-        self._processor.tick(time.time() * 1000.0, ctx)
+        try:
+            self._processor.tick(time.time() * 1000.0, ctx)
+        except Exception:
+            PROCESSOR_FAILURES.labels(self.service, "tick").inc()
+            log.exception("processor tick failed", extra={"loop": self.service})
+            ctx.keep_finished()
         self._apply(ctx)
         self._settle()
         return bool(records)
@@ -230,16 +341,24 @@ class StreamRunner:
         try:
             self._processor.process(batch, ctx)
         except Exception:
+            PROCESSOR_FAILURES.labels(self.service, "process").inc()
             log.exception(
-                "processor failed on a batch; retrying record by record",
+                "processor failed on a batch; records not finished are retried alone",
                 extra={"loop": self.service, "records": len(batch)},
             )
+            ctx.keep_finished()
+            self._apply(ctx)
             for item in batch:
+                if _key(item.record) in ctx.finished:
+                    continue
                 one = Context()
                 try:
                     self._processor.process([item], one)
                 except Exception as exc:  # noqa: BLE001
-                    self._dead_letter(item.record, exc)
+                    one.keep_finished()
+                    self._apply(one)
+                    if _key(item.record) not in one.finished:
+                        self._dead_letter(item.record, exc)
                     continue
                 self._apply(one)
             return
@@ -256,32 +375,54 @@ class StreamRunner:
         for rec in ctx.releases:
             if (ticket := self._ticket(rec)) is not None:
                 self._tracker.done(ticket)
+        for rec, exc in ctx.failures:
+            self._dead_letter(rec, exc)
 
     def _ticket(self, rec: Record) -> Ticket | None:
         return self._tracker.get(rec.topic, rec.partition, rec.offset)
 
     def _send(
-        self, out: Outbound, sources: Sequence[Record], tickets: Sequence[Ticket] | None = None
+        self,
+        out: Outbound,
+        sources: Sequence[Record],
+        tickets: Sequence[Ticket] | None = None,
+        *,
+        letter: bool = False,
     ) -> None:
         """Produce ``out``; the sources' offsets wait for its acknowledgement."""
         if tickets is None:
             tickets = [t for rec in sources if (t := self._ticket(rec)) is not None]
         for ticket in tickets:
             self._tracker.add(ticket)
+        self._produce(_Failed(out, tuple(sources), tuple(tickets), "", letter))
+
+    def _produce(self, job: _Failed) -> None:
+        """Queue ``job.out``; a failure (now or in its report) goes to ``_failed``."""
 
         def delivered(error: str | None) -> None:
             if error is None:
-                for ticket in tickets:
+                for ticket in job.tickets:
                     self._tracker.done(ticket)
                 return
             DELIVERY_FAILURES.labels(self.service).inc()
-            if is_permanent(error) and sources:  # retrying cannot help: park the input
-                self._undeliverable.append((out, sources[0], tickets, error))
-            else:
-                self._failures.append(f"{out.topic}: {error}")
+            self._failed.append(job.with_error(error))
 
-        self._producer.produce(out, on_delivery=delivered)
-        self.stats.produced += 1
+        while True:
+            try:
+                self._producer.produce(job.out, on_delivery=delivered)
+            except BackpressureError:  # the broker is slow or away: wait, never drop
+                if self._stop.is_set():
+                    log.warning("output left unsent at shutdown", extra={"topic": job.out.topic})
+                    return  # its offsets stay uncommitted: read again after a restart
+                self.last_turn = time.monotonic()  # waiting on the broker is not a stall
+                self._producer.poll(0.1)
+                continue
+            except ProduceError as exc:
+                DELIVERY_FAILURES.labels(self.service).inc()
+                self._failed.append(job.with_error(exc.error))
+                return
+            self.stats.produced += 1
+            return
 
     def _send_best_effort(self, out: Outbound) -> None:
         def delivered(error: str | None) -> None:
@@ -311,28 +452,80 @@ class StreamRunner:
                 "error": str(exc)[:500],
             },
         )
-        self._send(dead_letter_for(rec, exc, self.service, self._dlq), [rec], tickets)
+        self._send(dead_letter_for(rec, exc, self.service, self._dlq), [rec], tickets, letter=True)
 
     def _finish(self, rec: Record) -> None:
         if (ticket := self._ticket(rec)) is not None:
             self._tracker.done(ticket)
 
     def _settle(self) -> None:
-        """Serve delivery reports and store every offset that became committable."""
+        """Serve delivery reports, deal with failed outputs, and store every offset that
+        became committable."""
         self._producer.poll(0)
-        parked, self._undeliverable = self._undeliverable, []
-        for out, source, tickets, error in parked:  # e.g. a reply to a partition that
-            where = f"{out.topic}[{'any' if out.partition is None else out.partition}]"
-            self._dead_letter(  # does not exist: the input is parked, the loop goes on
-                source,
-                DeliveryError(f"its output to {where} cannot be delivered: {error}"),
-                tickets,
-            )
-            for ticket in tickets:
-                self._tracker.done(ticket)  # the dead letter now holds them
-        if self._failures:
-            raise DeliveryError(
-                f"{len(self._failures)} outputs were not acknowledged, first: {self._failures[0]}"
-            )
+        failed, self._failed = self._failed, []
+        checked: dict[tuple[str, int | None], str | None] = {}
+        for job in failed:
+            reason = self._permanent(job, checked)
+            if reason is None:  # retrying can fix it: produce it again, same tickets
+                DELIVERY_RETRIES.labels(self.service).inc()
+                log.info(
+                    "output produced again",
+                    extra={"loop": self.service, "topic": job.out.topic, "error": job.error},
+                )
+                self._produce(job)
+            elif job.letter or not job.sources:
+                LETTERS_LOST.labels(self.service).inc()
+                log.error(
+                    "output can never be delivered; dropped",
+                    extra={"loop": self.service, "topic": job.out.topic, "error": reason},
+                )
+                for ticket in job.tickets:
+                    self._tracker.done(ticket)
+            else:  # e.g. a reply to a partition that does not exist: park the input
+                where = (
+                    f"{job.out.topic}[{'any' if job.out.partition is None else job.out.partition}]"
+                )
+                self._dead_letter(
+                    job.sources[0],
+                    DeliveryError(f"its output to {where} cannot be delivered: {reason}"),
+                    job.tickets,
+                )
+                for ticket in job.tickets:
+                    self._tracker.done(ticket)  # the dead letter now holds them
         self._tracker.retain(self._consumer.assignment)
         self._consumer.store_offsets(self._tracker.committable())
+
+    def _permanent(
+        self, job: _Failed, checked: dict[tuple[str, int | None], str | None]
+    ) -> str | None:
+        """Why ``job`` can never be delivered, or None when producing it again may work.
+        A failure that is not permanent by its name is checked against the cluster's
+        metadata (a topic that does not exist times out rather than failing)."""
+        if is_permanent(job.error):
+            return job.error
+        where = (job.out.topic, job.out.partition)
+        if where not in checked:
+            if time.monotonic() < self._metadata_down_until:
+                return None  # the cluster did not answer a moment ago: just retry
+            try:
+                checked[where] = self._producer.missing(*where, self._metadata_timeout_s)
+            except KafkaUnavailableError as exc:
+                log.info("cluster metadata unavailable", extra={"error": str(exc)})
+                self._metadata_down_until = time.monotonic() + 5.0
+                return None
+        missing = checked[where]
+        return None if missing is None else f"{job.error} ({missing})"
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """An output, what waits for it, and (once failed) librdkafka's error."""
+
+    out: Outbound
+    sources: tuple[Record, ...]
+    tickets: tuple[Ticket, ...]
+    error: str
+    letter: bool  # a dead letter: never dead-lettered in turn
+
+    def with_error(self, error: str) -> _Failed:
+        return _Failed(self.out, self.sources, self.tickets, error, self.letter)

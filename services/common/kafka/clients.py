@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import confluent_kafka
 
-from services.common.errors import BackpressureError
+from services.common.errors import BackpressureError, KafkaUnavailableError, ProduceError
 
 log = logging.getLogger("rdv.kafka")
 CLIENT_LOG = logging.getLogger("rdv.librdkafka")
@@ -39,6 +39,14 @@ class Outbound:
     headers: tuple[tuple[str, bytes], ...] = field(default=())
     partition: int | None = None  # None: murmur2 of the key picks it
 
+
+_NO_SUCH_TOPIC = frozenset(
+    {
+        confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART,
+        confluent_kafka.KafkaError._UNKNOWN_TOPIC,
+        confluent_kafka.KafkaError.TOPIC_EXCEPTION,
+    }
+)
 
 ErrorHook = Callable[[str, bool], None]
 """Called with (error name, all brokers down?) on client-level errors."""
@@ -96,6 +104,32 @@ class Producer:
             raise BackpressureError(
                 f"producer queue full ({len(self._producer)} records waiting)"
             ) from exc
+        except confluent_kafka.KafkaException as exc:  # e.g. _UNKNOWN_PARTITION, too large
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, confluent_kafka.KafkaError):
+                raise ProduceError(f"{err.name()}: {err.str()}") from exc
+            raise ProduceError(f"_UNKNOWN: {exc}") from exc
+
+    def missing(self, topic: str, partition: int | None, timeout_s: float) -> str | None:
+        """Why ``topic`` (and ``partition``, unless None) cannot take records according
+        to the cluster's metadata, or None when it exists. Raises KafkaUnavailableError
+        when the cluster does not answer within ``timeout_s`` (or cannot tell)."""
+        try:
+            meta = self._producer.list_topics(topic=topic, timeout=timeout_s)
+        except confluent_kafka.KafkaException as exc:
+            raise KafkaUnavailableError(f"no metadata for topic {topic!r}: {exc}") from exc
+        found = meta.topics.get(topic)
+        if found is None:
+            return f"topic {topic!r} does not exist"
+        if found.error is not None:
+            if found.error.code() in _NO_SUCH_TOPIC:
+                return f"topic {topic!r} does not exist ({found.error.name()})"
+            raise KafkaUnavailableError(f"metadata of {topic!r}: {found.error.name()}")
+        if partition is not None and partition not in found.partitions:
+            return (
+                f"topic {topic!r} has no partition {partition} ({len(found.partitions)} partitions)"
+            )
+        return None
 
     def poll(self, timeout_s: float = 0.0) -> int:
         """Serve delivery reports; returns how many were served."""
