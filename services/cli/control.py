@@ -1,8 +1,13 @@
 """``rdv models|deploy|promote|retire|policy``: the control plane's commands.
 
-Each change is written to the control topic (services.control) with who made it and
-when; the rendezvous and the gateway apply it at once. Policies start from the policy
-files (``--policies``, default deploy/policies) until the control topic holds one.
+With a gateway configured (``--gateway URL`` or RDV_GATEWAY_URL) each change goes
+through the gateway's control API, which checks the key (RDV_API_KEY, sent as Bearer;
+an admin key whenever the gateway's keys are on) and writes it. Without one, or with
+``--direct``, the change is written to the control topic from here (for operators; on a
+real cluster, Kafka ACLs on the control topic are what restricts it). Either way the
+rendezvous and the gateway apply it at once, and the same services.control.changes
+code makes it. Starting and stopping a worker (deploy, retire) is the deployer's job,
+run here after the change was accepted.
 """
 
 from __future__ import annotations
@@ -12,9 +17,12 @@ import getpass
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from services.cli.control_api import Plane
 
 POLICIES = Path(os.environ.get("RDV_RENDEZVOUS_POLICIES", "deploy/policies"))
 
@@ -22,7 +30,25 @@ POLICIES = Path(os.environ.get("RDV_RENDEZVOUS_POLICIES", "deploy/policies"))
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     by = argparse.ArgumentParser(add_help=False)
     by.add_argument("--by", default=None, help="who makes the change (default: $USER)")
-    by.add_argument("--policies", type=Path, default=POLICIES, help="the base policy files")
+    by.add_argument(
+        "--policies",
+        type=Path,
+        default=POLICIES,
+        help="the base policy files (--direct; the gateway uses its own)",
+    )
+    by.add_argument(
+        "--gateway",
+        default=os.environ.get("RDV_GATEWAY_URL") or None,
+        metavar="URL",
+        help="make the change through this gateway's control API (default $RDV_GATEWAY_URL; "
+        "the key in $RDV_API_KEY)",
+    )
+    by.add_argument(
+        "--direct",
+        action="store_true",
+        help="write to the control topic from here, not through the gateway (operators; "
+        "restrict it with Kafka ACLs)",
+    )
 
     models = commands.add_parser("models", parents=[by], help="the model registry")
     models.add_argument("action", choices=["list"])
@@ -64,20 +90,30 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 # -- plumbing -------------------------------------------------------------------------
 
 
-def _context(admin: bool = True) -> tuple[Any, Any]:
+def _plane(args: argparse.Namespace, admin: bool = True) -> Plane:
+    """The gateway's control API when one is configured (and not --direct), else the
+    control topic itself."""
+    from services.cli.control_api import Direct, Remote, gateway_url  # noqa: PLC0415
+
+    if args.gateway and not args.direct:
+        return Remote(gateway_url(args.gateway), os.environ.get("RDV_API_KEY") or None)
     from services.common.settings import KafkaSettings  # noqa: PLC0415 - fast --help
     from services.common.topics import load_topics  # noqa: PLC0415
+    from services.control.changes import Control  # noqa: PLC0415
+    from services.control.store import KafkaLedger  # noqa: PLC0415
 
     if admin:
         require_admin_key()
     kafka = KafkaSettings()
-    return kafka, load_topics(prefix=kafka.topic_prefix)
+    topics = load_topics(prefix=kafka.topic_prefix)
+    return Direct(Control(KafkaLedger(kafka, topics), args.policies))
 
 
 def require_admin_key() -> None:
-    """With API keys configured (the gateway's RDV_GATEWAY_API_KEYS / _FILE), a change
-    needs an admin key in RDV_API_KEY. The commands write to Kafka themselves: on a real
-    cluster, restrict writes to the control topic with Kafka ACLs as well."""
+    """With API keys configured in this shell (the gateway's RDV_GATEWAY_API_KEYS /
+    _FILE), a direct change needs an admin key in RDV_API_KEY. This is a guard against
+    mistakes, not security: the gateway's control API checks keys where the change is
+    made; direct writes must be restricted with Kafka ACLs on the control topic."""
     from services.common.errors import ConfigError  # noqa: PLC0415
     from services.gateway.keys import load_keys  # noqa: PLC0415
     from services.gateway.settings import GatewaySettings  # noqa: PLC0415
@@ -94,67 +130,6 @@ def _who(args: argparse.Namespace) -> str:
     return str(args.by or os.environ.get("USER") or getpass.getuser() or "rdv")
 
 
-def _file_doc(endpoint: str, policies: Path) -> dict[str, Any] | None:
-    """The endpoint's document in the policy files, if any."""
-    from services.common.endpoints import read_documents  # noqa: PLC0415
-
-    if policies.exists():
-        for _, doc in read_documents(policies):
-            if doc.get("endpoint") == endpoint:
-                return dict(doc)
-    return None
-
-
-def _current_doc(state: Any, endpoint: str, policies: Path) -> tuple[dict[str, Any], int]:
-    """The endpoint's policy in force as a document, and its version."""
-    from services.common.errors import ConfigError  # noqa: PLC0415
-
-    entry = state.policies.get(endpoint)
-    if entry is not None:
-        return dict(entry.policy), int(entry.version)
-    doc = _file_doc(endpoint, policies)
-    if doc is not None:
-        return doc, int(doc.get("version", 1))
-    raise ConfigError(f"no policy for endpoint {endpoint!r} (control topic or {policies})")
-
-
-def _publish_policy(
-    kafka: Any, topics: Any, state: Any, doc: dict[str, Any], *, who: str, after: int = 0
-) -> int:
-    """Validate and write a new version of an endpoint's policy (above ``after``, the
-    version in force, which may be a policy file's); returns the version."""
-    from services.common.messages import PolicyEntry  # noqa: PLC0415
-    from services.control.state import policy_key, policy_version_key  # noqa: PLC0415
-    from services.control.store import publish  # noqa: PLC0415
-    from services.rendezvous.policy import parse_policy  # noqa: PLC0415
-
-    endpoint = str(doc["endpoint"])
-    version = max(state.next_version(endpoint), after + 1)  # above the file's version too
-    body = {k: v for k, v in doc.items() if k != "version"}
-    parse_policy({**body, "version": version}, f"the new policy of {endpoint}")
-    entry = PolicyEntry(
-        endpoint=endpoint,
-        version=version,
-        policy=body,
-        changed_by=who,
-        changed_ms=int(time.time() * 1000),
-    )
-    publish(
-        kafka,
-        topics,
-        [(policy_key(endpoint), entry), (policy_version_key(endpoint, version), entry)],
-    )
-    state.apply(policy_key(endpoint), entry)
-    return int(version)
-
-
-def _register(kafka: Any, topics: Any, registrations: list[Any]) -> None:
-    from services.control.state import model_key  # noqa: PLC0415
-    from services.control.store import publish  # noqa: PLC0415
-
-    publish(kafka, topics, [(model_key(r.name), r) for r in registrations])
-
-
 def _when(ms: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000)) + "Z"
 
@@ -163,18 +138,15 @@ def _when(ms: float) -> str:
 
 
 def models_list(args: argparse.Namespace) -> int:
-    from services.control.store import read_state  # noqa: PLC0415
-
-    kafka, topics = _context(admin=False)
-    state = read_state(kafka, topics)
-    if not state.models:
+    models = _plane(args, admin=False).models()
+    if not models:
         print("no model is registered on the control topic (rdv deploy <spec> registers one)")
         return 0
     print(f"{'model':<16} {'version':<28} {'role':<11} {'endpoints':<16} changed")
-    for name, reg in sorted(state.models.items()):
+    for reg in models:
         print(
-            f"{name:<16} {reg.version:<28} {reg.role.value:<11} {','.join(reg.endpoints):<16} "
-            f"{_when(reg.changed_ms)} by {reg.changed_by}"
+            f"{reg['name']:<16} {reg['version']:<28} {reg['role']:<11} "
+            f"{','.join(reg['endpoints']):<16} {_when(reg['changed_ms'])} by {reg['changed_by']}"
         )
     return 0
 
@@ -184,13 +156,12 @@ def deploy_model(args: argparse.Namespace) -> int:
     from services.control.deployers import deployer  # noqa: PLC0415
     from services.workers.spec import load_spec  # noqa: PLC0415
 
-    kafka, topics = _context()
     spec = load_spec(args.spec)
     if args.role:
         spec = spec.model_copy(update={"role": Role(args.role)})
-    reg = spec.registration(_who(args), int(time.time() * 1000))
-    _register(kafka, topics, [reg])
-    print(f"{spec.name}: registered as {spec.role.value} on {', '.join(spec.endpoints)}")
+    plane = _plane(args)
+    reg = plane.deploy(spec, _who(args))
+    print(f"{reg['name']}: registered as {reg['role']} on {', '.join(reg['endpoints'])}")
     if not args.no_start:
         started = deployer(args.deployer).start(spec, dict(os.environ))
         print(f"{spec.name}: running ({started.where}); it scores every request from now on")
@@ -198,66 +169,19 @@ def deploy_model(args: argparse.Namespace) -> int:
 
 
 def promote_model(args: argparse.Namespace) -> int:
-    from services.common.errors import ConfigError  # noqa: PLC0415
-    from services.common.messages import Role  # noqa: PLC0415
-    from services.control.policies import champion_of, promote  # noqa: PLC0415
-    from services.control.store import read_state  # noqa: PLC0415
-
-    kafka, topics = _context()
-    state = read_state(kafka, topics)
-    reg = state.models.get(args.model)
-    endpoints = args.endpoint or (list(reg.endpoints) if reg else [])
-    if not endpoints:
-        raise ConfigError(f"{args.model} is not registered: name the endpoint (--endpoint)")
-    who = _who(args)
-    changed = []
-    for endpoint in endpoints:
-        doc, current = _current_doc(state, endpoint, args.policies)
-        old = champion_of(doc)
-        version = _publish_policy(
-            kafka, topics, state, promote(doc, args.model), who=who, after=current
-        )
+    for change in _plane(args).promote(args.model, args.endpoint, _who(args)):
         print(
-            f"{endpoint}: {args.model} preferred, fallback {old or '-'} (policy version {version})"
+            f"{change['endpoint']}: {args.model} preferred, fallback "
+            f"{change['fallback'] or '-'} (policy version {change['version']})"
         )
-        if old and old in state.models:
-            changed.append(state.models[old].model_copy(update={"role": Role.CHALLENGER}))
-    if reg is not None:
-        changed.append(reg.model_copy(update={"role": Role.CHAMPION}))
-    now = int(time.time() * 1000)
-    _register(
-        kafka,
-        topics,
-        [r.model_copy(update={"changed_by": who, "changed_ms": now}) for r in changed],
-    )
     return 0
 
 
 def retire_model(args: argparse.Namespace) -> int:
-    from services.common.errors import ConfigError  # noqa: PLC0415
     from services.control.deployers import deployer  # noqa: PLC0415
-    from services.control.policies import mentions, retire  # noqa: PLC0415
-    from services.control.state import model_key  # noqa: PLC0415
-    from services.control.store import publish, read_state  # noqa: PLC0415
 
-    kafka, topics = _context()
-    state = read_state(kafka, topics)
-    who = _who(args)
-    reg = state.models.get(args.model)
-    endpoints = set(reg.endpoints if reg else [])
-    endpoints |= {e for e, p in state.policies.items() if mentions(p.policy, args.model)}
-    for endpoint in sorted(endpoints):
-        try:
-            doc, current = _current_doc(state, endpoint, args.policies)
-        except ConfigError:
-            continue  # no policy for that endpoint: nothing names the model there
-        if not mentions(doc, args.model):
-            continue
-        version = _publish_policy(
-            kafka, topics, state, retire(doc, args.model), who=who, after=current
-        )
-        print(f"{endpoint}: {args.model} removed (policy version {version})")
-    publish(kafka, topics, [(model_key(args.model), None)])
+    for change in _plane(args).retire(args.model, _who(args)):
+        print(f"{change['endpoint']}: {args.model} removed (policy version {change['version']})")
     print(f"{args.model}: unregistered")
     if not args.keep_running:
         stopped = deployer(args.deployer).stop(args.model)
@@ -269,7 +193,7 @@ def _new_policy(args: argparse.Namespace) -> dict[str, Any]:
     """The one policy document of ``args.file``, for ``args.endpoint``, validated."""
     from services.common.endpoints import read_documents  # noqa: PLC0415
     from services.common.errors import ConfigError  # noqa: PLC0415
-    from services.rendezvous.policy import parse_policy  # noqa: PLC0415
+    from services.control.changes import checked_policy  # noqa: PLC0415
 
     if args.file is None:
         raise ConfigError("rdv policy set <endpoint> <file>")
@@ -278,52 +202,26 @@ def _new_policy(args: argparse.Namespace) -> dict[str, Any]:
     docs = read_documents(args.file)
     if len(docs) != 1:
         raise ConfigError(f"{args.file} must hold one policy document, not {len(docs)}")
-    doc = dict(docs[0][1])
-    if doc.get("endpoint") != args.endpoint:
-        raise ConfigError(
-            f"{args.file} is the policy of {doc.get('endpoint')!r}, not {args.endpoint!r}"
-        )
-    parse_policy(doc, str(args.file))
-    return doc
+    return checked_policy(args.endpoint, docs[0][1], str(args.file))
 
 
 def policy_command(args: argparse.Namespace) -> int:
-    from services.common.errors import ConfigError  # noqa: PLC0415
-    from services.control.store import read_state  # noqa: PLC0415
-
     new_doc = _new_policy(args) if args.action == "set" else None  # checked before Kafka
-    kafka, topics = _context(admin=args.action != "show")
-    state = read_state(kafka, topics)
+    plane = _plane(args, admin=args.action != "show")
     if args.action == "show":
-        doc, version = _current_doc(state, args.endpoint, args.policies)
-        entry = state.policies.get(args.endpoint)
-        origin = (
-            f"control topic, by {entry.changed_by} at {_when(entry.changed_ms)}"
-            if entry
-            else "policy file"
-        )
-        print(f"# {args.endpoint}: version {version} ({origin})")
-        print(yaml.safe_dump(doc, sort_keys=False).rstrip())
-        for v, e in sorted(state.history.get(args.endpoint, {}).items()):
-            print(f"# version {v}: by {e.changed_by} at {_when(e.changed_ms)}")
+        view = plane.show(args.endpoint)
+        origin = view["origin"]
+        if view["changed_by"] is not None:
+            origin += f", by {view['changed_by']} at {_when(view['changed_ms'])}"
+        print(f"# {args.endpoint}: version {view['version']} ({origin})")
+        print(yaml.safe_dump(view["policy"], sort_keys=False).rstrip())
+        for e in view["history"]:
+            print(f"# version {e['version']}: by {e['changed_by']} at {_when(e['changed_ms'])}")
         return 0
     if new_doc is not None:
-        try:
-            _, current = _current_doc(state, args.endpoint, args.policies)
-        except ConfigError:
-            current = 0  # a new endpoint
-        version = _publish_policy(kafka, topics, state, new_doc, who=_who(args), after=current)
-        print(f"{args.endpoint}: policy version {version} in force")
+        change = plane.set_policy(args.endpoint, new_doc, _who(args))
+        print(f"{args.endpoint}: policy version {change['version']} in force")
         return 0
-    _, current = _current_doc(state, args.endpoint, args.policies)
-    earlier = [v for v in state.history.get(args.endpoint, {}) if v < current]
-    if earlier:
-        doc, label = dict(state.history[args.endpoint][max(earlier)].policy), str(max(earlier))
-    else:  # before the first control change: the policy file's version
-        file_doc = _file_doc(args.endpoint, args.policies)
-        if file_doc is None or args.endpoint not in state.policies:
-            raise ConfigError(f"{args.endpoint}: no earlier version to roll back to")
-        doc, label = file_doc, f"{file_doc.get('version', 1)} (the policy file)"
-    version = _publish_policy(kafka, topics, state, doc, who=_who(args), after=current)
-    print(f"{args.endpoint}: version {label} restored as version {version}")
+    change = plane.rollback(args.endpoint, _who(args))
+    print(f"{args.endpoint}: version {change['restored']} restored as version {change['version']}")
     return 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from services.common.errors import ConfigError
+from services.control.errors import ControlConflictError
 from services.rendezvous.policy import parse_policy
 
 Doc = dict[str, Any]
@@ -37,7 +37,7 @@ def promote(doc: Doc, model: str) -> Doc:
     out = copy.deepcopy(doc)
     old = champion_of(out)
     if old == model:
-        raise ConfigError(f"{model} is already the champion of {out['endpoint']}")
+        raise ControlConflictError(f"{model} is already the champion of {out['endpoint']}")
     if out.get("models") and model not in out["models"]:
         out["models"] = [*out["models"], model]
     stages = out["stages"]
@@ -62,7 +62,7 @@ def retire(doc: Doc, model: str) -> Doc:
     endpoint = out["endpoint"]
     gate = out.get("ood") or {}
     if model in (gate.get("detector"), (gate.get("when_flagged") or {}).get("model")):
-        raise ConfigError(
+        raise ControlConflictError(
             f"{model} serves the OOD gate of {endpoint}: set a policy without it first"
         )
     if (out.get("canary") or {}).get("model") == model:
@@ -77,7 +77,7 @@ def retire(doc: Doc, model: str) -> Doc:
                 continue
         stages.append({**stage, "accept": accept})
     if not stages:
-        raise ConfigError(
+        raise ControlConflictError(
             f"retiring {model} leaves {endpoint} with no model: promote another first"
         )
     stages[-1]["until_ms"] = "deadline"

@@ -1,4 +1,4 @@
-"""Reading and writing the control topic."""
+"""Reading and writing the control topic (and the topic as a Ledger of changes)."""
 
 from __future__ import annotations
 
@@ -53,3 +53,18 @@ def publish(
     left = producer.flush(timeout_s)
     if left or errors:
         raise DeliveryError(f"control change not written: {left} pending, errors {errors[:3]}")
+
+
+class KafkaLedger:
+    """The control topic as a ``services.control.changes.Ledger``."""
+
+    def __init__(self, kafka: KafkaSettings, topics: Topics, timeout_s: float = 15.0) -> None:
+        self.kafka = kafka
+        self.topics = topics
+        self.timeout_s = timeout_s
+
+    def read(self) -> ControlState:
+        return read_state(self.kafka, self.topics, self.timeout_s)
+
+    def publish(self, entries: Sequence[tuple[bytes, ControlEntry | None]]) -> None:
+        publish(self.kafka, self.topics, entries, self.timeout_s)

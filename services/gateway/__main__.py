@@ -14,6 +14,8 @@ from services.common.kafka import Admin, admin_config
 from services.common.logs import configure_logging
 from services.common.settings import KafkaSettings
 from services.common.topics import load_topics
+from services.control.changes import Control
+from services.control.store import KafkaLedger
 from services.gateway.app import build_app
 from services.gateway.live import follow_control
 from services.gateway.replies import connect
@@ -36,7 +38,8 @@ def main() -> int:
         endpoints = load_endpoints(settings.policies)
         topics.ensure(Admin(admin_config(kafka)))
         bus = connect(kafka, topics, settings.reply_partition)
-        app = build_app(settings, bus=bus, topics=topics, endpoints=endpoints)
+        control = Control(KafkaLedger(kafka, topics), settings.policies)
+        app = build_app(settings, bus=bus, topics=topics, endpoints=endpoints, control=control)
         follower = follow_control(kafka, topics, app.state.gateway).start()
     except RendezvousError as exc:
         log.error("cannot start the gateway", extra={"code": exc.code, "error": exc.message})

@@ -13,10 +13,12 @@ from services.common.endpoints import EndpointSpec, load_endpoints
 from services.common.errors import ConfigError
 from services.common.messages import ReturnAddress
 from services.common.topics import Topics
+from services.control.changes import Control
 from services.gateway.auth import install_security
 from services.gateway.bus import Bus
 from services.gateway.errors import install_error_handlers
 from services.gateway.pending import PendingReplies
+from services.gateway.routes import control as control_routes
 from services.gateway.routes import feedback, health, infer, openai
 from services.gateway.service import Gateway
 from services.gateway.settings import GatewaySettings
@@ -30,11 +32,14 @@ def build_app(
     bus: Bus,
     topics: Topics,
     endpoints: Mapping[str, EndpointSpec] | None = None,
+    control: Control | None = None,
 ) -> FastAPI:
     """The gateway app. ``bus`` carries requests out and replies in (``replies.connect``
     for Kafka); ``topics`` names the requests topic and the return address; endpoints
     default to the policies at ``settings.policies``. The lifespan starts the bus and,
-    at shutdown, stops its reply thread and flushes it within settings.flush_timeout_s."""
+    at shutdown, stops its reply thread and flushes it within settings.flush_timeout_s.
+    ``control`` backs the control API (/v1/control/..., admin key when keys are on);
+    without it those routes answer that no control API is configured."""
     if endpoints is None:
         endpoints = load_endpoints(settings.policies)
     replies = topics.partitions("replies")
@@ -77,10 +82,12 @@ def build_app(
 
     app = FastAPI(title="Rendezvous gateway", lifespan=lifespan, openapi_url=None)
     app.state.gateway = gateway
+    app.state.control = control
     install_error_handlers(app, settings.retry_after_s)
     install_security(app, settings)  # API keys and rate limits (services/gateway/auth.py)
     app.include_router(infer.router)
     app.include_router(openai.router)
     app.include_router(feedback.router)
     app.include_router(health.router)
+    app.include_router(control_routes.router)
     return app
