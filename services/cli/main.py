@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,7 +70,7 @@ def _stack(args: argparse.Namespace) -> int:
     from services.cli import up  # noqa: PLC0415
 
     action = {"up": up.up, "down": up.down, "ps": up.ps}[args.command]
-    return action(args.port)
+    return action(args.port, args.stack)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
             type=int,
             default=os.environ.get("RDV_KAFKA_PORT", "9092"),
             help="the local broker's port (default $RDV_KAFKA_PORT or 9092)",
+        )
+        cmd.add_argument(
+            "--stack",
+            type=Path,
+            default=Path(__file__).resolve().parents[2] / "deploy" / "local" / "stack.yaml",
+            help="the stack file (default deploy/local/stack.yaml)",
         )
         cmd.set_defaults(func=_stack)
     kafka = commands.add_parser(
@@ -133,12 +140,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
+        return code
     except RendezvousError as exc:
         print(f"rdv: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+def _reader_gone() -> int:
+    """The reader of stdout left (``rdv ps | head``): end quietly, as a shell tool does.
+    Stdout goes to /dev/null so that the interpreter's last flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":
