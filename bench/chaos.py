@@ -1,0 +1,378 @@
+"""The chaos harness: the data plane under an open-loop load, through a fault schedule,
+with the topics read back afterwards.
+
+    python -m bench.chaos [--quick] [--only rendezvous-kill,poison] [--rate 50]
+
+It starts its own Kafka broker on a free port and the local stack's data plane as real
+processes on free ports (gateway, two rendezvous replicas in one group, archive, the
+demo endpoint's champion ``fast`` and fallback ``slow`` workers; policy
+deploy/policies/demo.yaml, deadline 1 s), sends ``--rate`` requests/s to
+``/v1/infer/demo`` the whole time, and runs each scenario in turn. Per scenario: seconds
+with a degraded answer (non-200, or later than the deadline + 50 ms), requests with no
+HTTP response at all (and refused connections), double replies and double decisions
+(records per request id on those topics, read back at the end), dead letters against the
+poison records injected (per reader), and process exits the harness did not cause.
+Between scenarios, whatever is down is restarted (counted, not hidden). It prints a
+table and, as its last line, one JSON object."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bench.chaos_load import Load
+from bench.chaos_poison import READERS, Poison, build_all
+from bench.chaos_readback import (
+    Window,
+    dead_letters,
+    doubles,
+    expected_letters,
+    keyed,
+    match_letters,
+    read_topic,
+    tally,
+)
+from bench.chaos_report import cpu_times, last_degraded_after, load_figures, machine, table
+from bench.chaos_stack import DEADLINE_MS, ENDPOINT, ChaosStack, Exit
+from services.common.kafka import Producer, producer_config
+
+BODY = {"inputs": {"text": "hello"}}
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long each phase lasts (s): the quick schedule or the full one."""
+
+    pre: float  # clean load before the fault
+    post: float  # load after the last recovery step
+    down: float  # a killed process stays down this long before its restart
+    pause: float  # SIGSTOP .. SIGCONT
+    outage: float  # the broker outage, and the rendezvous-down outage
+    poison_repeats: int
+    poison_wait: float  # time for dead letters (a reply to a missing topic times out)
+
+
+QUICK = Timing(pre=2, post=8, down=3, pause=10, outage=20, poison_repeats=1, poison_wait=35)
+FULL = Timing(pre=3, post=15, down=5, pause=10, outage=90, poison_repeats=3, poison_wait=40)
+
+
+@dataclass
+class Run:
+    """A scenario in progress: its stack, its schedule, what it noted."""
+
+    stack: ChaosStack
+    timing: Timing
+    notes: dict[str, object] = field(default_factory=dict)
+    marks: dict[str, float] = field(default_factory=dict)  # wall s of fault steps
+    exits: list[Exit] = field(default_factory=list)
+    poisons: list[Poison] = field(default_factory=list)
+
+    def wait(self, seconds: float) -> None:
+        self.stack.wait(seconds, self.exits.append)
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = time.time()
+
+    def restart(self, name: str) -> None:
+        try:
+            self.notes[f"{name}_restart_s"] = round(self.stack.restart(name), 1)
+        except RuntimeError as exc:
+            self.notes[f"{name}_restart"] = f"failed: {exc}"
+        self.mark(f"{name}_ready")
+        self.wait(0)
+
+
+def kill_restart(name: str) -> Callable[[Run], None]:
+    def scenario(run: Run) -> None:
+        run.wait(run.timing.pre)
+        run.mark("fault")
+        run.stack.kill(name)
+        run.wait(0 if name == "gateway" else run.timing.down)
+        run.restart(name)
+        run.wait(run.timing.post)
+
+    return scenario
+
+
+def pause_resume(name: str) -> Callable[[Run], None]:
+    def scenario(run: Run) -> None:
+        run.wait(run.timing.pre)
+        run.mark("fault")
+        run.stack.pause(name)
+        run.wait(run.timing.pause)
+        run.stack.resume(name)
+        run.mark("resumed")
+        run.wait(run.timing.post)
+
+    return scenario
+
+
+def broker_down(outage: bool) -> Callable[[Run], None]:
+    def scenario(run: Run) -> None:
+        run.wait(run.timing.pre)
+        run.mark("fault")
+        run.stack.kill_broker()
+        run.wait(run.timing.outage if outage else 0)
+        run.notes["broker_restart_s"] = round(run.stack.start_broker(), 1)
+        run.mark("recovered")  # the broker answers metadata again
+        run.wait(run.timing.post)
+
+    return scenario
+
+
+def rendezvous_down(run: Run) -> None:
+    run.wait(run.timing.pre)
+    run.mark("fault")
+    for name in ("rendezvous-a", "rendezvous-b"):
+        run.stack.kill(name)
+    run.wait(run.timing.outage)
+    for name in ("rendezvous-a", "rendezvous-b"):
+        run.stack.services[name].spawn()
+    for name in ("rendezvous-a", "rendezvous-b"):
+        run.stack.wait_ready(name)
+    run.mark("recovered")
+    run.wait(run.timing.post)
+
+
+def poison(run: Run) -> None:
+    run.wait(run.timing.pre)
+    stack = run.stack
+    assert stack.topics is not None
+    run.poisons = build_all(stack.topics, run.timing.poison_repeats)
+    producer = Producer(producer_config(stack.kafka, "chaos-poison"))
+    failed: list[str] = []
+    run.mark("fault")
+    for p in run.poisons:
+        producer.produce(p.out, lambda err: failed.append(err) if err else None)
+        producer.poll(0)
+    left = producer.flush(30.0)
+    run.notes["poison_records"] = len(run.poisons)
+    if failed or left:
+        run.notes["poison_not_written"] = len(failed) + left
+    run.wait(run.timing.poison_wait)
+
+
+def baseline(run: Run) -> None:
+    run.wait(run.timing.pre + run.timing.post)
+
+
+SCENARIOS: dict[str, Callable[[Run], None]] = {
+    "baseline": baseline,
+    "gateway-kill": kill_restart("gateway"),
+    "rendezvous-kill": kill_restart("rendezvous-a"),
+    "worker-fast-kill": kill_restart("worker-fast"),
+    "worker-slow-kill": kill_restart("worker-slow"),
+    "archive-kill": kill_restart("archive"),
+    "rendezvous-stop": pause_resume("rendezvous-b"),
+    "worker-stop": pause_resume("worker-fast"),
+    "broker-kill": broker_down(outage=False),
+    "broker-outage": broker_down(outage=True),
+    "rendezvous-down": rendezvous_down,
+    "poison": poison,
+}
+"""Every scenario, in the order they run. rendezvous-down kills both replicas for the
+outage and restarts them; the others name what they kill or stop."""
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="20 s outages, one poison round")
+    parser.add_argument("--only", default="", help=f"comma-separated of: {','.join(SCENARIOS)}")
+    parser.add_argument("--rate", type=float, default=50.0, help="requests/s (default 50)")
+    args = parser.parse_args(argv)
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()] or list(SCENARIOS)
+    unknown = [s for s in chosen if s not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenarios {unknown}; known: {', '.join(SCENARIOS)}")
+    if args.rate <= 0:
+        parser.error("--rate must be above 0")
+    args.scenarios = [s for s in SCENARIOS if s in chosen]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    timing = QUICK if args.quick else FULL
+    steal0 = cpu_times()
+    began_ms = int(time.time() * 1000)
+    windows: list[Window] = []
+    runs: dict[str, Run] = {}
+    healed: dict[str, list[str]] = {}
+    with ChaosStack() as stack:
+        say(f"stack ready in {stack.start_all():.1f} s (broker {stack.kafka.bootstrap})")
+        path = f"/v1/infer/{ENDPOINT}"
+        load = Load("127.0.0.1", stack.gateway_port, path, BODY, args.rate)
+        load.start()
+        stack.wait(2.0)  # connections warm before the first window
+        for name in args.scenarios:
+            run = Run(stack, timing)
+            say(f"scenario {name} ...")
+            start = time.time()
+            try:
+                SCENARIOS[name](run)
+            except Exception as exc:  # noqa: BLE001 - one broken scenario must not end the run
+                run.notes["harness_error"] = f"{type(exc).__name__}: {exc}"
+            windows.append(Window(name, start, time.time()))
+            runs[name] = run
+            if back := stack.heal():
+                healed[name] = back
+            stack.wait(1.0, runs[name].exits.append)
+        sent = load.stop()
+        say("reading the topics back ...")
+        topics = stack.topics
+        assert topics is not None
+        replies = tally(keyed(read_topic(stack.kafka, topics, "replies", began_ms)))
+        decisions = tally(keyed(read_topic(stack.kafka, topics, "decisions", began_ms)))
+        letters = dead_letters(read_topic(stack.kafka, topics, "dead_letters", began_ms))
+        roles = {name: role for role, name in topics.by_role.items()}
+    poisons = [p for r in runs.values() for p in r.poisons]
+    matched = match_letters(letters, poisons, roles, windows)
+    expected = expected_letters(poisons)
+    dbl_rep, dbl_dec = doubles(replies, windows), doubles(decisions, windows)
+    rows, out = [], {}
+    for w in windows:
+        run = runs[w.name]
+        figures = load_figures(sent, w.start, w.end, DEADLINE_MS)
+        others = sum(n for (win, _s, _r), n in matched.others.items() if win == w.name)
+        row: dict[str, object] = {
+            "scenario": w.name,
+            "requests": figures.requests,
+            "degraded_s": figures.degraded_s,
+            "failed": figures.requests - figures.ok,
+            "no_response": figures.no_response,
+            "refused": figures.refused,
+            "double_replies": dbl_rep.get(w.name, 0),
+            "double_decisions": dbl_dec.get(w.name, 0),
+            "dead_letters": "",
+            "other_dead_letters": others,
+            "exits": len(run.exits),
+            "p99_ms": figures.p99_ms,
+        }
+        row |= scenario_extras(run, sent, w, expected, matched.by_class)
+        detail = {
+            **row,
+            "seconds": round(w.end - w.start, 1),
+            "statuses": figures.statuses,
+            "p50_ms": figures.p50_ms,
+            "notes": run.notes,
+            "exit_list": [f"{e.service} code {e.code}: {e.last_line}" for e in run.exits],
+            "restarted_after": healed.get(w.name, []),
+        }
+        rows.append(row)
+        out[w.name] = detail
+    if poisons:
+        out["poison"]["classes"] = poison_rows(poisons, expected, matched.by_class, decisions)
+    print(table(rows))
+    if poisons:
+        print_poison(out["poison"]["classes"])
+    if matched.other_errors:
+        print("dead letters of non-poison records (first few):")
+        for line in matched.other_errors:
+            print("  " + line)
+    summary = {
+        "command": "python -m bench.chaos " + " ".join(sys.argv[1:] if argv is None else argv),
+        "quick": args.quick,
+        "rate": args.rate,
+        "deadline_ms": DEADLINE_MS,
+        "load_max_lag_ms": round(load.max_lag_ms, 1),
+        "machine": machine(steal0),
+        "between_double_replies": dbl_rep.get("(between)", 0),
+        "between_double_decisions": dbl_dec.get("(between)", 0),
+        "scenarios": out,
+    }
+    print(json.dumps(summary, default=str))
+    return 0
+
+
+def scenario_extras(
+    run: Run,
+    sent: list,  # type: ignore[type-arg]
+    w: Window,
+    expected: dict[tuple[str, str], int],
+    got: dict[tuple[str, str], int],
+) -> dict[str, object]:
+    """The columns only some scenarios have: recovery times and the poison tally."""
+    extra: dict[str, object] = {}
+    notes = []
+    fault = run.marks.get("fault")
+    ready = run.marks.get("recovered") or next(
+        (v for k, v in run.marks.items() if k.endswith("_ready")), None
+    )
+    if fault is not None and ready is not None:
+        before = load_figures(sent, fault, ready, DEADLINE_MS).degraded_s
+        after = load_figures(sent, ready, w.end, DEADLINE_MS).degraded_s
+        resume = last_degraded_after(sent, ready, w.end, DEADLINE_MS)
+        extra["degraded_s_until_restart"] = before
+        extra["degraded_s_after_restart"] = after
+        extra["resume_s"] = resume
+        notes.append(f"down->up {before}s/{after}s degr, resume {resume}s")
+    if (resumed := run.marks.get("resumed")) is not None:
+        after = load_figures(sent, resumed, w.end, DEADLINE_MS).degraded_s
+        extra["degraded_s_after_resume"] = after
+        notes.append(f"{after}s degr after SIGCONT")
+    for key, value in run.notes.items():
+        if key.endswith("_s"):
+            notes.append(f"{key}={value}")
+    if run.poisons:
+        mine = {(p.cls, s) for p in run.poisons for s in READERS[p.role]}
+        exp = sum(n for k, n in expected.items() if k in mine)
+        hit = sum(min(n, expected.get(k, 0)) for k, n in got.items() if k in mine)
+        unexpected = sum(max(0, n - expected.get(k, 0)) for k, n in got.items() if k in mine)
+        extra["dead_letters"] = f"{hit}/{exp}" + (f" +{unexpected}" if unexpected else "")
+    extra["note"] = "; ".join(notes)
+    return extra
+
+
+def poison_rows(
+    poisons: list[Poison],
+    expected: dict[tuple[str, str], int],
+    got: dict[tuple[str, str], int],
+    decisions: object,
+) -> list[dict[str, object]]:
+    """Per poison class: records injected, per reader dead letters got/expected, and
+    (for valid-looking requests) how many ids were decided more than once."""
+    counts = getattr(decisions, "count", {})
+    rows = []
+    for cls in sorted({p.cls for p in poisons}):
+        mine = [p for p in poisons if p.cls == cls]
+        readers = sorted({s for p in mine for s in READERS[p.role]})
+        ids = {p.decided_once for p in mine if p.decided_once}
+        rows.append(
+            {
+                "class": cls,
+                "injected": len(mine),
+                "tolerated": not any(p.expect for p in mine),
+                "dead_letters": {
+                    s: f"{got.get((cls, s), 0)}/{expected.get((cls, s), 0)}" for s in readers
+                },
+                "decided_twice": sum(1 for i in ids if counts.get(i, 0) > 1),
+                "decided": sum(1 for i in ids if counts.get(i, 0) >= 1),
+                "valid_requests": len(ids),
+            }
+        )
+    return rows
+
+
+def print_poison(rows: list[dict[str, object]]) -> None:
+    print("\npoison classes (dead letters got/expected per reader; tolerated: none expected)")
+    for r in rows:
+        dl = " ".join(f"{k}={v}" for k, v in r["dead_letters"].items())  # type: ignore[attr-defined]
+        extra = (
+            f"  decided {r['decided']}/{r['valid_requests']}, twice {r['decided_twice']}"
+            if r["valid_requests"]
+            else ""
+        )
+        kind = "tolerated" if r["tolerated"] else "rejected"
+        print(f"  {r['class']:<36} x{r['injected']:<3} {kind:<9} {dl}{extra}")
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

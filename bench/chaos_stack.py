@@ -1,0 +1,331 @@
+"""The chaos harness's stack: its own Kafka broker on a free port, a fresh topic prefix,
+and the data plane as real processes on free ports (gateway, two rendezvous replicas in
+one group, archive, the demo endpoint's champion and fallback workers), each polled for
+exits so that any exit the harness did not cause is counted."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from services.cli.localkafka import LocalBroker
+from services.common.kafka import Admin, admin_config
+from services.common.settings import KafkaSettings
+from services.common.topics import Topics, load_topics
+
+REPO = Path(__file__).resolve().parents[1]
+POLICY = REPO / "deploy" / "policies" / "demo.yaml"
+ENDPOINT = "demo"
+DEADLINE_MS = 1000  # demo.yaml's deadline_ms
+START_TIMEOUT_S = 120.0
+POLL_S = 0.1  # how often processes and readiness URLs are probed (other processes)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _taken(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass(frozen=True)
+class Exit:
+    """A process exit the harness did not cause."""
+
+    service: str
+    code: int
+    at: float  # wall seconds
+    last_line: str
+
+
+@dataclass
+class Service:
+    """One process of the stack: how to start it, where it answers, whether it is down
+    on purpose (a planned kill) and the exits nobody planned."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    ready_url: str
+    log: Path
+    popen: subprocess.Popen[bytes] | None = None
+    planned_down: bool = False
+    exits: list[Exit] = field(default_factory=list)
+    starts: int = 0
+
+    def spawn(self) -> None:
+        with self.log.open("ab") as out:
+            self.popen = subprocess.Popen(
+                self.argv,
+                cwd=REPO,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.planned_down = False
+        self.starts += 1
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.popen is None else self.popen.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def ready(self) -> bool:
+        if not self.alive:
+            return False
+        try:
+            return httpx.get(self.ready_url, timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def check(self) -> Exit | None:
+        """Record an exit nobody planned (once per process run)."""
+        if self.popen is None or self.planned_down:
+            return None
+        code = self.popen.poll()
+        if code is None:
+            return None
+        died = Exit(self.name, code, time.time(), last_error_line(self.log))
+        self.exits.append(died)
+        self.planned_down = True  # counted; restarted between scenarios
+        return died
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.popen is None or not self.alive:
+            raise RuntimeError(f"{self.name} is not running")
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            self.planned_down = True
+        self.popen.send_signal(sig)
+        if sig is signal.SIGKILL:
+            self.popen.wait(10)
+
+    def terminate(self, timeout_s: float = 20.0) -> None:
+        if self.popen is None or not self.alive:
+            return
+        self.planned_down = True
+        self.popen.send_signal(signal.SIGCONT)  # a stopped process cannot handle SIGTERM
+        self.popen.terminate()
+        try:
+            self.popen.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(10)
+
+
+def last_error_line(log: Path, limit: int = 240) -> str:
+    """The last line of a log that looks like an error, else its last line."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()[-200:]
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        if any(w in line for w in ("Error", "error", "Exception", "failed", "Traceback")):
+            return line[:limit]
+    return lines[-1][:limit] if lines else ""
+
+
+class ChaosStack:
+    """Broker, topics and the data plane's processes; torn down on exit."""
+
+    def __init__(self, *, keep_dir: Path | None = None) -> None:
+        self._tmp = None if keep_dir else tempfile.TemporaryDirectory(prefix="rdv-chaos-")
+        self.dir = keep_dir or Path(self._tmp.name)  # type: ignore[union-attr]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.broker: LocalBroker | None = None
+        self.services: dict[str, Service] = {}
+        self.kafka = KafkaSettings()
+        self.topics: Topics | None = None
+        self.gateway_port = 0
+        self.broker_exits: list[Exit] = []
+        self.broker_planned_down = False
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def __enter__(self) -> ChaosStack:
+        port = free_port()
+        while _taken(port + 1):
+            port = free_port()
+        self.broker = LocalBroker(port=port, state_dir=self.dir / "kafka")
+        self.broker.start()
+        self.kafka = KafkaSettings(
+            bootstrap=self.broker.bootstrap, topic_prefix=f"chaos{uuid.uuid4().hex[:8]}."
+        )
+        self.topics = load_topics(prefix=self.kafka.topic_prefix)
+        self.topics.ensure(Admin(admin_config(self.kafka)))
+        self._define()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with ThreadPoolExecutor(len(self.services) or 1) as pool:
+            list(pool.map(lambda s: s.terminate(), self.services.values()))
+        if self.broker is not None:
+            self.broker.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def _define(self) -> None:
+        assert self.broker is not None
+        env = {
+            **os.environ,
+            "RDV_KAFKA_BOOTSTRAP": self.broker.bootstrap,
+            "RDV_KAFKA_TOPIC_PREFIX": self.kafka.topic_prefix,
+            "RDV_RENDEZVOUS_POLICIES": str(POLICY),
+            "RDV_GATEWAY_POLICIES": str(POLICY),
+            "RDV_ARCHIVE_POLICIES": str(POLICY),
+            "RDV_ARCHIVE_DIR": str(self.dir / "archive"),
+        }
+        py = sys.executable
+        self.gateway_port = free_port()
+        for name in ("rendezvous-a", "rendezvous-b"):
+            ops = free_port()
+            self._add(
+                name,
+                [py, "-m", "services.rendezvous"],
+                {**env, "RDV_RENDEZVOUS_OPS_PORT": str(ops)},
+                f"http://127.0.0.1:{ops}/readyz",
+            )
+        ops = free_port()
+        self._add(
+            "archive",
+            [py, "-m", "services.archive"],
+            {**env, "RDV_ARCHIVE_OPS_PORT": str(ops)},
+            f"http://127.0.0.1:{ops}/readyz",
+        )
+        for model in ("fast", "slow"):
+            ops = free_port()
+            spec = str(REPO / "models" / "specs" / f"{model}.yaml")
+            self._add(
+                f"worker-{model}",
+                [py, "-m", "services.workers", "--model", spec, "--ops-port", str(ops)],
+                env,
+                f"http://127.0.0.1:{ops}/readyz",
+            )
+        self._add(
+            "gateway",
+            [py, "-m", "services.gateway"],
+            {**env, "RDV_GATEWAY_PORT": str(self.gateway_port)},
+            f"http://127.0.0.1:{self.gateway_port}/readyz",
+        )
+
+    def _add(self, name: str, argv: list[str], env: dict[str, str], ready: str) -> None:
+        self.services[name] = Service(name, argv, env, ready, self.dir / f"{name}.log")
+
+    def start_all(self) -> float:
+        """Spawn every process at once and wait until all are ready; returns seconds."""
+        began = time.monotonic()
+        for svc in self.services.values():
+            svc.spawn()
+        for svc in self.services.values():
+            self.wait_ready(svc.name)
+        return time.monotonic() - began
+
+    # -- faults ------------------------------------------------------------------
+
+    def kill(self, name: str) -> None:
+        self.services[name].signal(signal.SIGKILL)
+
+    def pause(self, name: str) -> None:
+        self.services[name].signal(signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        self.services[name].signal(signal.SIGCONT)
+
+    def restart(self, name: str) -> float:
+        """Start a process that is down again and wait until ready; returns seconds."""
+        svc = self.services[name]
+        began = time.monotonic()
+        if svc.alive:
+            raise RuntimeError(f"{name} is still running")
+        svc.spawn()
+        self.wait_ready(name)
+        return time.monotonic() - began
+
+    def wait_ready(self, name: str, timeout_s: float = START_TIMEOUT_S) -> None:
+        svc = self.services[name]
+        until = time.monotonic() + timeout_s
+        while not svc.ready():
+            if not svc.alive:
+                raise RuntimeError(f"{name} exited during start-up: {last_error_line(svc.log)}")
+            if time.monotonic() > until:
+                raise RuntimeError(f"{name} not ready within {timeout_s:.0f} s")
+            time.sleep(POLL_S)
+
+    def kill_broker(self) -> None:
+        assert self.broker is not None
+        pid = self.broker.pid()
+        if pid is None:
+            raise RuntimeError("the broker is not running")
+        self.broker_planned_down = True
+        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):  # our child: reap it
+            os.waitpid(pid, 0)
+
+    def start_broker(self) -> float:
+        """Restart the killed broker on its port and state; returns seconds to ready."""
+        assert self.broker is not None
+        took = self.broker.start(timeout_s=180.0)
+        self.broker_planned_down = False
+        return took
+
+    # -- watching ----------------------------------------------------------------
+
+    def check(self) -> list[Exit]:
+        """Exits nobody planned since the last check (the broker included)."""
+        found = [e for svc in self.services.values() if (e := svc.check()) is not None]
+        if self.broker is not None and not self.broker_planned_down and self.broker.pid() is None:
+            died = Exit("broker", -1, time.time(), last_error_line(self.broker.log_file))
+            self.broker_exits.append(died)
+            self.broker_planned_down = True
+            found.append(died)
+        return found
+
+    def wait(self, seconds: float, on_exit: Callable[[Exit], None] | None = None) -> None:
+        """Let ``seconds`` pass, polling every process for exits meanwhile."""
+        until = time.monotonic() + seconds
+        while True:
+            for died in self.check():
+                if on_exit is not None:
+                    on_exit(died)
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(POLL_S, left))  # the fault schedule's own clock
+
+    def heal(self) -> list[str]:
+        """Between scenarios: restart what is down (the broker first); returns names."""
+        healed = []
+        if self.broker is not None and self.broker.pid() is None:
+            self.start_broker()
+            healed.append("broker")
+        for svc in self.services.values():
+            if svc.popen is not None and svc.popen.poll() is None:
+                svc.popen.send_signal(signal.SIGCONT)
+            if not svc.alive:
+                svc.spawn()
+                healed.append(svc.name)
+        for name in healed:
+            if name != "broker":
+                self.wait_ready(name)
+        return healed

@@ -1,0 +1,175 @@
+"""The chaos harness's pure parts: poison records match the message contract's verdicts,
+and the degraded-seconds, double-answer and dead-letter arithmetic (no broker)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from bench.chaos import SCENARIOS, parse
+from bench.chaos_load import NO_RESPONSE, REFUSED, Sent
+from bench.chaos_poison import READERS, build_all, classes, poison_id
+from bench.chaos_readback import (
+    Window,
+    doubles,
+    expected_letters,
+    match_letters,
+    tally,
+)
+from bench.chaos_report import degraded_seconds, last_degraded_after, load_figures
+from services.common.codec import decode, decode_control, decode_reply_record, make_dead_letter
+from services.common.errors import ConfigError, MessageError
+from services.common.messages import Decision, Feedback, PolicyEntry, RequestEnvelope, Score
+from services.common.topics import load_topics
+from services.rendezvous.policy import policy_from_entry
+
+TOPICS = load_topics(prefix="t.")
+DECODERS: dict[str, Callable[[bytes | None], Any]] = {
+    "requests": lambda b: decode(b, RequestEnvelope),
+    "scores": lambda b: decode(b, Score),
+    "decisions": lambda b: decode(b, Decision),
+    "feedback": lambda b: decode(b, Feedback),
+    "replies": decode_reply_record,
+    "control": decode_control,
+}
+"""What each topic's readers decode with (the services' own decoders)."""
+
+
+def test_poison_covers_every_topic_a_service_reads_with_at_least_20_classes() -> None:
+    poisons = build_all(TOPICS)
+    assert len(classes(poisons)) >= 20
+    assert {p.role for p in poisons} == set(READERS)
+    for role in READERS:
+        mine = {p.cls.split("/", 1)[1] for p in poisons if p.cls.startswith(role + "/")}
+        assert {"not-json", "not-utf8", "empty", "wrong-kind", "future-version"} <= mine
+        assert "missing-fields" in mine
+    assert all(p.out.topic == TOPICS.by_role[p.role] for p in poisons)
+
+
+def test_rejected_poison_fails_to_decode_and_tolerated_poison_decodes() -> None:
+    for p in build_all(TOPICS):
+        decoder = DECODERS[p.role]
+        if p.cls == "control/bad-policy":  # a policy entry whose policy is refused
+            entry = decoder(p.out.value)
+            assert isinstance(entry, PolicyEntry)
+            with pytest.raises(ConfigError):
+                policy_from_entry(entry)
+        elif set(p.expect) == set(READERS[p.role]):  # every reader must refuse it
+            with pytest.raises(MessageError):
+                decoder(p.out.value)
+        else:  # valid; refused (if at all) only for where it asks its answer to go
+            decoder(p.out.value)
+
+
+def test_requests_that_ask_for_a_missing_return_address_are_valid_but_dead_lettered() -> None:
+    by_class = {p.cls: p for p in build_all(TOPICS)}
+    for cls in ("requests/no-such-return-topic", "requests/no-such-return-partition"):
+        req = decode(by_class[cls].out.value, RequestEnvelope)
+        assert by_class[cls].expect == ("rendezvous",)
+        assert req.return_address.partition == 99 or req.return_address.topic != TOPICS.replies
+
+
+def test_every_poison_record_carries_its_id_in_key_or_value() -> None:
+    for p in build_all(TOPICS, repeats=2):
+        pid = poison_id(p.out.key, p.out.value)
+        assert pid is not None
+        assert pid.startswith("poison-")
+    null_key = next(p for p in build_all(TOPICS) if p.cls == "requests/null-key")
+    assert null_key.out.key is None
+    assert poison_id(None, null_key.out.value) == null_key.decided_once
+
+
+def test_degraded_seconds_counts_each_second_with_a_bad_answer_once() -> None:
+    t0 = 1000.0
+    sent = [
+        Sent(t0 + 0.1, 200, 20.0),  # fine
+        Sent(t0 + 1.2, 504, 1000.0),  # second 1
+        Sent(t0 + 1.7, NO_RESPONSE, 10_000.0),  # second 1 again
+        Sent(t0 + 2.5, 200, 1049.0),  # within deadline + 50 ms: fine
+        Sent(t0 + 3.5, 200, 1051.0),  # later than deadline + 50 ms: second 3
+        Sent(t0 + 4.0, REFUSED, 1.0),  # second 4
+        Sent(t0 + 9.0, 503, 1.0),  # outside the window
+    ]
+    assert degraded_seconds(sent, t0, t0 + 5, 1000.0) == 3
+    assert last_degraded_after(sent, t0 + 2, t0 + 5, 1000.0) == 2.0
+    assert last_degraded_after(sent[:1], t0, t0 + 5, 1000.0) == 0.0
+    figures = load_figures(sent, t0, t0 + 5, 1000.0)
+    assert (figures.requests, figures.ok, figures.degraded) == (6, 3, 4)
+    assert (figures.no_response, figures.refused) == (1, 1)
+
+
+def test_doubles_are_counted_per_request_id_in_the_window_of_its_first_record() -> None:
+    windows = [Window("a", 10.0, 20.0), Window("b", 20.0, 30.0)]
+    t = tally(
+        [
+            ("r1", 11_000),
+            ("r1", 21_000),  # a double of a request first answered in a
+            ("r2", 22_000),
+            ("r3", 23_000),
+            ("r3", 24_000),
+            ("r3", 25_000),  # three records: one request decided twice over
+            ("r4", 35_000),
+            ("r4", 36_000),  # between the windows
+            ("poison-x-1", 12_000),
+            ("poison-x-1", 12_001),  # poison ids are counted apart
+        ]
+    )
+    assert doubles(t, windows) == {"a": 1, "b": 1, "(between)": 1}
+    assert doubles(t, windows, poison=True) == {"a": 1, "b": 0}
+
+
+def test_dead_letters_are_matched_to_poison_classes_per_reader_and_origin() -> None:
+    poisons = build_all(TOPICS)
+    not_json = next(p for p in poisons if p.cls == "requests/not-json")
+    null_key = next(p for p in poisons if p.cls == "requests/null-key")
+    roles = {name: role for role, name in TOPICS.by_role.items()}
+
+    def letter(p_out: Any, service: str, offset: int, failed_ms: int = 15_000) -> Any:
+        return make_dead_letter(
+            topic=p_out.topic,
+            partition=0,
+            offset=offset,
+            key=p_out.key,
+            value=p_out.value,
+            error=MessageError("bad"),
+            service=service,
+            now_ms=failed_ms,
+        )
+
+    letters = [
+        letter(not_json.out, "rendezvous", 5),
+        letter(not_json.out, "rendezvous", 5),  # written again after a restart
+        letter(not_json.out, "worker.fast", 5),
+        letter(null_key.out, "rendezvous", 6),  # tolerated, but matched by its value
+        make_dead_letter(
+            topic=TOPICS.requests,
+            partition=1,
+            offset=7,
+            key=b"a-real-request",
+            value=b"{}",
+            error=MessageError("bad"),
+            service="archive",
+            now_ms=15_000,
+        ),
+    ]
+    windows = [Window("poison", 10.0, 20.0)]
+    got = match_letters(letters, poisons, roles, windows)
+    assert got.by_class[("requests/not-json", "rendezvous")] == 1
+    assert got.records[("requests/not-json", "rendezvous")] == 2
+    assert got.by_class[("requests/not-json", "worker.fast")] == 1
+    assert ("requests/not-json", "archive") not in got.by_class
+    assert got.by_class[("requests/null-key", "rendezvous")] == 1
+    assert got.others == {("poison", "archive", "requests"): 1}
+    expected = expected_letters(poisons)
+    assert expected[("requests/not-json", "archive")] == 1
+    assert ("requests/null-key", "rendezvous") not in expected
+
+
+def test_scenarios_are_selected_by_name_in_schedule_order() -> None:
+    args = parse(["--only", "poison,rendezvous-kill", "--quick"])
+    assert args.scenarios == ["rendezvous-kill", "poison"]
+    assert parse([]).scenarios == list(SCENARIOS)
+    with pytest.raises(SystemExit):
+        parse(["--only", "no-such-scenario"])
