@@ -68,8 +68,7 @@ def up(port: int, stack_file: Path = stack.STACK_FILE) -> int:
         for spec in specs:
             pid, took = _wait_ready(spec, fresh=supervisor is not None)
             print(
-                f"{spec.name:<{WIDTH}} ready in {took:.1f} s "
-                f"(pid {pid}, log .rdv/run/{spec.name}.log)",
+                f"{spec.name:<{WIDTH}} ready in {took:.1f} s (pid {pid}, log {_log(spec)})",
                 flush=True,
             )
     except (RendezvousError, KeyboardInterrupt):
@@ -78,8 +77,9 @@ def up(port: int, stack_file: Path = stack.STACK_FILE) -> int:
             supervisor.wait()
         raise
     print(
-        f"\nThe platform answers on http://127.0.0.1:8080 (pid {stack.supervisor_pid()} "
-        f"restarts what exits; .rdv/run/supervisor.log). Try:\n  {DEMO}\n  {CHAT}\n"
+        f"\nThe platform answers on http://127.0.0.1:8080; a supervisor (pid "
+        f"{stack.supervisor_pid()}, log {_shown(stack.RUN_DIR / 'supervisor.log')}) restarts "
+        f"what exits. Try:\n  {DEMO}\n  {CHAT}\n"
         "Stop it with: make down"
     )
     return 0
@@ -102,20 +102,32 @@ def _wait_ready(
             raise BrokerSetupError(
                 f"{spec.name} exited during start-up ({state.last_exit}"
                 f"{': ' + state.last_reason if state.last_reason else ''}); last lines of "
-                f".rdv/run/{spec.name}.log:\n{stack.tail(stack.RUN_DIR / f'{spec.name}.log')}"
+                f"{_log(spec)}:\n{stack.tail(stack.RUN_DIR / f'{spec.name}.log')}"
             )
-        waited = time.monotonic() - began
-        if waited > timeout_s:
+        if time.monotonic() - began > timeout_s:
             raise BrokerSetupError(
                 f"{spec.name} was not ready at {spec.ready} within {timeout_s:.0f} s; last "
-                f"lines of .rdv/run/{spec.name}.log:\n"
-                f"{stack.tail(stack.RUN_DIR / f'{spec.name}.log')}"
+                f"lines of {_log(spec)}:\n{stack.tail(stack.RUN_DIR / f'{spec.name}.log')}"
             )
         if time.monotonic() - said >= PROGRESS_EVERY_S:
             said = time.monotonic()
-            doing = _doing(spec, state.started_at if state else None)
-            print(f"{spec.name:<{WIDTH}} starting... {waited:.0f} s ({doing})", flush=True)
+            since = state.started_at if state is not None else None
+            up_s = time.time() - since if since is not None else time.monotonic() - began
+            doing = _doing(spec, since)
+            print(f"{spec.name:<{WIDTH}} starting... {up_s:.0f} s ({doing})", flush=True)
         time.sleep(0.2)  # polling another process's readiness URL
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it."""
+    try:
+        return str(path.resolve().relative_to(stack.PROJECT_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def _log(spec: stack.ProcessSpec) -> str:
+    return _shown(stack.RUN_DIR / f"{spec.name}.log")
 
 
 def _restarts(spec: stack.ProcessSpec) -> int:
@@ -132,7 +144,9 @@ def _doing(spec: stack.ProcessSpec, since: float | None) -> str:
         return "starting the interpreter, importing"
     if message in ("worker starting", "ops server listening") and _converts_gguf(spec):
         return "converting the GGUF weights: first start only"
-    return DOING.get(message, f"last log: {message}")
+    if message in DOING:
+        return DOING[message]
+    return f"last log: {message if len(message) <= 60 else message[:57] + '...'}"
 
 
 def _last_message(path: Path, since: float) -> str | None:
