@@ -1,9 +1,9 @@
-"""The control plane's refusals, as kinds the HTTP edge can tell apart (404, 409); both
-are ConfigErrors, so the CLI reports them as before."""
+"""The control plane's refusals, as kinds the HTTP edge can tell apart (404, 409; both
+are ConfigErrors, so the CLI reports them as before), and a deployer's failure."""
 
 from __future__ import annotations
 
-from services.common.errors import ConfigError
+from services.common.errors import ConfigError, RendezvousError
 
 
 class ControlNotFoundError(ConfigError):
@@ -17,3 +17,9 @@ class ControlConflictError(ConfigError):
     champion, retire the last model, roll back with no earlier version)."""
 
     code = "conflict"
+
+
+class DeployError(RendezvousError):
+    """A deployer could not start a model's worker, or it never became ready."""
+
+    code = "deploy_failed"

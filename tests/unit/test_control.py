@@ -1,5 +1,6 @@
 """The control plane's pure parts: folding the control topic, promote and retire
-rewrites of policy documents, and the deployers' bookkeeping (docker with a fake SDK)."""
+rewrites of policy documents, and the deployers' bookkeeping (docker with a fake SDK,
+its defaults checked against docker-compose.yml)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,18 @@ from services.cli.main import main
 from services.common.codec import message_key
 from services.common.errors import ConfigError
 from services.common.messages import ModelRegistration, PolicyEntry, Role
-from services.control.deployers import DockerDeployer, effective_spec
+from services.common.settings import KafkaSettings
+from services.control.deployers import DockerConfig, DockerDeployer, container_env, effective_spec
+from services.control.errors import DeployError
 from services.control.policies import champion_of, mentions, promote, retire
 from services.control.state import ControlState, model_key, policy_key, policy_version_key
 from services.rendezvous.live import merged
 from services.rendezvous.policy import parse_policy
+from services.workers.settings import WorkerSettings
 from services.workers.spec import load_spec
 from tests.factories import policy_doc
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _reg(name: str, role: Role = Role.CHALLENGER) -> ModelRegistration:
@@ -119,43 +125,173 @@ def test_the_effective_spec_carries_the_deployed_role(tmp_path: Path) -> None:
     assert load_spec(str(path)).role is Role.CHALLENGER
 
 
+class _Container:
+    """A container whose health check passes after ``healthy_after`` reloads (None:
+    never), or which exits at once (``exits``)."""
+
+    def __init__(self, name: str, healthy_after: int | None = 0, exits: bool = False) -> None:
+        self.name = name
+        self.healthy_after = healthy_after
+        self.exits = exits
+        self.reloads = 0
+        self.status = "created"
+        self.health = "unknown"
+        self.removed = False
+        self.stopped = False
+
+    def reload(self) -> None:
+        self.reloads += 1
+        self.status = "exited" if self.exits else "running"
+        ready = self.healthy_after is not None and self.reloads > self.healthy_after
+        self.health = "healthy" if ready and not self.exits else "starting"
+
+    def logs(self, tail: int) -> bytes:
+        return b"worker: cannot reach kafka:9092\n"
+
+    def stop(self, timeout: int) -> None:
+        self.stopped = True
+
+    def remove(self, force: bool = False) -> None:
+        self.removed = True
+
+
 class _Containers:
-    def __init__(self) -> None:
+    """The docker SDK's ``client.containers``, recording what it is asked."""
+
+    def __init__(self, **behaviour: Any) -> None:
+        self.behaviour = behaviour
         self.runs: list[dict[str, Any]] = []
-        self.stopped: list[str] = []
+        self.made: list[_Container] = []
 
-    def run(self, image: str, **kw: Any) -> Any:
+    def run(self, image: str, **kw: Any) -> _Container:
         self.runs.append({"image": image, **kw})
-        return type("C", (), {"name": kw["name"]})()
+        self.made.append(_Container(kw["name"], **self.behaviour))
+        return self.made[-1]
 
-    def list(self, **kw: Any) -> list[Any]:
-        outer = self
-
-        class Container:
-            def stop(self, timeout: int) -> None:
-                outer.stopped.append(kw["filters"]["label"])
-
-            def remove(self) -> None:
-                return None
-
-        return [Container()] if self.runs else []
+    def list(self, all: bool, filters: dict[str, str]) -> list[_Container]:
+        return [c for c in self.made if filters["label"] == f"rdv.model={c.name[4:]}"]
 
 
-def test_the_docker_deployer_runs_the_worker_command_on_the_network() -> None:
-    containers = _Containers()
+def _docker(
+    tmp_path: Path, config: DockerConfig | None = None, **behaviour: Any
+) -> tuple[DockerDeployer, _Containers]:
+    containers = _Containers(**behaviour)
     client = type("Client", (), {"containers": containers})()
-    docker = DockerDeployer("rdv-worker:1", "rendezvous", client=client)
+    ticks = iter(range(10_000))  # a clock that moves one second per look
+    deployer = DockerDeployer(
+        config, client=client, specs_dir=tmp_path / "specs", poll_s=0, clock=lambda: next(ticks)
+    )
+    return deployer, containers
+
+
+def test_the_docker_deployer_runs_the_worker_with_only_what_it_needs(tmp_path: Path) -> None:
+    docker, containers = _docker(tmp_path, healthy_after=3)
     assert docker.stop("chall") is False
     spec = load_spec("echo:name=chall,role=challenger,endpoints=demo")
-    started = docker.start(spec, {"RDV_KAFKA_BOOTSTRAP": "kafka:9092", "HOME": "/root"})
+    host_env = {
+        "RDV_KAFKA_BOOTSTRAP": "localhost:19092",  # the host's address: not the container's
+        "RDV_KAFKA_SASL_PASSWORD": "secret",
+        "RDV_GATEWAY_API_KEYS": "ops:admin:0123456789abcdef",
+        "RDV_WORKER_LOG_LEVEL": "DEBUG",
+        "HOME": "/root",
+    }
+    started = docker.start(spec, host_env)
     [run] = containers.runs
-    assert run["image"] == "rdv-worker:1"
-    assert run["command"][:4] == ["python", "-m", "services.workers", "--model"]
-    assert run["network"] == "rendezvous"
-    assert run["environment"] == {"RDV_KAFKA_BOOTSTRAP": "kafka:9092"}  # RDV_* only
-    assert started.where == "container rdv-chall"
+    assert run["image"] == "rendezvous/model:dev"
+    assert run["command"] == ["python", "-m", "services.workers", "--model", "/etc/rdv/spec.yaml"]
+    assert run["network"] == "rendezvous_default"
+    assert run["environment"] == {
+        "RDV_KAFKA_BOOTSTRAP": "kafka:9092",
+        "RDV_KAFKA_TOPIC_PREFIX": "",
+        "RDV_WORKER_OPS_HOST": "0.0.0.0",
+        "RDV_WORKER_OPS_PORT": "9300",
+        "RDV_WORKER_LOG_LEVEL": "DEBUG",
+    }
+    spec_file = tmp_path / "specs" / "chall.yaml"  # not the repo's .rdv/run/specs
+    assert run["volumes"][str(spec_file.resolve())] == {"bind": "/etc/rdv/spec.yaml", "mode": "ro"}
+    assert "9300/readyz" in run["healthcheck"]["test"][-1]
+    assert containers.made[0].reloads == 4  # waited until its health check passed
+    assert started.where.startswith("container rdv-chall, ready in")
     assert docker.stop("chall") is True
-    assert containers.stopped == ["rdv.model=chall"]
+    assert containers.made[0].stopped
+    assert containers.made[0].removed
+
+
+def test_a_worker_that_exits_or_never_gets_ready_is_a_clear_error(tmp_path: Path) -> None:
+    spec = load_spec("echo:name=chall,role=challenger,endpoints=demo")
+    exits, containers = _docker(tmp_path, exits=True)
+    with pytest.raises(
+        DeployError, match=r"(?s)rdv-chall stopped \(status exited\).*cannot reach kafka:9092"
+    ):
+        exits.start(spec, {})
+    assert containers.made[0].removed  # a retry does not hit a name conflict
+    slow, containers = _docker(tmp_path, DockerConfig(ready_timeout_s=30), healthy_after=None)
+    with pytest.raises(DeployError, match=r"was not ready \(/readyz\) within 30 s"):
+        slow.start(spec, {})
+    assert 25 <= containers.made[0].reloads <= 32  # polled until the timeout, then gave up
+
+
+def test_the_docker_defaults_follow_the_environment(tmp_path: Path) -> None:
+    config = DockerConfig.from_env({"COMPOSE_PROJECT_NAME": "rdv2", "RDV_KAFKA_TOPIC_PREFIX": "t."})
+    assert (config.network, config.topic_prefix) == ("rdv2_default", "t.")
+    docker, containers = _docker(tmp_path, config)
+    docker.start(load_spec("echo:name=a,role=challenger,endpoints=demo"), {})
+    volumes = containers.runs[0]["volumes"]
+    assert volumes["rdv2_model-cache"] == {"bind": "/app/.rdv/cache", "mode": "rw"}
+    custom = DockerConfig.from_env(
+        {
+            "RDV_DOCKER_NETWORK": "net",
+            "RDV_DOCKER_IMAGE": "img:1",
+            "RDV_DOCKER_KAFKA_BOOTSTRAP": "b:1",
+        }
+    )
+    assert (custom.network, custom.image, custom.kafka_bootstrap) == ("net", "img:1", "b:1")
+    with pytest.raises(ConfigError, match="RDV_DOCKER_READY_TIMEOUT_S"):
+        DockerConfig.from_env({"RDV_DOCKER_READY_TIMEOUT_S": "soon"})
+
+
+def test_the_docker_defaults_match_the_shipped_compose_stack(tmp_path: Path) -> None:
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    config = DockerConfig()
+    # the network compose creates: <project>_default, the project being the `name:` key
+    assert config.network == f"{compose['name']}_default"
+    # the image compose builds for model workers (the Dockerfile's `model` stage)
+    model_images = {
+        s["image"] for s in services.values() if s.get("build", {}).get("target") == "model"
+    }
+    assert model_images == {config.image}
+    # the broker's listener for containers on the network, as compose's workers use it
+    kafka = services["kafka"]["environment"]
+    inner = kafka["KAFKA_INTER_BROKER_LISTENER_NAME"]
+    advertised = dict(item.split("://") for item in kafka["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    assert config.kafka_bootstrap == advertised[inner] == "kafka:9092"
+    workers = {
+        name: s
+        for name, s in services.items()
+        if "services.workers" in " ".join(s.get("command", []))
+    }
+    assert workers
+    env = container_env(config, {})
+    for name, svc in workers.items():
+        assert svc["environment"]["RDV_KAFKA_BOOTSTRAP"] == config.kafka_bootstrap, name
+        assert set(svc["environment"]) <= set(env), f"{name} gets settings the deployer does not"
+        assert svc["environment"]["RDV_KAFKA_TOPIC_PREFIX"] == env["RDV_KAFKA_TOPIC_PREFIX"]
+    # every variable the container gets is a setting the worker reads
+    read = {f"RDV_KAFKA_{f.upper()}" for f in KafkaSettings.model_fields}
+    read |= {f"RDV_WORKER_{f.upper()}" for f in WorkerSettings.model_fields}
+    assert set(env) <= read
+    # the volumes compose's model workers use, under compose's names for them
+    docker, containers = _docker(tmp_path, healthy_after=0)
+    docker.start(load_spec("echo:name=a,role=challenger,endpoints=demo"), {})
+    mounted = {
+        (name, v["bind"]) for name, v in containers.runs[0]["volumes"].items() if "_" in name
+    }
+    for svc in (services["smol"], services["ood"]):
+        for volume in svc["volumes"]:
+            name, target = volume.split(":")[:2]
+            assert name in compose["volumes"]
+            assert (f"{compose['name']}_{name}", target) in mounted
 
 
 def test_control_changes_need_an_admin_key_when_keys_are_on(
