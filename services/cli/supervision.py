@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 STATUSES = ("pending", "running", "backoff", "stopped")
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit): ")
+_PROG_LINE = re.compile(r"^python -m [\w.]+: ")
 REASON_CHARS = 200
 
 
@@ -86,9 +89,8 @@ def _last_line(text: str) -> str:
 
 
 def _plain_error(line: str) -> bool:
-    """A traceback's last line (``ValueError: ...``) or a ``prog: message`` line."""
-    head = line.split(":", 1)[0]
-    return ":" in line and " " not in head and not line.startswith(("{", " ", "File"))
+    """A traceback's last line (``ValueError: ...``) or a service's ``python -m x: ...``."""
+    return _EXCEPTION_LINE.match(line) is not None or _PROG_LINE.match(line) is not None
 
 
 def last_error(log_text: str) -> str | None:

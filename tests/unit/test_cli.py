@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import stat
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +23,8 @@ import pytest
 from services.cli import localkafka
 from services.cli.localkafka import LocalBroker
 from services.cli.main import build_parser, main
+from services.cli.stack import load_stack, status
+from services.cli.supervision import ProcessState, write_state
 from services.common.errors import BrokerSetupError
 
 CLOSED = "127.0.0.1:1"  # nothing listens on port 1
@@ -353,3 +359,63 @@ def test_start_refuses_a_taken_controller_port(tmp_path: Path) -> None:
         with pytest.raises(BrokerSetupError, match=f"port {port + 1} on 127.0.0.1 is taken"):
             broker.start(timeout_s=1)
     assert not broker.state_dir.exists()
+
+
+# --- rdv ps ---------------------------------------------------------------------------
+
+
+def _tiny_stack(folder: Path) -> Path:
+    path = folder / "stack.yaml"
+    path.write_text(
+        "processes:\n"
+        "  - {name: one, command: [python, -c, 'pass'], ready: 'http://127.0.0.1:1/'}\n"
+        "  - {name: two, command: [python, -c, 'pass'], ready: 'http://127.0.0.1:1/'}\n"
+    )
+    return path
+
+
+def test_ps_into_a_pipe_whose_reader_left_ends_without_a_traceback(tmp_path: Path) -> None:
+    """``rdv ps | head``: head exits; rdv must end quietly (exit 141, as on SIGPIPE)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before rdv writes a byte
+    try:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "services.cli.main",
+                "ps",
+                "--port",
+                str(_free_port_pair()),
+                "--stack",
+                str(_tiny_stack(tmp_path)),
+            ],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "RDV_RUN_DIR": str(tmp_path / "run")},
+            cwd=Path(__file__).resolve().parents[2],
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in proc.stderr.decode()
+    assert "BrokenPipeError" not in proc.stderr.decode()
+    assert proc.returncode == 141
+
+
+def test_ps_shows_restarts_and_the_last_exit(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    state = ProcessState("two", pid=None, status="backoff", restarts=3)
+    state.last_exit, state.last_exit_at = "exit code 1", time.time() - 5
+    state.last_reason = "rendezvous failed: [delivery_failed] no.such.topic"
+    write_state(run, state)
+    specs = load_stack(_tiny_stack(tmp_path))
+    rows = dict(status(specs, run))
+    assert rows["one"] == "stopped"
+    assert re.fullmatch(
+        r"restarting, restarts 3, last exit: exit code 1 [5-9] s ago "
+        r"\(rendezvous failed: \[delivery_failed\] no\.such\.topic\)",
+        rows["two"],
+    ), rows["two"]
