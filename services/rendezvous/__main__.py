@@ -55,7 +55,12 @@ def build(
         )
     topics.ensure(Admin(admin_config(kafka)))
     store = MailboxStore(
-        StoreLimits(max_open=settings.max_open, orphan_ttl_ms=settings.orphan_ttl_ms)
+        StoreLimits(
+            max_open=settings.max_open,
+            orphan_ttl_ms=settings.orphan_ttl_ms,
+            max_open_bytes=settings.max_open_bytes,
+            max_orphan_bytes=settings.max_orphan_bytes,
+        )
     )
     processor = Rendezvous(policies=policies, topics=topics, store=store)
     consumer = Consumer(

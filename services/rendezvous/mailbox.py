@@ -7,11 +7,25 @@ every ref exactly once: **a ref passed in is either kept by the store or handed 
 in a ``release`` tuple**. Kept refs come back later, exactly once, through
 ``close`` (in ``Mailbox.refs``), ``mark_decided`` or ``expire``.
 
-Bounds: at most ``max_open`` open mailboxes (a new request beyond that is refused with
-``Outcome.FULL``: the caller answers it with an overload error at once, and the id is
-remembered as decided; open requests are never dropped), at most ``max_orphans``
-orphan scores (when full, the oldest orphan group is dropped), and a decided-id memory
-bounded in size (``max_decided``) and age (``decided_ttl_ms``).
+Bounds, by count and by bytes (each ref's ``size``: the record's key and value):
+
+- open mailboxes: at most ``max_open``, and their requests and scores at most
+  ``max_open_bytes``. A new request that would pass either (its own bytes counted,
+  with ``score_reserve`` of the byte budget kept free for the scores of requests
+  already open) is refused with ``Outcome.FULL``: the caller answers it with an
+  overload error at once, and the id is remembered as decided; open requests are
+  never dropped. A score that would pass ``max_open_bytes`` is refused with
+  ``Outcome.SHED`` (ref handed back): its mailbox decides without it.
+- orphan scores: at most ``max_orphans`` and ``max_orphan_bytes``; when full, the
+  oldest orphan groups are dropped (a score larger than the whole budget is dropped
+  at once).
+- a request whose deadline is more than ``max_deadline_ms`` ahead is refused with
+  ``Outcome.TOO_FAR`` (ref handed back, nothing stored): it would hold its partition's
+  offsets that long; the caller dead-letters it.
+- the decided-id memory: ``max_decided`` ids and ``decided_ttl_ms`` of age.
+
+A request record delivered again at the same position (the same ref) while its
+mailbox is open is not added twice.
 """
 
 from __future__ import annotations
@@ -54,6 +68,7 @@ class Mailbox:
     closed: bool = False
     next_check_ms: float | None = None  # when due() returns it next; None: not scheduled
     grant: Grant | None = None  # a streaming request's granted model, once chosen
+    size: int = 0  # bytes of the records held (request and scores)
     _seq: int = field(default=-1, repr=False)  # which heap entry is current
 
     @property
@@ -76,9 +91,11 @@ class Outcome(StrEnum):
     REDELIVERED = "redelivered"  # request: already open; ref kept in that mailbox
     ALREADY_DECIDED = "already_decided"  # request: decided before; ref handed back
     FULL = "full"  # request: refused, store full; ref handed back, id now decided
+    TOO_FAR = "too_far"  # request: deadline beyond max_deadline_ms; ref handed back
     FILLED = "filled"  # score: went into its open mailbox, ref kept
     DUPLICATE = "duplicate"  # score: its model already scored this request; ref handed back
     LATE = "late"  # score: its request was decided; ref handed back
+    SHED = "shed"  # score: the open mailboxes' byte budget is spent; ref handed back
     ORPHANED = "orphaned"  # score: request not seen yet; kept until it arrives or expires
 
 
@@ -100,12 +117,19 @@ class StoreLimits:
     orphan_ttl_ms: float = 60_000.0  # a group expires this long after its first score
     max_decided: int = 1_000_000  # decided ids remembered for late/duplicate detection
     decided_ttl_ms: float = 600_000.0
+    max_open_bytes: int = 512 * 2**20  # requests and scores of open mailboxes
+    max_orphan_bytes: int = 128 * 2**20  # orphan scores
+    score_reserve: float = 0.1  # share of max_open_bytes new requests leave to scores
+    max_deadline_ms: float = 600_000.0  # furthest deadline accepted, from arrival
 
     def __post_init__(self) -> None:
-        if min(self.max_open, self.max_orphans, self.max_decided) < 1:
+        counts = (self.max_open, self.max_orphans, self.max_decided)
+        if min(*counts, self.max_open_bytes, self.max_orphan_bytes) < 1:
             raise ValueError(f"store limits must be at least 1: {self}")
-        if min(self.orphan_ttl_ms, self.decided_ttl_ms) <= 0:
+        if min(self.orphan_ttl_ms, self.decided_ttl_ms, self.max_deadline_ms) <= 0:
             raise ValueError(f"store time limits must be positive: {self}")
+        if not 0 <= self.score_reserve < 1:
+            raise ValueError(f"score_reserve must be in [0, 1): {self.score_reserve}")
 
 
 @dataclass
@@ -118,12 +142,16 @@ class StoreCounters:
     orphans_expired: int = 0  # orphan scores whose request never came in time
     orphans_dropped: int = 0  # orphan scores evicted because the orphan pool was full
     rejected_full: int = 0  # requests refused because max_open mailboxes were open
+    rejected_bytes: int = 0  # requests refused because max_open_bytes was spent
+    rejected_deadline: int = 0  # requests refused for a deadline beyond max_deadline_ms
+    scores_shed: int = 0  # scores refused because max_open_bytes was spent
 
 
 @dataclass(frozen=True, slots=True)
 class _Orphan:
     score: Score
     ref: object
+    size: int
 
 
 @dataclass
@@ -143,6 +171,8 @@ class MailboxStore:
         self._seq = 0
         self._orphans: OrderedDict[str, _OrphanGroup] = OrderedDict()  # oldest first
         self._orphan_count = 0
+        self._open_bytes = 0
+        self._orphan_bytes = 0
         self._decided: OrderedDict[str, float] = OrderedDict()  # id -> when, oldest first
 
     def __len__(self) -> int:
@@ -154,6 +184,15 @@ class MailboxStore:
         return self._orphan_count
 
     @property
+    def open_bytes(self) -> int:
+        """Bytes of the requests and scores held in open mailboxes."""
+        return self._open_bytes
+
+    @property
+    def orphan_bytes(self) -> int:
+        return self._orphan_bytes
+
+    @property
     def decided_count(self) -> int:
         return len(self._decided)
 
@@ -163,11 +202,14 @@ class MailboxStore:
     def is_decided(self, request_id: str) -> bool:
         return request_id in self._decided
 
-    def open(self, request: RequestEnvelope, ref: object, now_ms: float, wall_ms: float) -> Handled:
+    def open(
+        self, request: RequestEnvelope, ref: object, now_ms: float, wall_ms: float, size: int = 0
+    ) -> Handled:
         """Open the request's mailbox (clock starts at ``now_ms``), attaching its orphans.
 
         The mailbox's deadline is ``now_ms + request.deadline_ms - wall_ms``; it is
-        scheduled at that deadline until the caller calls ``schedule`` with an earlier time.
+        scheduled at that deadline until the caller calls ``schedule`` with an earlier
+        time. ``size`` is the request record's bytes.
         """
         rid = request.request_id
         if rid in self._decided:
@@ -176,52 +218,89 @@ class MailboxStore:
         existing = self._open.get(rid)
         if existing is not None:
             self.counters.duplicate_requests += 1
-            existing.refs.append(ref)
+            if ref not in existing.refs:  # the same record read again is kept once
+                existing.refs.append(ref)
+                existing.size += size
+                self._open_bytes += size
             return Handled(Outcome.REDELIVERED, existing)
-        if len(self._open) >= self.limits.max_open:
-            self.counters.rejected_full += 1
+        if request.deadline_ms - wall_ms > self.limits.max_deadline_ms:
+            self.counters.rejected_deadline += 1
+            return Handled(Outcome.TOO_FAR, release=(ref,))
+        group = self._orphans.get(rid)
+        group_bytes = 0 if group is None else sum(o.size for o in group.scores.values())
+        room = self.limits.max_open_bytes * (1.0 - self.limits.score_reserve)
+        over_bytes = self._open_bytes + size + group_bytes > room
+        if len(self._open) >= self.limits.max_open or over_bytes:
+            if len(self._open) >= self.limits.max_open:
+                self.counters.rejected_full += 1
+            else:
+                self.counters.rejected_bytes += 1
             released = self._drop_orphans(rid)
             self._remember(rid, now_ms)
             return Handled(Outcome.FULL, release=(ref, *released))
         mailbox = Mailbox(request, now_ms, now_ms + (request.deadline_ms - wall_ms), refs=[ref])
-        group = self._orphans.pop(rid, None)
+        mailbox.size = size
         if group is not None:
+            del self._orphans[rid]
             self._orphan_count -= len(group.scores)
+            self._orphan_bytes -= group_bytes
             for orphan in group.scores.values():  # they count as arriving with the request
                 mailbox.add(orphan.score, now_ms)
                 mailbox.refs.append(orphan.ref)
+            mailbox.size += group_bytes
+        self._open_bytes += mailbox.size
         self._open[rid] = mailbox
         self.schedule(mailbox, mailbox.deadline_at_ms)
         return Handled(Outcome.OPENED, mailbox)
 
-    def add_score(self, score: Score, ref: object, now_ms: float) -> Handled:
-        """File a score: into its open mailbox, as late, as a duplicate, or as an orphan."""
+    def add_score(self, score: Score, ref: object, now_ms: float, size: int = 0) -> Handled:
+        """File a score (``size``: its record's bytes): into its open mailbox, as late,
+        as a duplicate, shed, or as an orphan."""
         rid = score.request_id
         if rid in self._decided:
             self.counters.late_scores += 1
             return Handled(Outcome.LATE, release=(ref,))
         mailbox = self._open.get(rid)
         if mailbox is not None:
-            if not mailbox.add(score, now_ms):
-                self.counters.duplicate_scores += 1
-                return Handled(Outcome.DUPLICATE, release=(ref,))
-            mailbox.refs.append(ref)
-            return Handled(Outcome.FILLED, mailbox)
+            return self._fill(mailbox, score, ref, now_ms, size)
         group = self._orphans.get(rid)
         if group is not None and score.model in group.scores:
             self.counters.duplicate_scores += 1
             return Handled(Outcome.DUPLICATE, release=(ref,))
+        if size > self.limits.max_orphan_bytes:  # could never fit: dropped at once
+            self.counters.orphans_dropped += 1
+            return Handled(Outcome.ORPHANED, release=(ref,))
         released: list[object] = []
-        while self._orphan_count >= self.limits.max_orphans:
+        while self._orphans and (
+            self._orphan_count >= self.limits.max_orphans
+            or self._orphan_bytes + size > self.limits.max_orphan_bytes
+        ):
             oldest = next(iter(self._orphans))
             self.counters.orphans_dropped += len(self._orphans[oldest].scores)
             released.extend(self._drop_orphans(oldest))
         group = self._orphans.get(rid)
         if group is None:
             group = self._orphans[rid] = _OrphanGroup(now_ms)
-        group.scores[score.model] = _Orphan(score, ref)
+        group.scores[score.model] = _Orphan(score, ref, size)
         self._orphan_count += 1
+        self._orphan_bytes += size
         return Handled(Outcome.ORPHANED, release=tuple(released))
+
+    def _fill(
+        self, mailbox: Mailbox, score: Score, ref: object, now_ms: float, size: int
+    ) -> Handled:
+        if score.model in mailbox.scores:
+            mailbox.duplicates += 1
+            self.counters.duplicate_scores += 1
+            return Handled(Outcome.DUPLICATE, release=(ref,))
+        if self._open_bytes + size > self.limits.max_open_bytes:
+            self.counters.scores_shed += 1
+            return Handled(Outcome.SHED, release=(ref,))
+        mailbox.add(score, now_ms)
+        mailbox.refs.append(ref)
+        mailbox.size += size
+        self._open_bytes += size
+        return Handled(Outcome.FILLED, mailbox)
 
     def close(self, request_id: str, now_ms: float) -> Mailbox:
         """The request was answered: forget its mailbox, remember its id as decided.
@@ -231,6 +310,7 @@ class MailboxStore:
         mailbox = self._open.pop(request_id)
         mailbox.closed = True
         mailbox.next_check_ms = None
+        self._open_bytes -= mailbox.size
         self._remember(request_id, now_ms)
         return mailbox
 
@@ -252,6 +332,7 @@ class MailboxStore:
             return ()
         mailbox.closed = True
         mailbox.next_check_ms = None
+        self._open_bytes -= mailbox.size
         return tuple(mailbox.refs)
 
     def mailboxes(self) -> list[Mailbox]:
@@ -304,6 +385,7 @@ class MailboxStore:
         if group is None:
             return []
         self._orphan_count -= len(group.scores)
+        self._orphan_bytes -= sum(orphan.size for orphan in group.scores.values())
         return [orphan.ref for orphan in group.scores.values()]
 
     def _remember(self, request_id: str, now_ms: float) -> None:

@@ -18,13 +18,19 @@ ELAPSED = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 OPEN = Gauge("rdv_rendezvous_open_mailboxes", "Requests waiting for a decision")
+HELD_BYTES = Gauge(
+    "rdv_rendezvous_held_bytes",
+    "Record bytes held in memory: open mailboxes (requests and scores) or orphan scores",
+    ["pool"],
+)
 LATE = Counter(
     "rdv_rendezvous_late_scores_total", "Scores that came after the decision", ["endpoint", "model"]
 )
 STORE = Counter(
     "rdv_rendezvous_store_events_total",
     "Mailbox store events: duplicate scores or requests, expired or dropped "
-    "orphan scores, requests refused while full",
+    "orphan scores, requests refused while full (count or bytes) or for a deadline "
+    "too far ahead, scores shed while the byte budget was spent",
     ["event"],
 )
 OOD = Counter(

@@ -7,6 +7,24 @@ a restart the open requests are therefore read again and their mailboxes rebuilt
 requests already answered are recognised from the decisions topic (read back on every
 partition assignment), so nothing is answered twice.
 
+Bad input (the loop's per-record contract, services/common/loop.py): each record is
+handled in its own ``ctx.isolate`` block and the store is changed only after every
+check passed, so a record that fails leaves the store as if it had not been seen and
+goes alone to dead letters. Deciding never raises (a policy that fails answers with an
+``internal_error`` default), so a mailbox that was changed is always answered. What
+happens to records that are valid but unusable:
+
+- a request whose deadline is beyond the store's horizon: dead-lettered (TOO_FAR);
+- a request whose return address cannot take the reply (no such topic or partition):
+  the decision is logged, the request record is dead-lettered by the loop;
+- a request for an endpoint without a policy: answered with an ``unknown_endpoint``
+  error (the client learns why); no dead letter;
+- a duplicate request: kept with its open mailbox (answered once) or, once decided,
+  released; no dead letter. Scores for a request never seen wait as orphans, then
+  expire (``orphan_ttl_ms``); duplicate and late scores are released; no dead letter.
+- while the store's byte budget is spent: a new request is answered ``overloaded``;
+  a score for an open request is shed (released, counted).
+
 A streaming request's grant (decide.stream_grant) goes to its return address as a
 ``StreamGrant`` as soon as it is made, best effort (a client that misses it gets the
 whole answer with the reply). Grants live in the mailbox only: after a restart the
@@ -20,6 +38,7 @@ from collections.abc import Callable, Sequence
 
 from services.common.clock import mono_ms, wall_ms
 from services.common.codec import encode, message_key
+from services.common.errors import MessageError
 from services.common.kafka import Outbound, Record
 from services.common.loop import Context, Inbound
 from services.common.messages import (
@@ -74,19 +93,23 @@ class Rendezvous:
     def process(self, batch: Sequence[Inbound], ctx: Context) -> None:
         now, wall = self._clock(), self._wall()
         for item in batch:
-            ctx.hold(item.record)  # every record handed to the store is held until released
-            if item.record.topic == self.topics.requests:
-                self._on_request(item.message, item.record, ctx, now, wall)
-            else:
-                self._on_score(item.message, item.record, ctx, now)
+            with ctx.isolate(item.record):
+                ctx.hold(item.record)  # every record handed to the store is held until released
+                if item.record.topic == self.topics.requests:
+                    self._on_request(item.message, item.record, ctx, now, wall)
+                else:
+                    self._on_score(item.message, item.record, ctx, now)
 
     def tick(self, now_ms: float, ctx: Context) -> None:
         now = self._clock()
         for mailbox in self.store.due(now):
-            self._evaluate(mailbox, ctx, now)
+            with ctx.isolate(None):
+                self._evaluate(mailbox, ctx, now)
         for ref in self.store.expire(now):
             ctx.release(_rec(ref))
         metrics.OPEN.set(len(self.store))
+        metrics.HELD_BYTES.labels("open").set(self.store.open_bytes)
+        metrics.HELD_BYTES.labels("orphans").set(self.store.orphan_bytes)
         self._synced.update(self.store.counters)
 
     def revoked(self, partitions: frozenset[tuple[str, int]]) -> None:
@@ -109,10 +132,15 @@ class Rendezvous:
     def _on_request(
         self, req: RequestEnvelope, rec: Record, ctx: Context, now: float, wall: float
     ) -> None:
-        handled = self.store.open(req, rec, now, wall)
+        handled = self.store.open(req, rec, now, wall, _size(rec))
+        if handled.outcome is Outcome.TOO_FAR:  # nothing was stored: fail the record alone
+            raise MessageError(
+                f"deadline_ms {req.deadline_ms} is more than "
+                f"{self.store.limits.max_deadline_ms:.0f} ms ahead; not accepted"
+            )
         if handled.outcome is Outcome.FULL:
             verdict = error_verdict(
-                OVERLOADED, "overloaded", "the rendezvous has too many open requests"
+                OVERLOADED, "overloaded", "the rendezvous has too many open requests or bytes"
             )
             self._answer(req, verdict, [_rec(r) for r in handled.release], ctx, now=now, box=None)
             return
@@ -122,7 +150,7 @@ class Rendezvous:
             self._evaluate(handled.mailbox, ctx, now)
 
     def _on_score(self, score: Score, rec: Record, ctx: Context, now: float) -> None:
-        handled = self.store.add_score(score, rec, now)
+        handled = self.store.add_score(score, rec, now, _size(rec))
         for ref in handled.release:
             ctx.release(_rec(ref))
         if handled.outcome is Outcome.LATE:
@@ -141,13 +169,21 @@ class Rendezvous:
                 f"no policy for endpoint {mailbox.request.endpoint!r}",
             )
         else:
-            if (grant := stream_grant(mailbox, policy, now)) is not None:
-                mailbox.grant = grant
-                self._send_grant(mailbox.request, grant, ctx)
-            verdict = decide(mailbox, policy, now)
+            try:  # never raise past a changed store: a failing policy still answers
+                if (grant := stream_grant(mailbox, policy, now)) is not None:
+                    mailbox.grant = grant
+                    self._send_grant(mailbox.request, grant, ctx)
+                verdict = decide(mailbox, policy, now)
+                if verdict is None:
+                    self.store.schedule(mailbox, next_check(mailbox, policy, now))
+                    return
+            except Exception as exc:  # the request gets a clear default
+                log.exception("policy failed", extra={"request_id": mailbox.request_id})
+                policy = None  # not asked again for the decision's details
+                verdict = error_verdict(
+                    POLICY_FAILED, "internal_error", f"the policy failed: {type(exc).__name__}"
+                )
         if verdict is None:
-            assert policy is not None  # no policy always gives a verdict
-            self.store.schedule(mailbox, next_check(mailbox, policy, now))
             return
         closed = self.store.close(mailbox.request_id, now)
         self._answer(
@@ -231,6 +267,15 @@ class Rendezvous:
             metrics.OOD.labels(req.endpoint, verdict.ood.status).inc()
         if verdict.error is not None:
             _log_default(req, verdict.error)
+
+
+POLICY_FAILED = "policy_failed"
+"""A verdict's reason when deciding raised (a bug): the request still gets an answer."""
+
+
+def _size(rec: Record) -> int:
+    """A record's bytes as the store counts them."""
+    return len(rec.key or b"") + len(rec.value or b"")
 
 
 def _rec(ref: object) -> Record:

@@ -47,6 +47,14 @@ class RendezvousSettings(BaseSettings):
     max_open: int = Field(default=100_000, ge=1)
     """Open mailboxes at most; a request beyond that is answered at once (overloaded)."""
 
+    max_open_bytes: int = Field(default=512 * 2**20, ge=1)
+    """Bytes (key + value) of the request and score records held in open mailboxes at
+    most; a new request that would pass 90% of it is answered at once (overloaded), a
+    score that would pass it is shed (its mailbox decides without it)."""
+
+    max_orphan_bytes: int = Field(default=128 * 2**20, ge=1)
+    """Bytes of scores waiting for their request at most; the oldest are dropped."""
+
     orphan_ttl_ms: float = Field(default=60_000, gt=0)
     """How long a score waits for its request to arrive."""
 

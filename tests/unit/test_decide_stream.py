@@ -249,14 +249,14 @@ def _run(rdv: Rendezvous, *msgs: tuple[str, Any]) -> Context:
 
 def test_the_rendezvous_sends_the_grant_then_the_reply_and_marks_the_decision() -> None:
     clock = iter(float(t) for t in (A, A + 20))
+    req: RequestEnvelope = request(STREAM, request_id="req-p")
     rdv = Rendezvous(
         policies={"demo": PLAIN},
         topics=TOPICS,
         store=MailboxStore(),
         clock=lambda: next(clock),
-        wall=lambda: 1.7e12,
+        wall=lambda: float(req.created_ms),  # the request was just made
     )
-    req: RequestEnvelope = request(STREAM, request_id="req-p")
     opened = _run(rdv, (TOPICS.requests, req))
     [grant_out] = opened.best_effort
     assert grant_out.topic == req.return_address.topic
