@@ -12,9 +12,10 @@ but ``OPEN_PATHS`` (/healthz, /readyz, /metrics: probes and scrapers carry no ke
 The middleware runs before any body is read, so refused requests cost little. The
 request's key (an ``ApiKey``, None with keys off) is ``request.state.api_key``.
 
-``require_admin`` guards a control route: ``@router.post(..., dependencies=[AdminOnly])``
-or a parameter ``_: RequireAdmin``. With keys on it answers 403 unless the key's role is
-``admin``; with keys off everything is open, control routes too (local dev only).
+``require_admin`` guards the control routes (services/gateway/routes/control.py puts
+``dependencies=[AdminOnly]`` on its router; a parameter ``_: RequireAdmin`` does the
+same for one route). With keys on it answers 403 unless the key's role is ``admin``;
+with keys off everything is open, control routes too (local dev only).
 """
 
 from __future__ import annotations
