@@ -15,7 +15,7 @@ UV         := .rdv/tools/bin/uv
 EXTRAS     := --extra models --extra weights --extra dev
 OOD_ARTIFACT := .rdv/models/ood-clinc150
 
-.PHONY: help install lock kafka-jars ood-artifact up down ps bench test unit integration lint format clean
+.PHONY: help install lock clean-venv kafka-jars ood-artifact up down ps bench test unit integration lint format clean
 
 help:
 	@echo "make up          start the platform locally and print a request to try"
@@ -35,9 +35,12 @@ $(UV):
 
 # The exact package set of uv.lock (--frozen: the lock is used as committed, never
 # re-resolved). To change a dependency: edit pyproject.toml, then `make lock`.
+# `make install TORCH_INDEX=https://download.pytorch.org/whl/cpu`: torch's CPU build at
+# the locked version, without the CUDA packages (README: "Locked installs").
+TORCH_INDEX ?=
 $(STAMP): pyproject.toml uv.lock | $(UV)
-	UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never \
-		$(UV) sync --frozen --python $(PYTHON) $(EXTRAS)
+	UV=$(UV) UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON=$(PYTHON) UV_PYTHON_DOWNLOADS=never \
+		TORCH_INDEX=$(TORCH_INDEX) deploy/install-locked.sh $(EXTRAS)
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -96,3 +99,7 @@ bench: kafka-jars
 clean:
 	-$(BIN)/rdv down --port $(KAFKA_PORT)
 	rm -rf $(VENV) .rdv
+
+# the virtual env alone (the broker's data, the caches and fitted models stay)
+clean-venv:
+	rm -rf $(VENV)

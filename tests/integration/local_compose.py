@@ -43,6 +43,10 @@ def service_argv(name: str) -> list[str]:
     return argv_of(command)
 
 
+IMAGE_INSTALL_ENV = frozenset({"PATH", "UV_PROJECT_ENVIRONMENT"})
+"""The image's ENV that says where its packages are installed."""
+
+
 def service_env(name: str) -> dict[str, str]:
     """The container's environment: the image's ENV, then the service's."""
     svc = OURS[name]
@@ -169,7 +173,11 @@ class LocalCompose:
         if argv[0] == "python":
             argv[0] = sys.executable
         env = {k: v for k, v in os.environ.items() if not k.startswith("RDV_")}
-        env |= {k: self.local(name, v, paths) for k, v in service_env(name).items()}
+        env |= {
+            k: self.local(name, v, paths)
+            for k, v in service_env(name).items()
+            if k not in IMAGE_INSTALL_ENV  # here the test's own virtual env runs the command
+        }
         if "RDV_KAFKA_BOOTSTRAP" in env:  # the compose file's kafka is the test broker
             env |= {
                 "RDV_KAFKA_BOOTSTRAP": self.kafka.bootstrap,

@@ -34,6 +34,7 @@ from tests.integration.deploy_files import (
     url_port,
 )
 from tests.integration.local_compose import (
+    IMAGE_INSTALL_ENV,
     JOBS,
     LONG_RUNNING,
     OURS,
@@ -75,7 +76,8 @@ def test_every_file_a_service_names_is_in_its_image() -> None:
         copied = {dest: src for src, dest in stages[image_stage(svc) or ""].copies}
         mounted = {target for _, target in volume_mounts(name)}
         argv = service_argv(name)
-        paths = [v for v in service_env(name).values() if v.startswith("/")]
+        env = {k: v for k, v in service_env(name).items() if k not in IMAGE_INSTALL_ENV}
+        paths = [v for v in env.values() if v.startswith("/")]
         if (spec := flag(argv, "--model")) is not None:
             paths.append(f"{APP}/{spec}")
         for path in paths:
@@ -208,3 +210,14 @@ def test_compose_declares_the_volumes_it_mounts() -> None:
             if "/" not in source and "$" not in source:
                 named.add(source)
     assert named == declared
+
+
+def test_both_images_install_the_locked_package_set() -> None:
+    stages = dockerfile_stages()
+    for name in ("service", "model"):
+        copied = {src for src, _ in stages[name].copies}
+        assert {"uv.lock", "deploy/install-locked.sh"} <= copied, name
+        installs = [run for run in stages[name].runs if "install-locked.sh" in run]
+        assert installs, f"{name} does not install from uv.lock"
+        assert not any("pip install -e" in run for run in stages[name].runs), name
+    assert any("--extra models" in run for run in stages["model"].runs)
