@@ -14,6 +14,11 @@ waits for it, and the score stays the source of truth). A delta carries the new 
 of the decoded answer so far (``BatchEngine.partial_texts``: a character split over
 tokens, or a possible start of a stop string, waits for the next step); the last
 one, sent with the score, carries the rest and the finish reason.
+
+A request delivered again while it is in the engine (a rebalance, a restart, a
+duplicate record) is held, not submitted again nor failed: the record read again at
+the same position takes the place of the first (the loop forgot that one's offset), a
+record at another position waits with it; the one score releases them all.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from services.workers.metrics import (
     DELTAS,
     FINISHED,
     PREDICT_SECONDS,
+    REDELIVERED,
     TOKENS,
     TOKENS_PER_S,
     TTFT,
@@ -63,6 +69,7 @@ class ChatWorker(ModelWorker):
         super().__init__(*args, **kwargs)
         self._pending: dict[str, tuple[Record, RequestEnvelope, float, float]] = {}
         self._streams: dict[str, _Stream] = {}
+        self._extra: dict[str, list[Record]] = {}  # more records of a request in the engine
 
     @property
     def busy(self) -> bool:
@@ -73,6 +80,9 @@ class ChatWorker(ModelWorker):
         self, live: list[tuple[Record, RequestEnvelope]], received: float, ctx: Context
     ) -> None:
         for record, req in live:
+            if req.request_id in self._pending:
+                self._hold_again(record, req.request_id, ctx)
+                continue
             started = max(self._clock(), received)
             try:
                 payload = parse_payload(req.payload)
@@ -93,6 +103,21 @@ class ChatWorker(ModelWorker):
             self._pending[req.request_id] = (record, req, received, started)
             if payload.stream:
                 self._streams[req.request_id] = _Stream(req.return_address)
+
+    def _hold_again(self, record: Record, request_id: str, ctx: Context) -> None:
+        """``request_id`` is generating already: hold ``record`` with it."""
+        first, req, received, started = self._pending[request_id]
+        ctx.hold(record)
+        if _position(record) == _position(first):
+            self._pending[request_id] = (record, req, received, started)
+        else:
+            self._extra.setdefault(request_id, []).append(record)
+        REDELIVERED.labels(self.spec.name).inc()
+
+    def _release(self, ctx: Context, request_id: str, record: Record) -> None:
+        ctx.release(record)
+        for extra in self._extra.pop(request_id, ()):
+            ctx.release(extra)
 
     def tick(self, now_ms: float, ctx: Context) -> None:
         super().tick(now_ms, ctx)
@@ -119,7 +144,7 @@ class ChatWorker(ModelWorker):
                 received_ms=received, started_ms=started, finished_ms=max(finished, started)
             )
             self._emit(ctx, record, self._result(req, output_of(result), timings))
-            ctx.release(record)
+            self._release(ctx, req.request_id, record)
         if self._streams:
             for request_id, text in self.model.chat.partial_texts(self._streams).items():
                 self._delta(ctx, request_id, self._streams[request_id], text)
@@ -168,10 +193,14 @@ class ChatWorker(ModelWorker):
             self._emit(
                 ctx, record, self._score(req, ScoreStatus.ERROR, timings, error=_error_text(exc))
             )
-            ctx.release(record)
+            self._release(ctx, req.request_id, record)
         self._pending.clear()
         self._streams.clear()
         self.model.chat.engine.reset()  # the weights are fine; only the batch is in doubt
+
+
+def _position(record: Record) -> tuple[str, int, int]:
+    return (record.topic, record.partition, record.offset)
 
 
 def _error_text(exc: Exception) -> str:

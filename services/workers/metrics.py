@@ -25,6 +25,11 @@ SKIPPED = Counter(
     "Requests not predicted because their deadline had passed",
     ["model"],
 )
+REDELIVERED = Counter(
+    "rdv_worker_redelivered_total",
+    "Request records read again while their request was still generating (held, not failed)",
+    ["model"],
+)
 TOKENS = Counter("rdv_worker_tokens_total", "Tokens of generative models", ["model", "kind"])
 TTFT = Histogram(
     "rdv_worker_time_to_first_token_seconds",

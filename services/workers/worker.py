@@ -15,6 +15,11 @@ Per request of the batch:
   request of the batch, so the rendezvous need not wait for the deadline;
 - otherwise the output becomes an ``ok`` score.
 
+A request delivered again (a rebalance, a restart, a duplicate record) is scored again
+like any other: the worker keeps no state per request, and the rendezvous keeps the
+first score of each model. It never becomes an error score. (The chat worker, whose
+requests stay in its engine across turns, holds a redelivered one instead.)
+
 Every score goes to the scores topic keyed by request id, emitted with the request's
 record as ``source``: its offset commits only once the broker acknowledged the score.
 Timings: received = batch consumed, started/finished = around ``predict_batch``.

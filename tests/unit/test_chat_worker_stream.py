@@ -167,3 +167,42 @@ def test_a_models_request_error_keeps_its_code_in_the_score() -> None:
     [score] = [decode(out.value, Score) for out, _ in ctx.emits]
     assert score.status is ScoreStatus.ERROR
     assert (score.error or "").startswith("[prompt_too_long] the prompt has 9000 tokens")
+
+
+def test_a_request_read_again_while_generating_is_held_not_failed() -> None:
+    """Before: the engine refused the id ("already in the engine") and the worker sent
+    an invalid_request error score, so the rendezvous counted the model as failed."""
+
+    class RefusingChat(ScriptedChat):
+        def submit(self, _m: Any, _p: Any, *, deadline: float, request_id: str) -> str:
+            if request_id in self.running:
+                raise ValueError(f"request {request_id!r} is already in the engine")
+            return super().submit(_m, _p, deadline=deadline, request_id=request_id)
+
+    runtime = ChatRuntime({})
+    runtime.chat = RefusingChat({"r": ["a", "ab"]})
+    spec = parse_inline("llama-chat:name=smol,role=champion,version=1,endpoints=chat")
+    worker = ChatWorker(spec, runtime, "rdv.scores")
+    first = _inbound(_payload(False), "r")
+    same_again = Inbound(first.record, first.message)  # the same record after a rewind
+    duplicate = Inbound(  # the same request at another offset
+        Record("rdv.requests", 0, next(_offsets), b"r", first.record.value), first.message
+    )
+
+    opened = Context()
+    worker.process([first], opened)
+    again = Context()
+    worker.process([same_again, duplicate], again)
+    assert again.emits == []  # no error score
+    assert again.holds == [first.record, duplicate.record]
+    assert runtime.chat.running == ["r"]  # submitted once
+
+    ticks = [Context(), Context()]
+    for ctx in ticks:
+        worker.tick(0.0, ctx)
+    [(out, sources)] = ticks[1].emits
+    score = decode(out.value, Score)
+    assert score.status is ScoreStatus.OK
+    assert list(sources) == [first.record]
+    assert ticks[1].releases == [first.record, duplicate.record]  # each hold released once
+    assert not worker.busy

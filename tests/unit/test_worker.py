@@ -272,3 +272,19 @@ def test_a_backfilling_worker_scores_expired_requests() -> None:
         ("old", ScoreStatus.OK),
         ("new", ScoreStatus.OK),
     ]
+
+
+def test_a_request_delivered_again_is_scored_again_never_failed() -> None:
+    """Batched and OOD runtimes keep no state per request: a redelivered request (the
+    same record after a rewind, or a duplicate) gets an ok score again; the rendezvous
+    keeps the first score of each model."""
+    first = req("again")
+    duplicate = Inbound(
+        Record("rdv.requests", 0, next(_offsets), first.record.key, first.record.value),
+        first.message,
+    )
+    w = worker(Scripted())
+    _, before = run(w, [first])
+    ctx, after = run(w, [first, duplicate])
+    assert [s.status for s in before + after] == [ScoreStatus.OK] * 3
+    assert [src for _, src in ctx.emits] == [(first.record,), (duplicate.record,)]
