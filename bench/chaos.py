@@ -23,6 +23,8 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.util import find_spec
+from pathlib import Path
 
 from bench.chaos_load import Load
 from bench.chaos_poison import READERS, Poison, build_all
@@ -32,11 +34,19 @@ from bench.chaos_readback import (
     doubles,
     expected_letters,
     keyed,
+    letter_score,
     match_letters,
     read_topic,
     tally,
 )
-from bench.chaos_report import cpu_times, last_degraded_after, load_figures, machine, table
+from bench.chaos_report import (
+    cpu_times,
+    degraded,
+    last_degraded_after,
+    load_figures,
+    machine,
+    table,
+)
 from bench.chaos_stack import DEADLINE_MS, ENDPOINT, ChaosStack, Exit
 from services.common.kafka import Producer, producer_config
 
@@ -91,7 +101,8 @@ def kill_restart(name: str) -> Callable[[Run], None]:
         run.wait(run.timing.pre)
         run.mark("fault")
         run.stack.kill(name)
-        run.wait(0 if name == "gateway" else run.timing.down)
+        if run.stack.run_dir is None and name != "gateway":  # else: its supervisor's back-off
+            run.wait(run.timing.down)
         run.restart(name)
         run.wait(run.timing.post)
 
@@ -127,11 +138,14 @@ def broker_down(outage: bool) -> Callable[[Run], None]:
 def rendezvous_down(run: Run) -> None:
     run.wait(run.timing.pre)
     run.mark("fault")
+    run.stack.pause_supervisor()  # it restarts them once the outage is over
     for name in ("rendezvous-a", "rendezvous-b"):
         run.stack.kill(name)
     run.wait(run.timing.outage)
+    run.stack.resume_supervisor()
     for name in ("rendezvous-a", "rendezvous-b"):
-        run.stack.services[name].spawn()
+        if run.stack.run_dir is None:
+            run.stack.services[name].spawn()
     for name in ("rendezvous-a", "rendezvous-b"):
         run.stack.wait_ready(name)
     run.mark("recovered")
@@ -183,6 +197,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="20 s outages, one poison round")
     parser.add_argument("--only", default="", help=f"comma-separated of: {','.join(SCENARIOS)}")
     parser.add_argument("--rate", type=float, default=50.0, help="requests/s (default 50)")
+    parser.add_argument(
+        "--keep-dir", type=Path, help="keep logs and broker state here (default: a temp dir)"
+    )
+    parser.add_argument(
+        "--no-supervisor",
+        action="store_true",
+        help="start the processes here, not under services.cli.supervise: the harness "
+        "restarts only what it killed (and, between scenarios, what died)",
+    )
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()] or list(SCENARIOS)
     unknown = [s for s in chosen if s not in SCENARIOS]
@@ -202,12 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     windows: list[Window] = []
     runs: dict[str, Run] = {}
     healed: dict[str, list[str]] = {}
-    with ChaosStack() as stack:
+    supervised = not args.no_supervisor and find_spec("services.cli.supervise") is not None
+    with ChaosStack(supervised=supervised, keep_dir=args.keep_dir) as stack:
         say(f"stack ready in {stack.start_all():.1f} s (broker {stack.kafka.bootstrap})")
         path = f"/v1/infer/{ENDPOINT}"
         load = Load("127.0.0.1", stack.gateway_port, path, BODY, args.rate)
         load.start()
-        stack.wait(2.0)  # connections warm before the first window
+        warm = warm_up(load, stack)
+        say(f"answers steady after {warm:.1f} s of load")
         for name in args.scenarios:
             run = Run(stack, timing)
             say(f"scenario {name} ...")
@@ -252,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             "exits": len(run.exits),
             "p99_ms": figures.p99_ms,
         }
-        row |= scenario_extras(run, sent, w, expected, matched.by_class)
+        row |= scenario_extras(run, sent, w, matched.by_class)
         detail = {
             **row,
             "seconds": round(w.end - w.start, 1),
@@ -277,8 +302,10 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m bench.chaos " + " ".join(sys.argv[1:] if argv is None else argv),
         "quick": args.quick,
         "rate": args.rate,
+        "supervised": supervised,
         "deadline_ms": DEADLINE_MS,
         "load_max_lag_ms": round(load.max_lag_ms, 1),
+        "warm_up_s": round(warm, 1),
         "machine": machine(steal0),
         "between_double_replies": dbl_rep.get("(between)", 0),
         "between_double_decisions": dbl_dec.get("(between)", 0),
@@ -288,11 +315,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def warm_up(load: Load, stack: ChaosStack, limit_s: float = 120.0) -> float:
+    """Wait until 3 s of load were answered in time (a group still settling is not a
+    fault); returns the seconds waited (NaN if it never settled within ``limit_s``)."""
+    began = time.time()
+    while time.time() - began < limit_s:
+        stack.wait(0.5)
+        now = time.time()
+        recent = [s for s in list(load.results) if now - 4.1 <= s.due < now - 1.1]
+        if len(recent) >= 0.8 * 3 * load.rate and not any(degraded(s, DEADLINE_MS) for s in recent):
+            return time.time() - began
+    return float("nan")
+
+
 def scenario_extras(
     run: Run,
     sent: list,  # type: ignore[type-arg]
     w: Window,
-    expected: dict[tuple[str, str], int],
     got: dict[tuple[str, str], int],
 ) -> dict[str, object]:
     """The columns only some scenarios have: recovery times and the poison tally."""
@@ -318,10 +357,7 @@ def scenario_extras(
         if key.endswith("_s"):
             notes.append(f"{key}={value}")
     if run.poisons:
-        mine = {(p.cls, s) for p in run.poisons for s in READERS[p.role]}
-        exp = sum(n for k, n in expected.items() if k in mine)
-        hit = sum(min(n, expected.get(k, 0)) for k, n in got.items() if k in mine)
-        unexpected = sum(max(0, n - expected.get(k, 0)) for k, n in got.items() if k in mine)
+        hit, exp, unexpected = letter_score(run.poisons, got)
         extra["dead_letters"] = f"{hit}/{exp}" + (f" +{unexpected}" if unexpected else "")
     extra["note"] = "; ".join(notes)
     return extra

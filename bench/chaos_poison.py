@@ -62,6 +62,9 @@ class Poison:
     out: Outbound
     expect: tuple[str, ...]
     decided_once: str | None = None
+    may: tuple[str, ...] = ()
+    """Readers that may dead-letter it too: a valid request nobody can serve (an unknown
+    endpoint, a deadline ten years away) is as well refused as answered."""
 
 
 def now_ms() -> int:
@@ -221,38 +224,31 @@ def specific(topics: Topics) -> Iterator[Poison]:
     every = READERS["requests"]
     now = now_ms()
 
-    def req(cls: str, expect: tuple[str, ...], once: bool = False, **over: Any) -> Poison:
+    def req(cls: str, expect: tuple[str, ...], may: tuple[str, ...] = (), **over: Any) -> Poison:
         rid = new_id(cls)
         msg = request(rid, topics, **over)
-        return Poison(
-            f"requests/{cls}",
-            "requests",
-            _request_out(topics, msg, rid),
-            expect,
-            rid if once else None,
-        )
+        out = _request_out(topics, msg, rid)
+        return Poison(f"requests/{cls}", "requests", out, expect, rid, may)
 
     def raw_req(cls: str, change: dict[str, Any]) -> Poison:
         rid = new_id(cls)
         doc = _dict(request(rid, topics)) | change
         return Poison(f"requests/{cls}", "requests", _request_out(topics, doc, rid), every)
 
-    yield req("unknown-endpoint", (), True, endpoint="nosuch-endpoint")
+    yield req("unknown-endpoint", (), every, endpoint="nosuch-endpoint")
     yield req(
         "no-such-return-topic",
         ("rendezvous",),
-        True,
         return_address=ReturnAddress(topic=topics.replies + ".no-such-topic", partition=0),
     )
     yield req(
         "no-such-return-partition",
         ("rendezvous",),
-        True,
         return_address=ReturnAddress(topic=topics.replies, partition=99),
     )
-    yield req("deadline-past", (), True, created_ms=now - 5000, deadline_ms=now - 4000)
-    yield req("deadline-far-future", (), True, deadline_ms=now + TEN_YEARS_MS)
-    yield req("huge-payload", (), True, payload={"text": "x" * HUGE_BYTES})
+    yield req("deadline-past", (), every, created_ms=now - 5000, deadline_ms=now - 4000)
+    yield req("deadline-far-future", (), every, deadline_ms=now + TEN_YEARS_MS)
+    yield req("huge-payload", (), every, payload={"text": "x" * HUGE_BYTES})
     yield raw_req("deadline-not-integer", {"deadline_ms": "soon"})
     yield raw_req("deadline-before-created", {"deadline_ms": now - 1, "created_ms": now})
     yield raw_req("bad-endpoint-name", {"endpoint": "Not A Name!"})

@@ -9,7 +9,7 @@ import base64
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from bench.chaos_poison import PREFIX, Poison, poison_id
+from bench.chaos_poison import PREFIX, READERS, Poison, poison_id
 from services.common.codec import decode
 from services.common.errors import MessageError
 from services.common.kafka import Record, consumer_config, read_since
@@ -111,13 +111,40 @@ def match_letters(
             if len(out.other_errors) < 10:
                 out.other_errors.append(f"{dl.service} {role}: {dl.error_code}: {dl.error[:160]}")
             continue
-        key = (cls, dl.service)
+        key = (cls, reader_of(dl.service, role))
         out.records[key] = out.records.get(key, 0) + 1
         origin = (dl.service, dl.origin_topic, dl.origin_partition, dl.origin_offset)
         if origin not in seen:
             seen.add(origin)
             out.by_class[key] = out.by_class.get(key, 0) + 1
     return out
+
+
+def reader_of(service: str, role: str) -> str:
+    """The reader of ``role`` a dead letter's ``service`` names: itself, or the reader
+    it is a part of (``rendezvous.control`` -> ``rendezvous``)."""
+    for reader in READERS.get(role, ()):
+        if service == reader or service.startswith((reader + ".", reader + "-")):
+            return reader
+    return service
+
+
+def letter_score(poisons: list[Poison], got: Mapping[tuple[str, str], int]) -> tuple[int, int, int]:
+    """(dead letters that were expected and came, expected, unexpected): per class and
+    reader, at most the expected count is a hit; beyond it, or from a reader that was
+    neither expected nor allowed to refuse the class, a dead letter is unexpected."""
+    expected = expected_letters(poisons)
+    allowed = {(p.cls, r) for p in poisons for r in p.may}
+    classes = {p.cls for p in poisons}
+    hit = unexpected = 0
+    for (cls, reader), n in got.items():
+        if cls not in classes:
+            continue
+        exp = expected.get((cls, reader), 0)
+        hit += min(n, exp)
+        if (cls, reader) not in allowed:
+            unexpected += max(0, n - exp)
+    return hit, sum(expected.values()), unexpected
 
 
 def expected_letters(poisons: list[Poison]) -> dict[tuple[str, str], int]:

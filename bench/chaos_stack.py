@@ -6,6 +6,7 @@ exits so that any exit the harness did not cause is counted."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -57,20 +58,25 @@ class Exit:
 
 @dataclass
 class Service:
-    """One process of the stack: how to start it, where it answers, whether it is down
-    on purpose (a planned kill) and the exits nobody planned."""
+    """One process of the stack: how to start it, where it answers, and the exits the
+    harness did not cause. With ``run_dir`` set, a supervisor (services.cli.supervise)
+    owns the process: its pid and its exits are read from the supervisor's files."""
 
     name: str
     argv: list[str]
     env: dict[str, str]
     ready_url: str
     log: Path
+    run_dir: Path | None = None
     popen: subprocess.Popen[bytes] | None = None
-    planned_down: bool = False
+    planned_down: bool = False  # own processes: down because the harness did it
+    planned_exits: int = 0  # supervised processes: exits the harness caused, not yet seen
+    seen_exit_at: float | None = None
     exits: list[Exit] = field(default_factory=list)
-    starts: int = 0
 
     def spawn(self) -> None:
+        if self.run_dir is not None:
+            raise RuntimeError(f"{self.name} is supervised: the supervisor starts it")
         with self.log.open("ab") as out:
             self.popen = subprocess.Popen(
                 self.argv,
@@ -82,15 +88,22 @@ class Service:
                 start_new_session=True,
             )
         self.planned_down = False
-        self.starts += 1
 
     @property
     def pid(self) -> int | None:
-        return None if self.popen is None else self.popen.pid
+        if self.run_dir is None:
+            return None if self.popen is None else self.popen.pid
+        try:
+            return int((self.run_dir / f"{self.name}.pid").read_text())
+        except (OSError, ValueError):
+            return None
 
     @property
     def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
+        if self.run_dir is None:
+            return self.popen is not None and self.popen.poll() is None
+        pid = self.pid
+        return pid is not None and _proc_state(pid) not in ("Z", "X")
 
     def ready(self) -> bool:
         if not self.alive:
@@ -101,7 +114,9 @@ class Service:
             return False
 
     def check(self) -> Exit | None:
-        """Record an exit nobody planned (once per process run)."""
+        """An exit nobody planned, if one happened since the last check."""
+        if self.run_dir is not None:
+            return self._check_supervised()
         if self.popen is None or self.planned_down:
             return None
         code = self.popen.poll()
@@ -112,13 +127,33 @@ class Service:
         self.planned_down = True  # counted; restarted between scenarios
         return died
 
+    def _check_supervised(self) -> Exit | None:
+        assert self.run_dir is not None
+        try:
+            state = json.loads((self.run_dir / f"{self.name}.state.json").read_text())
+        except (OSError, ValueError):
+            return None
+        at = state.get("last_exit_at")
+        if at is None or at == self.seen_exit_at:
+            return None
+        self.seen_exit_at = at
+        if self.planned_exits > 0:
+            self.planned_exits -= 1
+            return None
+        reason = f"{state.get('last_exit')}: {state.get('last_reason') or ''}"[:240]
+        died = Exit(self.name, int(state.get("last_exit_code") or 0), float(at), reason)
+        self.exits.append(died)
+        return died
+
     def signal(self, sig: signal.Signals) -> None:
-        if self.popen is None or not self.alive:
+        pid = self.pid
+        if pid is None or not self.alive:
             raise RuntimeError(f"{self.name} is not running")
         if sig in (signal.SIGKILL, signal.SIGTERM):
             self.planned_down = True
-        self.popen.send_signal(sig)
-        if sig is signal.SIGKILL:
+            self.planned_exits += 1
+        os.kill(pid, sig)
+        if sig is signal.SIGKILL and self.popen is not None:
             self.popen.wait(10)
 
     def terminate(self, timeout_s: float = 20.0) -> None:
@@ -132,6 +167,13 @@ class Service:
         except subprocess.TimeoutExpired:
             self.popen.kill()
             self.popen.wait(10)
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "X"
 
 
 def last_error_line(log: Path, limit: int = 240) -> str:
@@ -149,7 +191,10 @@ def last_error_line(log: Path, limit: int = 240) -> str:
 class ChaosStack:
     """Broker, topics and the data plane's processes; torn down on exit."""
 
-    def __init__(self, *, keep_dir: Path | None = None) -> None:
+    def __init__(self, *, supervised: bool = True, keep_dir: Path | None = None) -> None:
+        """``supervised``: run the processes under services.cli.supervise, as ``rdv up``
+        does (it restarts what exits); else the harness starts them itself and restarts
+        only what it killed (and, between scenarios, what died)."""
         self._tmp = None if keep_dir else tempfile.TemporaryDirectory(prefix="rdv-chaos-")
         self.dir = keep_dir or Path(self._tmp.name)  # type: ignore[union-attr]
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -160,6 +205,9 @@ class ChaosStack:
         self.gateway_port = 0
         self.broker_exits: list[Exit] = []
         self.broker_planned_down = False
+        self.base_env: dict[str, str] = {}
+        self.run_dir = self.dir / "run" if supervised else None
+        self.supervisor: subprocess.Popen[bytes] | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -178,6 +226,14 @@ class ChaosStack:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.supervisor is not None:
+            self.supervisor.send_signal(signal.SIGCONT)
+            self.supervisor.terminate()  # it stops every process, all at once
+            try:
+                self.supervisor.wait(60)
+            except subprocess.TimeoutExpired:
+                self.supervisor.kill()
+                self.supervisor.wait(10)
         with ThreadPoolExecutor(len(self.services) or 1) as pool:
             list(pool.map(lambda s: s.terminate(), self.services.values()))
         if self.broker is not None:
@@ -196,6 +252,7 @@ class ChaosStack:
             "RDV_ARCHIVE_POLICIES": str(POLICY),
             "RDV_ARCHIVE_DIR": str(self.dir / "archive"),
         }
+        self.base_env = env
         py = sys.executable
         self.gateway_port = free_port()
         for name in ("rendezvous-a", "rendezvous-b"):
@@ -230,16 +287,64 @@ class ChaosStack:
         )
 
     def _add(self, name: str, argv: list[str], env: dict[str, str], ready: str) -> None:
-        self.services[name] = Service(name, argv, env, ready, self.dir / f"{name}.log")
+        log = (self.run_dir or self.dir) / f"{name}.log"
+        self.services[name] = Service(name, argv, env, ready, log, self.run_dir)
 
     def start_all(self) -> float:
         """Spawn every process at once and wait until all are ready; returns seconds."""
         began = time.monotonic()
+        if self.run_dir is not None:
+            self._start_supervisor(self.run_dir)
+        else:
+            for svc in self.services.values():
+                svc.spawn()
         for svc in self.services.values():
-            svc.spawn()
-        for svc in self.services.values():
-            self.wait_ready(svc.name)
+            self.wait_ready(svc.name, START_TIMEOUT_S * 2)
         return time.monotonic() - began
+
+    def _start_supervisor(self, run_dir: Path) -> None:
+        """A stack file of these processes, run by services.cli.supervise in the
+        background (the rendezvous first, the gateway last, as deploy/local/stack.yaml)."""
+        base = self.base_env
+        specs = [
+            {
+                "name": svc.name,
+                "command": ["python", *svc.argv[1:]],
+                "env": {k: v for k, v in svc.env.items() if base.get(k) != v},
+                "ready": svc.ready_url,
+            }
+            for svc in self.services.values()
+        ]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        stack_file = self.dir / "stack.yaml"
+        stack_file.write_text(json.dumps({"processes": specs}))  # JSON is YAML
+        with (self.dir / "supervisor.out").open("ab") as out:
+            self.supervisor = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "services.cli.supervise",
+                    "--stack",
+                    str(stack_file),
+                    "--run-dir",
+                    str(run_dir),
+                ],
+                cwd=REPO,
+                env=base,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def pause_supervisor(self) -> None:
+        """Hold restarts (SIGSTOP the supervisor): for a process kept down on purpose."""
+        if self.supervisor is not None:
+            self.supervisor.send_signal(signal.SIGSTOP)
+
+    def resume_supervisor(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.send_signal(signal.SIGCONT)
 
     # -- faults ------------------------------------------------------------------
 
@@ -253,12 +358,14 @@ class ChaosStack:
         self.services[name].signal(signal.SIGCONT)
 
     def restart(self, name: str) -> float:
-        """Start a process that is down again and wait until ready; returns seconds."""
+        """Bring a killed process back (its supervisor does, when supervised) and wait
+        until it is ready; returns seconds."""
         svc = self.services[name]
         began = time.monotonic()
-        if svc.alive:
-            raise RuntimeError(f"{name} is still running")
-        svc.spawn()
+        if svc.run_dir is None:
+            if svc.alive:
+                raise RuntimeError(f"{name} is still running")
+            svc.spawn()
         self.wait_ready(name)
         return time.monotonic() - began
 
@@ -266,7 +373,7 @@ class ChaosStack:
         svc = self.services[name]
         until = time.monotonic() + timeout_s
         while not svc.ready():
-            if not svc.alive:
+            if not svc.alive and svc.run_dir is None:
                 raise RuntimeError(f"{name} exited during start-up: {last_error_line(svc.log)}")
             if time.monotonic() > until:
                 raise RuntimeError(f"{name} not ready within {timeout_s:.0f} s")
@@ -319,13 +426,15 @@ class ChaosStack:
         if self.broker is not None and self.broker.pid() is None:
             self.start_broker()
             healed.append("broker")
+        self.resume_supervisor()
         for svc in self.services.values():
-            if svc.popen is not None and svc.popen.poll() is None:
-                svc.popen.send_signal(signal.SIGCONT)
+            if svc.alive and svc.pid is not None:
+                os.kill(svc.pid, signal.SIGCONT)
             if not svc.alive:
-                svc.spawn()
+                if svc.run_dir is None:
+                    svc.spawn()
                 healed.append(svc.name)
-        for name in healed:
-            if name != "broker":
-                self.wait_ready(name)
+        for svc in self.services.values():
+            if not svc.ready():
+                self.wait_ready(svc.name)
         return healed

@@ -15,7 +15,9 @@ from bench.chaos_readback import (
     Window,
     doubles,
     expected_letters,
+    letter_score,
     match_letters,
+    reader_of,
     tally,
 )
 from bench.chaos_report import degraded_seconds, last_degraded_after, load_figures
@@ -173,3 +175,24 @@ def test_scenarios_are_selected_by_name_in_schedule_order() -> None:
     assert parse([]).scenarios == list(SCENARIOS)
     with pytest.raises(SystemExit):
         parse(["--only", "no-such-scenario"])
+
+
+def test_letter_score_counts_hits_up_to_the_expected_and_flags_the_rest() -> None:
+    poisons = build_all(TOPICS)
+    got = {
+        ("requests/not-json", "rendezvous"): 1,
+        ("requests/not-json", "archive"): 2,  # one more than expected
+        ("requests/null-key", "rendezvous"): 1,  # a valid request refused: unexpected
+        ("requests/unknown-endpoint", "rendezvous"): 1,  # allowed to refuse it
+    }
+    hit, expected, unexpected = letter_score(poisons, got)
+    assert hit == 2
+    assert expected == sum(len(p.expect) for p in poisons)
+    assert unexpected == 2
+
+
+def test_a_dead_letter_names_the_reader_it_belongs_to() -> None:
+    assert reader_of("rendezvous", "requests") == "rendezvous"
+    assert reader_of("rendezvous.control", "control") == "rendezvous"
+    assert reader_of("worker.fast", "requests") == "worker.fast"
+    assert reader_of("somebody", "requests") == "somebody"
