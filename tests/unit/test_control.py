@@ -129,10 +129,13 @@ class _Container:
     """A container whose health check passes after ``healthy_after`` reloads (None:
     never), or which exits at once (``exits``)."""
 
-    def __init__(self, name: str, healthy_after: int | None = 0, exits: bool = False) -> None:
+    def __init__(
+        self, name: str, healthy_after: int | None = 0, exits: bool = False, sick: bool = False
+    ) -> None:
         self.name = name
         self.healthy_after = healthy_after
         self.exits = exits
+        self.sick = sick
         self.reloads = 0
         self.status = "created"
         self.health = "unknown"
@@ -144,6 +147,8 @@ class _Container:
         self.status = "exited" if self.exits else "running"
         ready = self.healthy_after is not None and self.reloads > self.healthy_after
         self.health = "healthy" if ready and not self.exits else "starting"
+        if self.sick and self.reloads > 2:
+            self.health = "unhealthy"
 
     def logs(self, tail: int) -> bytes:
         return b"worker: cannot reach kafka:9092\n"
@@ -229,6 +234,10 @@ def test_a_worker_that_exits_or_never_gets_ready_is_a_clear_error(tmp_path: Path
     with pytest.raises(DeployError, match=r"was not ready \(/readyz\) within 30 s"):
         slow.start(spec, {})
     assert 25 <= containers.made[0].reloads <= 32  # polled until the timeout, then gave up
+    sick, containers = _docker(tmp_path, healthy_after=None, sick=True)
+    with pytest.raises(DeployError, match=r"failed its health check \(/readyz\)"):
+        sick.start(spec, {})
+    assert (containers.made[0].reloads, containers.made[0].removed) == (3, True)
 
 
 def test_the_docker_defaults_follow_the_environment(tmp_path: Path) -> None:
