@@ -163,7 +163,8 @@ def deploy_model(args: argparse.Namespace) -> int:
     reg = plane.deploy(spec, _who(args))
     print(f"{reg['name']}: registered as {reg['role']} on {', '.join(reg['endpoints'])}")
     if not args.no_start:
-        started = deployer(args.deployer).start(spec, dict(os.environ))
+        env = {k: v for k, v in os.environ.items() if k != "RDV_API_KEY"}  # not the worker's
+        started = deployer(args.deployer).start(spec, env)
         print(f"{spec.name}: running ({started.where}); it scores every request from now on")
     return 0
 
