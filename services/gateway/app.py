@@ -48,7 +48,7 @@ def build_app(
             f"reply_partition {settings.reply_partition} does not exist: {topics.replies} "
             f"has {replies} partitions"
         )
-    pending = PendingReplies()
+    pending = PendingReplies(max_bytes=settings.max_pending_bytes)
     gateway = Gateway(
         settings,
         bus=bus,

@@ -18,6 +18,14 @@ LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 IN_FLIGHT = Gauge("rdv_gateway_in_flight", "Requests waiting for their reply")
+PENDING_BYTES = Gauge(
+    "rdv_gateway_pending_bytes", "Bytes of the requests waiting for their reply (envelopes)"
+)
+SHED = Counter(
+    "rdv_gateway_shed_total",
+    "Requests refused with 503 because a memory bound was reached",
+    ["bound"],
+)
 DROPPED_REPLIES = Counter(
     "rdv_gateway_dropped_replies_total",
     "Records on the reply partition that answered no waiting request",

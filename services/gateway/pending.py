@@ -19,7 +19,14 @@ from collections.abc import Callable
 from services.common.codec import decode_reply_record, kind_of
 from services.common.errors import MessageError, RendezvousError
 from services.common.messages import Delta, Reply, ReplyRecord
-from services.gateway.metrics import DROPPED_REPLIES, DROPPED_STREAM_RECORDS, IN_FLIGHT
+from services.gateway.errors import OverloadedError
+from services.gateway.metrics import (
+    DROPPED_REPLIES,
+    DROPPED_STREAM_RECORDS,
+    IN_FLIGHT,
+    PENDING_BYTES,
+    SHED,
+)
 
 log = logging.getLogger("rdv.gateway.replies")
 
@@ -66,11 +73,21 @@ class StreamInbox:
 class PendingReplies:
     """The table of waiting requests, bound to the event loop that serves them."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int = 256 * 2**20) -> None:
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be at least 1, not {max_bytes}")
+        self.max_bytes = max_bytes
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiting: dict[str, asyncio.Future[Reply]] = {}
         self._streams: dict[str, StreamInbox] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
+        self._sizes: dict[str, int] = {}
+        self._bytes = 0
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the requests waiting now (as given to ``open``)."""
+        return self._bytes
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Attach to the loop that runs the routes (from the app's lifespan)."""
@@ -79,25 +96,33 @@ class PendingReplies:
     def __len__(self) -> int:
         return len(self._waiting) + len(self._streams)
 
-    def open(self, request_id: str) -> asyncio.Future[Reply]:
-        """A future that gets the reply to ``request_id`` (loop thread only)."""
+    def open(self, request_id: str, size: int = 0) -> asyncio.Future[Reply]:
+        """A future that gets the reply to ``request_id``, a request of ``size`` bytes
+        (loop thread only). OverloadedError when the byte budget would be passed."""
         if self._loop is None:
             raise RuntimeError("PendingReplies is not bound to an event loop")
-        self._check_new(request_id)
+        self._check_new(request_id, size)
         fut: asyncio.Future[Reply] = self._loop.create_future()
         self._waiting[request_id] = fut
-        IN_FLIGHT.inc()
+        self._take(request_id, size)
         return fut
 
-    def open_stream(self, request_id: str) -> StreamInbox:
-        """The inbox of a streaming request (loop thread only); close it with ``close``."""
+    def open_stream(self, request_id: str, size: int = 0) -> StreamInbox:
+        """The inbox of a streaming request (loop thread only); close it with ``close``.
+        OverloadedError when the byte budget would be passed."""
         if self._loop is None:
             raise RuntimeError("PendingReplies is not bound to an event loop")
-        self._check_new(request_id)
+        self._check_new(request_id, size)
         inbox = StreamInbox()
         self._streams[request_id] = inbox
-        IN_FLIGHT.inc()
+        self._take(request_id, size)
         return inbox
+
+    def _take(self, request_id: str, size: int) -> None:
+        self._sizes[request_id] = size
+        self._bytes += size
+        PENDING_BYTES.set(self._bytes)
+        IN_FLIGHT.inc()
 
     def close(self, request_id: str) -> None:
         """Stop waiting for ``request_id`` (loop thread only); later records are dropped."""
@@ -106,6 +131,8 @@ class PendingReplies:
         if fut is None and inbox is None:
             return
         IN_FLIGHT.dec()
+        self._bytes -= self._sizes.pop(request_id, 0)
+        PENDING_BYTES.set(self._bytes)
         if fut is not None:
             fut.cancel()  # no-op when done; keeps an unawaited exception from being logged
         self._finished[request_id] = None
@@ -161,9 +188,15 @@ class PendingReplies:
             return
         fut.set_result(reply)
 
-    def _check_new(self, request_id: str) -> None:
+    def _check_new(self, request_id: str, size: int) -> None:
         if request_id in self._waiting or request_id in self._streams:
             raise ValueError(f"request {request_id} is waiting already")
+        if self._bytes + size > self.max_bytes:
+            SHED.labels("pending_bytes").inc()
+            raise OverloadedError(
+                f"requests of {self._bytes} bytes are waiting already (at most "
+                f"{self.max_bytes}); retry later"
+            )
 
     def _drop_stream_record(self, record: ReplyRecord) -> None:
         rid = record.request_id

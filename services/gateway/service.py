@@ -177,7 +177,7 @@ class Gateway:
         req: InferRequest,
         request_id: str,
         trace_id: str,
-        open_entry: Callable[[str], W],
+        open_entry: Callable[[str, int], W],
     ) -> tuple[W, int, float]:
         """Check capacity, open the request's entry in ``pending`` with ``open_entry`` and
         put its envelope on the requests topic (the entry is closed again if that fails).
@@ -188,7 +188,7 @@ class Gateway:
         started = self._clock()
         envelope = self._envelope(spec, req, request_id, trace_id, deadline_ms)
         out = Outbound(self._requests_topic, request_id.encode(), encode(envelope))
-        entry = open_entry(request_id)
+        entry = open_entry(request_id, len(out.value))  # refused when over the byte bound
         try:
             self.bus.produce(out, partial(self._delivered, request_id))
         except BaseException:

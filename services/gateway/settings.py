@@ -39,6 +39,10 @@ class GatewaySettings(BaseSettings):
     max_in_flight: int = Field(default=1000, ge=1)
     """Requests waiting for a reply at once; more are refused with 503 + Retry-After."""
 
+    max_pending_bytes: int = Field(default=256 * 2**20, ge=1)
+    """Bytes of the requests (their envelopes) waiting for a reply at once; a request
+    that would pass it is refused with 503 + Retry-After."""
+
     max_loop_lag_ms: float = Field(default=50.0, gt=0)
     """When the event loop runs this late (the gateway's CPU is saturated and requests
     queue before any handler sees them), new requests get 503 + Retry-After at once."""
