@@ -15,7 +15,7 @@ UV         := .rdv/tools/bin/uv
 EXTRAS     := --extra models --extra weights --extra dev
 OOD_ARTIFACT := .rdv/models/ood-clinc150
 
-.PHONY: help install lock clean-venv kafka-jars ood-artifact up down ps bench test unit integration lint format clean
+.PHONY: help install lock clean-venv kafka-jars ood-artifact up down ps bench chaos test unit integration lint format clean
 
 help:
 	@echo "make up          start the platform locally and print a request to try"
@@ -24,6 +24,7 @@ help:
 	@echo "make unit        unit tests only (no broker)"
 	@echo "make lint        ruff + mypy"
 	@echo "make bench       the stream-overhead benchmark (figures: docs/benchmarks.md)"
+	@echo "make chaos       the chaos harness: faults and poison records under load (~15 min)"
 	@echo "make lock        re-resolve uv.lock after editing pyproject.toml"
 	@echo "make clean       remove the virtual env and the local broker's data"
 
@@ -95,6 +96,10 @@ integration: kafka-jars
 # Benchmarks start their own broker (or use RDV_KAFKA_BOOTSTRAP) and stacks.
 bench: kafka-jars
 	$(BIN)/python -m bench.stream_overhead
+
+# Its own broker and data plane on free ports; CHAOS_ARGS=--quick for a ~6 min run.
+chaos: kafka-jars
+	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
 
 clean:
 	-$(BIN)/rdv down --port $(KAFKA_PORT)

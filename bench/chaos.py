@@ -61,13 +61,18 @@ class Timing:
     post: float  # load after the last recovery step
     down: float  # a killed process stays down this long before its restart
     pause: float  # SIGSTOP .. SIGCONT
+    recover: float  # load after the broker or both rendezvous replicas came back
     outage: float  # the broker outage, and the rendezvous-down outage
     poison_repeats: int
     poison_wait: float  # time for dead letters (a reply to a missing topic times out)
 
 
-QUICK = Timing(pre=2, post=8, down=3, pause=10, outage=20, poison_repeats=1, poison_wait=35)
-FULL = Timing(pre=3, post=15, down=5, pause=10, outage=90, poison_repeats=3, poison_wait=40)
+QUICK = Timing(
+    pre=2, post=8, down=3, pause=10, recover=15, outage=20, poison_repeats=1, poison_wait=35
+)
+FULL = Timing(
+    pre=3, post=15, down=5, pause=10, recover=20, outage=90, poison_repeats=3, poison_wait=40
+)
 
 
 @dataclass
@@ -130,7 +135,7 @@ def broker_down(outage: bool) -> Callable[[Run], None]:
         run.wait(run.timing.outage if outage else 0)
         run.notes["broker_restart_s"] = round(run.stack.start_broker(), 1)
         run.mark("recovered")  # the broker answers metadata again
-        run.wait(run.timing.post)
+        run.wait(run.timing.recover)
 
     return scenario
 
@@ -149,7 +154,7 @@ def rendezvous_down(run: Run) -> None:
     for name in ("rendezvous-a", "rendezvous-b"):
         run.stack.wait_ready(name)
     run.mark("recovered")
-    run.wait(run.timing.post)
+    run.wait(run.timing.recover)
 
 
 def poison(run: Run) -> None:
@@ -294,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     if poisons:
         print_poison(out["poison"]["classes"])
+        out["poison"]["per_reader"] = per_reader(out["poison"]["classes"])
+        readers = ", ".join(f"{k} {v}" for k, v in out["poison"]["per_reader"].items())
+        print(f"dead letters got/expected per reader: {readers}")
     if matched.other_errors:
         print("dead letters of non-poison records (first few):")
         for line in matched.other_errors:
@@ -347,8 +355,12 @@ def scenario_extras(
         resume = last_degraded_after(sent, ready, w.end, DEADLINE_MS)
         extra["degraded_s_until_restart"] = before
         extra["degraded_s_after_restart"] = after
-        extra["resume_s"] = resume
-        notes.append(f"down->up {before}s/{after}s degr, resume {resume}s")
+        censored = resume > w.end - ready - 1.0  # still degraded in the last second
+        extra["resume_s"] = f">={resume}" if censored else resume
+        notes.append(
+            f"{before}s degr until back, {after}s after; resumed "
+            + (f"not by {resume}s" if censored else f"{resume}s after")
+        )
     if (resumed := run.marks.get("resumed")) is not None:
         after = load_figures(sent, resumed, w.end, DEADLINE_MS).degraded_s
         extra["degraded_s_after_resume"] = after
@@ -391,6 +403,18 @@ def poison_rows(
             }
         )
     return rows
+
+
+def per_reader(rows: list[dict[str, object]]) -> dict[str, str]:
+    """Reader -> dead letters got/expected over every poison class."""
+    got: dict[str, list[int]] = {}
+    for r in rows:
+        for reader, text in r["dead_letters"].items():  # type: ignore[attr-defined]
+            g, e = (int(x) for x in str(text).split("/"))
+            pair = got.setdefault(reader, [0, 0])
+            pair[0] += min(g, e)
+            pair[1] += e
+    return {k: f"{g}/{e}" for k, (g, e) in sorted(got.items())}
 
 
 def print_poison(rows: list[dict[str, object]]) -> None:
