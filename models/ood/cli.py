@@ -15,6 +15,7 @@ import argparse
 import json
 import random
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Steps:
+    """Prints ``fit: <step> (<elapsed> s)`` to stderr: where a long fit is, and since when."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+        self.began = time.monotonic()
+
+    def __call__(self, step: str) -> None:
+        took = time.monotonic() - self.began
+        print(f"{self.command}: {step} ({took:.0f} s)", file=sys.stderr, flush=True)
+
+
 def fit_command(args: argparse.Namespace) -> dict[str, Any]:
+    say = _Steps("fit")
     scorer = ScorerConfig(method=args.method, k=args.k, shrinkage=args.shrinkage)
+    say("loading the encoder")
     encoder = load_encoder(
         EncoderConfig(
             model_dir=args.model_dir,
@@ -81,15 +96,22 @@ def fit_command(args: argparse.Namespace) -> dict[str, Any]:
     )
     reference = load_split(args.data, args.reference_split).in_scope()
     calibration = load_split(args.data, args.calibration_split).in_scope()
+    cached = f", cache {args.cache_dir}" if args.cache_dir else ", no cache"
+    say(f"embedding {len(reference)} reference queries{cached}")
+    reference_x = embed_split(encoder, reference, args.cache_dir)
+    say(f"embedding {len(calibration)} calibration queries")
+    calibration_x = embed_split(encoder, calibration, args.cache_dir)
+    say(f"fitting the {scorer.method} scorer")
     artifact = fit_artifact(
         config=scorer,
         encoder=encoder.info,
-        reference=(embed_split(encoder, reference, args.cache_dir), reference.intents),
-        calibration=embed_split(encoder, calibration, args.cache_dir),
+        reference=(reference_x, reference.intents),
+        calibration=calibration_x,
         data=data_info(reference, calibration),
         keep=args.keep,
     )
     saved = save_artifact(artifact, args.out)
+    say(f"saved {args.out}")
     return {
         "artifact": str(args.out),
         "artifact_version": saved.version,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,13 +102,16 @@ def fit_artifact(
 
 
 def stderr_progress(label: str, every: int = 20) -> Progress:
-    """A progress callback writing a line to stderr every ``every`` batches and at the end."""
+    """A progress callback writing a line to stderr every ``every`` batches and at the end,
+    with the seconds since the callback was made."""
     state = {"calls": 0}
+    began = time.monotonic()
 
     def report(done: int, total: int) -> None:
         state["calls"] += 1
         if state["calls"] % every == 0 or done >= total:
-            print(f"{label}: embedded {done}/{total}", file=sys.stderr, flush=True)
+            took = time.monotonic() - began
+            print(f"{label}: embedded {done}/{total} ({took:.0f} s)", file=sys.stderr, flush=True)
 
     return report
 
