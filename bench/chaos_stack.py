@@ -71,7 +71,7 @@ class Service:
     popen: subprocess.Popen[bytes] | None = None
     planned_down: bool = False  # own processes: down because the harness did it
     planned_exits: int = 0  # supervised processes: exits the harness caused, not yet seen
-    seen_exit_at: float | None = None
+    seen_exits: int = 0
     exits: list[Exit] = field(default_factory=list)
 
     def spawn(self) -> None:
@@ -113,37 +113,40 @@ class Service:
         except httpx.HTTPError:
             return False
 
-    def check(self) -> Exit | None:
-        """An exit nobody planned, if one happened since the last check."""
+    def check(self) -> list[Exit]:
+        """The exits nobody planned since the last check."""
         if self.run_dir is not None:
             return self._check_supervised()
         if self.popen is None or self.planned_down:
-            return None
+            return []
         code = self.popen.poll()
         if code is None:
-            return None
+            return []
         died = Exit(self.name, code, time.time(), last_error_line(self.log))
         self.exits.append(died)
         self.planned_down = True  # counted; restarted between scenarios
-        return died
+        return [died]
 
-    def _check_supervised(self) -> Exit | None:
+    def _check_supervised(self) -> list[Exit]:
+        """Exits counted from the supervisor's state file: each restart follows one
+        exit, and a process waiting out its back-off has exited once more."""
         assert self.run_dir is not None
         try:
             state = json.loads((self.run_dir / f"{self.name}.state.json").read_text())
         except (OSError, ValueError):
-            return None
-        at = state.get("last_exit_at")
-        if at is None or at == self.seen_exit_at:
-            return None
-        self.seen_exit_at = at
-        if self.planned_exits > 0:
-            self.planned_exits -= 1
-            return None
-        reason = f"{state.get('last_exit')}: {state.get('last_reason') or ''}"[:240]
-        died = Exit(self.name, int(state.get("last_exit_code") or 0), float(at), reason)
-        self.exits.append(died)
-        return died
+            return []
+        total = int(state.get("restarts") or 0) + (state.get("status") == "backoff")
+        new, self.seen_exits = total - self.seen_exits, total
+        planned = min(new, self.planned_exits)
+        self.planned_exits -= planned
+        found = []
+        for _ in range(new - planned):
+            reason = f"{state.get('last_exit')}: {state.get('last_reason') or ''}"[:240]
+            at = float(state.get("last_exit_at") or time.time())
+            died = Exit(self.name, int(state.get("last_exit_code") or 0), at, reason)
+            found.append(died)
+        self.exits.extend(found)
+        return found
 
     def signal(self, sig: signal.Signals) -> None:
         pid = self.pid
@@ -400,7 +403,7 @@ class ChaosStack:
 
     def check(self) -> list[Exit]:
         """Exits nobody planned since the last check (the broker included)."""
-        found = [e for svc in self.services.values() if (e := svc.check()) is not None]
+        found = [e for svc in self.services.values() for e in svc.check()]
         if self.broker is not None and not self.broker_planned_down and self.broker.pid() is None:
             died = Exit("broker", -1, time.time(), last_error_line(self.broker.log_file))
             self.broker_exits.append(died)

@@ -3,7 +3,9 @@ and the degraded-seconds, double-answer and dead-letter arithmetic (no broker)."
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +23,7 @@ from bench.chaos_readback import (
     tally,
 )
 from bench.chaos_report import degraded_seconds, last_degraded_after, load_figures
+from bench.chaos_stack import Service
 from services.common.codec import decode, decode_control, decode_reply_record, make_dead_letter
 from services.common.errors import ConfigError, MessageError
 from services.common.messages import Decision, Feedback, PolicyEntry, RequestEnvelope, Score
@@ -196,3 +199,38 @@ def test_a_dead_letter_names_the_reader_it_belongs_to() -> None:
     assert reader_of("rendezvous.control", "control") == "rendezvous"
     assert reader_of("worker.fast", "requests") == "worker.fast"
     assert reader_of("somebody", "requests") == "somebody"
+
+
+def test_supervised_exits_not_planned_by_the_harness_are_counted_from_state_files(
+    tmp_path: Path,
+) -> None:
+    svc = Service("rendezvous-a", ["python"], {}, "http://unused", tmp_path / "x.log", tmp_path)
+    state = tmp_path / "rendezvous-a.state.json"
+
+    def write(restarts: int, status: str, code: int = -9) -> None:
+        state.write_text(
+            json.dumps(
+                {
+                    "name": "rendezvous-a",
+                    "restarts": restarts,
+                    "status": status,
+                    "last_exit": f"exit code {code}",
+                    "last_exit_code": code,
+                    "last_exit_at": 1.0,
+                    "last_reason": "KafkaException",
+                }
+            )
+        )
+
+    write(0, "running")
+    assert svc.check() == []
+    svc.planned_exits = 1  # the harness SIGKILLed it
+    write(0, "backoff")
+    assert svc.check() == []  # that exit was planned
+    write(1, "running")
+    assert svc.check() == []  # and restarted
+    write(3, "backoff", code=1)  # three more exits (a crash loop), none planned
+    died = svc.check()
+    assert [d.code for d in died] == [1, 1, 1]
+    assert "KafkaException" in died[0].last_line
+    assert len(svc.exits) == 3
