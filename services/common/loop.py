@@ -18,8 +18,10 @@ at-most-once. No input stops the loop; the error contract, per record:
   and each record of the batch that was not finished is given to ``process`` again
   alone, then dead-lettered if it fails again. A stateless processor may therefore
   skip ``isolate``; a stateful one must not.
-- **An exception escaping ``tick``** is logged and counted; the effects up to the last
-  finished isolate block are kept (``isolate(None)`` marks a step with no record).
+- **An exception escaping ``tick``** stops the loop (no record is to blame: a disk
+  that cannot be written, a bug), uncommitted work is read again after a restart. A
+  processor whose tick steps can fail one by one wraps each in ``isolate(None)``: a
+  failing step is logged and its effects dropped (the rendezvous's decisions).
 - **An output that cannot be produced**, refused on the spot (``ProduceError``) or
   failed in its delivery report, is classified:
   - permanent (``kafka.is_permanent``: unknown topic or partition, too large), or the
@@ -77,8 +79,8 @@ LETTERS_LOST = Counter(
 )
 PROCESSOR_FAILURES = Counter(
     "rdv_stream_processor_failures_total",
-    "Exceptions that escaped a processor's process() or tick() (bugs)",
-    ["service", "hook"],
+    "Exceptions that escaped a processor's process() (bugs)",
+    ["service"],
 )
 BEST_EFFORT_LOST = Counter(
     "rdv_stream_best_effort_lost_total",
@@ -326,12 +328,7 @@ class StreamRunner:
         for rec in records:
             self._finish(rec)
         ctx = Context()
-        try:
-            self._processor.tick(time.time() * 1000.0, ctx)
-        except Exception:
-            PROCESSOR_FAILURES.labels(self.service, "tick").inc()
-            log.exception("processor tick failed", extra={"loop": self.service})
-            ctx.keep_finished()
+        self._processor.tick(time.time() * 1000.0, ctx)  # raises: no input to blame
         self._apply(ctx)
         self._settle()
         return bool(records)
@@ -341,7 +338,7 @@ class StreamRunner:
         try:
             self._processor.process(batch, ctx)
         except Exception:
-            PROCESSOR_FAILURES.labels(self.service, "process").inc()
+            PROCESSOR_FAILURES.labels(self.service).inc()
             log.exception(
                 "processor failed on a batch; records not finished are retried alone",
                 extra={"loop": self.service, "records": len(batch)},

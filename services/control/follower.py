@@ -1,7 +1,15 @@
 """Following the control topic live: a background thread that reads it from the start,
 folds every record into a ControlState and calls back on each model or policy change.
 ``start`` returns once everything written before it has been applied, so a service
-starts with the policies in force."""
+starts with the policies in force.
+
+A record that cannot be used (not a control entry, an entry the state refuses, or a
+callback that fails on it) is logged with its position and counted in
+``rdv_control_unusable_records_total``; it never stops the follower nor the service's
+start. It is not dead-lettered: every process follows the control topic from its start
+on every start, so a dead letter per reader would repeat it without end. The control
+API writes only valid entries; anything else on the topic is an operator's to remove.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +19,23 @@ import time
 import uuid
 from collections.abc import Callable
 
+from prometheus_client import Counter
+
 from services.common.codec import decode_control
 from services.common.errors import KafkaUnavailableError, MessageError
-from services.common.kafka import Consumer, consumer_config, retry_transient
+from services.common.kafka import Consumer, Record, consumer_config, retry_transient
 from services.common.messages import ControlEntry
 from services.common.settings import KafkaSettings
 from services.common.topics import Topics
 from services.control.state import ControlState
 
 log = logging.getLogger("rdv.control")
+
+UNUSABLE = Counter(
+    "rdv_control_unusable_records_total",
+    "Control records that could not be applied (unreadable, refused, failing callback)",
+    ["reason"],
+)
 
 OnChange = Callable[[ControlState, str, ControlEntry | None], None]
 
@@ -55,7 +71,7 @@ class ControlFollower:
             if time.monotonic() > until:
                 raise KafkaUnavailableError(f"could not read {self._topic} to its end")
             for rec in self._consumer.consume(500, self._poll_s):
-                self._apply(rec.key, rec.value)
+                self._apply(rec)
                 if rec.offset + 1 >= left.get(rec.partition, 0):
                     left.pop(rec.partition, None)
         self._thread.start()
@@ -70,18 +86,34 @@ class ControlFollower:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                for rec in self._consumer.consume(100, self._poll_s):
-                    self._apply(rec.key, rec.value)
-            except Exception:  # the follower must outlive a bad record or a callback bug
+                records = self._consumer.consume(100, self._poll_s)
+            except Exception:  # the follower must outlive a transport error
                 log.exception("control follower error")
+                self._stop.wait(self._poll_s)
+                continue
+            for rec in records:
+                self._apply(rec)
 
-    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+    def _apply(self, rec: Record) -> None:
+        """Apply one record; never raises (see the module docstring)."""
+        where = {"partition": rec.partition, "offset": rec.offset}
         try:
-            entry = decode_control(value)
+            entry = decode_control(rec.value)
         except MessageError as exc:
-            log.warning("unreadable control record", extra={"error": str(exc)})
+            UNUSABLE.labels("unreadable").inc()
+            log.warning("unreadable control record", extra={"error": str(exc), **where})
             return
-        kind = self.state.apply(key, entry)
+        try:
+            kind = self.state.apply(rec.key, entry)
+        except Exception as exc:  # noqa: BLE001 - one entry, not the follower
+            UNUSABLE.labels("refused").inc()
+            log.warning("control record refused", extra={"error": str(exc), **where})
+            return
         self.applied += 1
-        if kind is not None:
+        if kind is None:
+            return
+        try:
             self._on_change(self.state, kind, entry)
+        except Exception:
+            UNUSABLE.labels("callback").inc()
+            log.exception("control change callback failed", extra=where)

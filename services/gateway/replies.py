@@ -1,5 +1,12 @@
 """The Kafka bus: one producer for requests and one thread that reads this instance's
-reply partition (no consumer group) and serves the producer's delivery reports."""
+reply partition (no consumer group) and serves the producer's delivery reports.
+
+Records of the reply partition: bytes that are no reply, delta or grant go to dead
+letters (one each, from service ``gateway``); a reply, delta or grant for a request
+this instance is not waiting for (unknown, finished, or an earlier instance's) is
+counted in ``rdv_gateway_dropped_replies_total`` / ``..._dropped_stream_records_total``
+and dropped, never dead-lettered: after a restart every answer to the previous
+instance's requests is such a record. Nothing a record holds stops the listener."""
 
 from __future__ import annotations
 
@@ -97,12 +104,14 @@ class KafkaBus:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                if self._positioned.is_set():
-                    self._turn()
-                else:
-                    self._position()
-        except Exception:  # logged; ready() turns false with the thread
-            log.exception("reply listener failed")
+                try:
+                    if self._positioned.is_set():
+                        self._turn()
+                    else:
+                        self._position()
+                except Exception:  # no record stops the listener: log, wait, go on
+                    log.exception("reply listener turn failed")
+                    self._stop.wait(RETRY_S)
         finally:
             self._consumer.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import pytest
 from prometheus_client import REGISTRY
 
 from services.common.codec import decode, encode, message_key
@@ -358,7 +359,7 @@ def test_without_isolation_the_old_replay_would_open_a_box_twice() -> None:
     assert 0 in dead  # "a" re-fed: its box is open already, so it fails the second time
 
 
-def test_a_failing_tick_is_logged_and_the_loop_goes_on() -> None:
+def test_a_failing_tick_step_is_dropped_alone_and_an_escaping_error_stops_the_loop() -> None:
     class Ticking(Scorer):
         def tick(self, now_ms: float, ctx: Context) -> None:
             with ctx.isolate(None):
@@ -367,11 +368,16 @@ def test_a_failing_tick_is_logged_and_the_loop_goes_on() -> None:
                 ctx.emit(Outbound("out", b"k", b"dropped"))
                 raise RuntimeError("one step fails")
             ctx.emit(Outbound("out", b"k", b"after"))
-            raise RuntimeError("a bug")
+            if self.release_now:
+                raise OSError("the disk is full")
 
-    loop, _, producer = make([rec(0, req("a"))], Ticking())
+    ticking = Ticking()
+    loop, _, producer = make([rec(0, req("a"))], ticking)
     loop._turn(10)
-    assert [o.value for o in producer.sent] == [b"scored", b"kept"]
+    assert [o.value for o in producer.sent] == [b"scored", b"kept", b"after"]
+    ticking.release_now = True
+    with pytest.raises(OSError, match="disk is full"):  # no record to blame: stop
+        loop._turn(10)
 
 
 def test_outputs_keep_the_request_key() -> None:
