@@ -40,6 +40,10 @@ M = TypeVar("M", bound=BaseMessage)
 SUPPORTED_VERSIONS: frozenset[int] = frozenset({SCHEMA_VERSION})
 
 MAX_ERROR_CHARS = 2000
+MAX_DEAD_LETTER_VALUE = 256 * 1024
+"""Bytes of a failed record's value a dead letter keeps (base64 makes them a third more)."""
+MAX_DEAD_LETTER_KEY = 4096
+"""Bytes of a failed record's key a dead letter keeps."""
 _MAX_REPORTED_ERRORS = 3
 _MAX_ERROR_MSG_CHARS = 160
 
@@ -123,16 +127,26 @@ def make_dead_letter(
     service: str,
     now_ms: int,
 ) -> DeadLetter:
-    """A dead letter for the record at ``topic``/``partition``/``offset`` that failed."""
+    """A dead letter for the record at ``topic``/``partition``/``offset`` that failed.
+
+    The value kept is at most ``MAX_DEAD_LETTER_VALUE`` bytes (the error says when it
+    was cut): a record near the broker's size limit still gets a dead letter that fits.
+    The origin's position is always there to read the whole record back."""
+    text = redact(str(error))
+    kept = value
+    if value is not None and len(value) > MAX_DEAD_LETTER_VALUE:
+        kept = value[:MAX_DEAD_LETTER_VALUE]
+        note = f" [value cut to its first {MAX_DEAD_LETTER_VALUE} of {len(value)} bytes]"
+        text = text[: MAX_ERROR_CHARS - len(note)] + note
     return DeadLetter(
         origin_topic=topic,
         origin_partition=partition,
         origin_offset=offset,
         error_code=str(getattr(error, "code", type(error).__name__)),
-        error=redact(str(error))[:MAX_ERROR_CHARS],  # never a secret in a dead letter
+        error=text[:MAX_ERROR_CHARS],  # never a secret in a dead letter
         service=service,
-        key=None if key is None else key.decode("utf-8", errors="replace"),
-        value_b64="" if value is None else base64.b64encode(value).decode("ascii"),
+        key=None if key is None else key[:MAX_DEAD_LETTER_KEY].decode("utf-8", errors="replace"),
+        value_b64="" if kept is None else base64.b64encode(kept).decode("ascii"),
         failed_ms=now_ms,
     )
 
