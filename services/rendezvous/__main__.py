@@ -12,9 +12,8 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from services.common.clock import wall_ms
 from services.common.codec import decode
-from services.common.errors import ConfigError, MessageError, RendezvousError
+from services.common.errors import ConfigError, RendezvousError
 from services.common.kafka import (
     Admin,
     Consumer,
@@ -22,19 +21,19 @@ from services.common.kafka import (
     admin_config,
     consumer_config,
     producer_config,
-    read_since,
 )
 from services.common.lifecycle import install_stop_signals
 from services.common.logs import configure_logging
 from services.common.loop import StreamRunner
-from services.common.messages import Decision, RequestEnvelope, Score
+from services.common.messages import RequestEnvelope, Score
 from services.common.ops import OpsServer
 from services.common.settings import KafkaSettings
 from services.common.topics import Topics, load_topics
 from services.rendezvous import metrics
 from services.rendezvous.live import follow_control
 from services.rendezvous.mailbox import MailboxStore, StoreLimits
-from services.rendezvous.policy import Policy, load_policies
+from services.rendezvous.policy import load_policies
+from services.rendezvous.readback import ExactlyOnce, Sources, read_back
 from services.rendezvous.service import Rendezvous
 from services.rendezvous.settings import RendezvousSettings
 
@@ -43,9 +42,10 @@ PROG = "python -m services.rendezvous"
 
 
 def build(
-    settings: RendezvousSettings, kafka: KafkaSettings, auto_offset_reset: str = "latest"
+    settings: RendezvousSettings, kafka: KafkaSettings, producer: Producer | None = None
 ) -> tuple[StreamRunner, Rendezvous]:
-    """Policies, topics, clients and the loop; raises ConfigError on bad settings."""
+    """Policies, topics, clients and the loop; raises ConfigError on bad settings.
+    ``producer``: the one to write with (tests inject faults), default a new one."""
     policies = load_policies(settings.policies)
     topics = load_topics(settings.topics_file, prefix=kafka.topic_prefix)
     if topics.partitions("decisions") != topics.partitions("requests"):
@@ -63,6 +63,7 @@ def build(
         )
     )
     processor = Rendezvous(policies=policies, topics=topics, store=store)
+    once = ExactlyOnce(processor, topics.decisions, topics.dead_letters)
     consumer = Consumer(
         consumer_config(
             kafka,
@@ -74,20 +75,18 @@ def build(
     runner = StreamRunner(
         service="rendezvous",
         consumer=consumer,
-        producer=Producer(producer_config(kafka, "rendezvous")),
+        producer=Producer(producer_config(kafka, "rendezvous")) if producer is None else producer,
         decoders={
             topics.requests: lambda b: decode(b, RequestEnvelope),
             topics.scores: lambda b: decode(b, Score),
         },
-        processor=processor,
+        processor=once,
         dead_letter_topic=topics.dead_letters,
         batch_size=settings.batch_size,
         poll_timeout_s=settings.poll_ms / 1000.0,
         flush_timeout_s=settings.flush_timeout_s,
         on_revoke=processor.revoked,
-        on_assign=lambda fresh: catch_up(
-            kafka, topics, processor.policies, settings, processor, fresh=fresh
-        ),
+        on_assign=lambda fresh: catch_up(kafka, topics, settings, once, fresh=fresh),
     )
     return runner, processor
 
@@ -95,30 +94,32 @@ def build(
 def catch_up(
     kafka: KafkaSettings,
     topics: Topics,
-    policies: dict[str, Policy],
     settings: RendezvousSettings,
-    processor: Rendezvous,
+    once: ExactlyOnce,
     *,
     fresh: frozenset[tuple[str, int]],
 ) -> None:
-    """Read back recent decisions of newly owned partitions: those requests are done."""
+    """Read back what the uncommitted requests of newly owned partitions already got
+    (services/rendezvous/readback.py): none is answered twice, none is lost."""
     parts = sorted(p for t, p in fresh if t == topics.requests)
     if not parts:
         return
-    longest = max((p.deadline_ms for p in policies.values()), default=0)
-    since = int(wall_ms()) - longest - settings.catchup_margin_ms
-    records = read_since(
-        consumer_config(kafka, "unused", "rendezvous-catchup"), topics.decisions, parts, since
+    processor = once.inner
+    assert isinstance(processor, Rendezvous)
+    src = Sources(
+        reader=consumer_config(kafka, "unused", "rendezvous-catchup"),
+        group=consumer_config(kafka, kafka.topic_prefix + settings.group_id, "rendezvous-catchup"),
+        requests=topics.requests,
+        decisions=topics.decisions,
+        partitions=Admin(admin_config(kafka)).partitions(),
     )
-    ids = []
-    for rec in records:
-        try:
-            ids.append(decode(rec.value, Decision).request_id)
-        except MessageError:
-            continue  # not ours to judge here; the decisions topic has no other reader
-    processor.mark_decided(ids)
-    metrics.CATCHUP.inc(len(ids))
-    log.info("caught up on decisions", extra={"partitions": parts, "decisions": len(ids)})
+    todo = read_back(
+        src, parts, settings.auto_offset_reset == "earliest", settings.catchup_margin_ms
+    )
+    processor.mark_decided(sorted(todo.decided))
+    once.expect(todo)
+    metrics.CATCHUP.inc(len(todo.decided))
+    log.info("caught up on decisions", extra={"partitions": parts, "decisions": len(todo.decided)})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -58,9 +58,11 @@ class RendezvousSettings(BaseSettings):
     orphan_ttl_ms: float = Field(default=60_000, gt=0)
     """How long a score waits for its request to arrive."""
 
-    catchup_margin_ms: int = Field(default=60_000, ge=0)
-    """On partition assignment, decisions written in the last (longest endpoint deadline
-    + this margin) are read back so no request is answered twice after a restart."""
+    catchup_margin_ms: int = Field(default=10_000, ge=0)
+    """On partition assignment, decisions and replies written since the oldest
+    uncommitted request's timestamp less this margin (clock skew between the gateway's
+    and the rendezvous's hosts) are read back, so no request is answered twice after a
+    restart, however long it was down (services/rendezvous/readback.py)."""
 
     flush_timeout_s: float = Field(default=10.0, gt=0)
     """How long to wait at shutdown for replies and decisions in flight."""

@@ -4,7 +4,14 @@
 ``clients`` has the producer and the consumer, ``admin`` the cluster-level calls.
 """
 
-from services.common.kafka.admin import Admin, read_since, retry_transient, wait_for_broker
+from services.common.kafka.admin import (
+    Admin,
+    committed_offsets,
+    read_from,
+    read_since,
+    retry_transient,
+    wait_for_broker,
+)
 from services.common.kafka.clients import Consumer, ErrorHook, Outbound, Producer, Record
 from services.common.kafka.config import (
     CONSUMER_DEFAULTS,
@@ -32,10 +39,12 @@ __all__ = [
     "Producer",
     "Record",
     "admin_config",
+    "committed_offsets",
     "consumer_config",
     "is_permanent",
     "merge_config",
     "producer_config",
+    "read_from",
     "read_since",
     "retry_transient",
     "wait_for_broker",

@@ -1,4 +1,5 @@
-"""Cluster-level operations: wait for a broker, create topics, read a time range."""
+"""Cluster-level operations: wait for a broker, create topics, read a time or offset
+range, read a group's committed offsets."""
 
 from __future__ import annotations
 
@@ -76,9 +77,58 @@ TRANSIENT = frozenset(
 when librdkafka does not mark them retriable."""
 
 
+def read_from(
+    config: Mapping[str, str], topic: str, starts: Mapping[int, int], timeout_s: float = 10.0
+) -> list[Record]:
+    """Every record of ``topic`` from the given offsets (partition -> offset; one below
+    the log's start, e.g. -2, means its start) up to each partition's current end, read
+    without a consumer group; retried as read_since."""
+    until = time.monotonic() + timeout_s
+    return retry_transient(
+        lambda: _read_once(config, topic, None, dict(starts), until), f"read {topic}", until
+    )
+
+
+def committed_offsets(
+    config: Mapping[str, str], topic: str, partitions: Iterable[int], timeout_s: float = 10.0
+) -> dict[int, int]:
+    """Partition -> the committed offset of ``config``'s group.id, for the partitions
+    that have one (the group is not joined)."""
+    until = time.monotonic() + timeout_s
+
+    def once() -> dict[int, int]:
+        conf: dict[str, Any] = {
+            **config,
+            "enable.auto.commit": "false",
+            "error_cb": _error_cb(None),
+            "logger": CLIENT_LOG,
+        }
+        consumer = confluent_kafka.Consumer(conf)
+        try:
+            wanted = [confluent_kafka.TopicPartition(topic, p) for p in partitions]
+            got = consumer.committed(wanted, timeout=max(until - time.monotonic(), 0.1))
+            return {tp.partition: tp.offset for tp in got if tp.offset >= 0}
+        finally:
+            consumer.close()
+
+    return retry_transient(once, f"read the committed offsets of {topic}", until)
+
+
 def _read_since_once(
     config: Mapping[str, str], topic: str, partitions: list[int], since_ms: int, until: float
 ) -> list[Record]:
+    return _read_once(config, topic, (partitions, since_ms), {}, until)
+
+
+def _read_once(
+    config: Mapping[str, str],
+    topic: str,
+    since: tuple[list[int], int] | None,
+    starts: dict[int, int],
+    until: float,
+) -> list[Record]:
+    """Read from ``starts``, or from the first record at or after ``since``'s time in
+    its partitions, to the partitions' current ends."""
     conf: dict[str, Any] = {
         **config,
         "group.id": "rdv-read-since",
@@ -89,12 +139,17 @@ def _read_since_once(
     consumer = confluent_kafka.Consumer(conf)
     try:
         left_s = max(until - time.monotonic(), 0.1)
-        wanted = [confluent_kafka.TopicPartition(topic, p, since_ms) for p in partitions]
-        starts = consumer.offsets_for_times(wanted, timeout=left_s) if wanted else []
-        ends = {
-            tp.partition: consumer.get_watermark_offsets(tp, timeout=left_s)[1] for tp in wanted
-        }
-        todo = [tp for tp in starts if 0 <= tp.offset < ends[tp.partition]]
+        if since is not None:
+            wanted = [confluent_kafka.TopicPartition(topic, p, since[1]) for p in since[0]]
+            found = consumer.offsets_for_times(wanted, timeout=left_s) if wanted else []
+        else:
+            found = [confluent_kafka.TopicPartition(topic, p, o) for p, o in starts.items()]
+        marks = {tp.partition: consumer.get_watermark_offsets(tp, timeout=left_s) for tp in found}
+        ends = {part: high for part, (_, high) in marks.items()}
+        for tp in found:  # a start before the log's start (or OFFSET_BEGINNING): its start
+            if since is None and tp.offset < marks[tp.partition][0]:
+                tp.offset = marks[tp.partition][0]
+        todo = [tp for tp in found if 0 <= tp.offset < ends[tp.partition]]
         if not todo:
             return []
         consumer.assign(todo)
@@ -104,7 +159,8 @@ def _read_since_once(
             for msg in consumer.consume(500, 0.2):
                 if msg.error() is None:
                     rec = _record(msg)
-                    out.append(rec)
+                    if rec.offset < left.get(rec.partition, -1):
+                        out.append(rec)
                     if rec.offset + 1 >= left.get(rec.partition, 0):
                         left.pop(rec.partition, None)
         if left:

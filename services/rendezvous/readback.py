@@ -1,0 +1,213 @@
+"""Exactly one answer after a restart: what a newly owned partition's uncommitted
+requests already got, read back from the topics, and a filter that writes only what
+is missing.
+
+A request's offset is committed only after its reply and decision were acknowledged,
+so every request that may have been answered is at or after its partition's committed
+offset. On assignment the rendezvous reads those requests, then the decisions and the
+replies written since the oldest of them (less ``margin_ms`` for clock skew), however
+long ago that was. Each re-read request is then:
+
+- answered already (a decision, and a reply or none due): marked decided, never
+  answered again;
+- replied but its decision lost (a crash between the two writes): decided again, the
+  reply dropped, the decision written with the reply's model, reason and time;
+- decided but its reply lost: decided again, the decision dropped, the reply sent;
+- neither: answered as usual.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from services.common.codec import decode, decode_reply_record, encode
+from services.common.errors import MessageError
+from services.common.kafka import Outbound, Record, committed_offsets, read_from, read_since
+from services.common.loop import Context, Inbound, Processor
+from services.common.messages import Decision, Reply, RequestEnvelope
+from services.replay import REPLAY
+
+log = logging.getLogger("rdv.rendezvous")
+
+Address = tuple[str, int | None]
+BEGINNING = -2  # read_from: the partition's first record
+
+
+@dataclass
+class Plan:
+    """What the re-read requests of newly owned partitions still need."""
+
+    decided: set[str] = field(default_factory=set)
+    """Answered already: mark decided (includes decided ids of any request read back)."""
+    decision_only: dict[str, Reply] = field(default_factory=dict)
+    """Replied, decision lost: write the decision (from this reply) only."""
+    reply_only: set[str] = field(default_factory=set)
+    """Decided, reply lost: send the reply only."""
+
+
+def plan(
+    requests: Iterable[RequestEnvelope],
+    decided: set[str],
+    replies: dict[str, Reply],
+    reachable: set[Address],
+) -> Plan:
+    """Pure: sort the re-read requests by what they already got. A reply is due unless
+    the request is a replay or its return address does not exist (it was dead-lettered)."""
+    out = Plan(decided=set(decided))
+    for req in requests:
+        rid, ret = req.request_id, req.return_address
+        due = REPLAY not in req.attributes and (ret.topic, ret.partition) in reachable
+        if rid in decided:
+            if due and rid not in replies:
+                out.reply_only.add(rid)
+                out.decided.discard(rid)
+        elif rid in replies:
+            out.decision_only[rid] = replies[rid]
+    return out
+
+
+class ExactlyOnce:
+    """A Processor around the rendezvous that drops the outputs a plan says were
+    written already, and records the decisions of replies sent before a crash."""
+
+    def __init__(self, inner: Processor, decisions_topic: str, dead_letter_topic: str) -> None:
+        self.inner = inner
+        self._decisions = decisions_topic
+        self._dead_letters = dead_letter_topic
+        self.decision_only: dict[str, Reply] = {}
+        self.reply_only: set[str] = set()
+
+    def expect(self, todo: Plan) -> None:
+        self.decision_only.update(todo.decision_only)
+        self.reply_only.update(todo.reply_only)
+
+    def process(self, batch: Sequence[Inbound], ctx: Context) -> None:
+        self.inner.process(batch, ctx)
+        self._filter(ctx)
+
+    def tick(self, now_ms: float, ctx: Context) -> None:
+        self.inner.tick(now_ms, ctx)
+        self._filter(ctx)
+
+    def _filter(self, ctx: Context) -> None:
+        if not (self.decision_only or self.reply_only):
+            return
+        kept: list[tuple[Outbound, Sequence[Record]]] = []
+        for out, sources in ctx.emits:
+            rid = out.key.decode("utf-8", "replace")
+            if out.topic == self._dead_letters:
+                kept.append((out, sources))
+            elif out.topic == self._decisions and rid in self.reply_only:
+                self.reply_only.discard(rid)  # the reply before it in this list goes out
+            elif out.topic == self._decisions and rid in self.decision_only:
+                kept.append((_as_replied(out, self.decision_only.pop(rid)), sources))
+            elif out.topic != self._decisions and rid in self.decision_only:
+                continue  # the client has its reply; the decision follows in this list
+            else:
+                kept.append((out, sources))
+        ctx.emits[:] = kept
+
+
+def _as_replied(out: Outbound, reply: Reply) -> Outbound:
+    """The decision ``out`` with the model, reason and time of the reply already sent."""
+    decision = decode(out.value, Decision).model_copy(
+        update={
+            "chosen_model": reply.model,
+            "reason": reply.reason,
+            "decided_ms": reply.decided_ms,
+            "ood": reply.ood,
+        }
+    )
+    return Outbound(out.topic, out.key, encode(decision), out.headers, out.partition)
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where read_back reads: client configs and topic names."""
+
+    reader: dict[str, str]  # a consumer config (no group is joined)
+    group: dict[str, str]  # the rendezvous group's consumer config (committed offsets)
+    requests: str
+    decisions: str
+    partitions: dict[str, int]  # topic -> partition count, for the return addresses
+
+
+def read_back(src: Sources, parts: Sequence[int], from_start: bool, margin_ms: int) -> Plan:
+    """Read what the uncommitted requests of ``parts`` already got (see the module doc).
+    A partition the group never committed is read from its start when ``from_start``
+    (the group's auto.offset.reset is earliest), else not at all (reading starts at
+    its end: nothing there is read again)."""
+    starts = committed_offsets(src.group, src.requests, parts)
+    if from_start:
+        starts = {p: starts.get(p, BEGINNING) for p in parts}
+    pending = _decoded(read_from(src.reader, src.requests, starts), RequestEnvelope)
+    oldest = min((min(rec.timestamp_ms, req.created_ms) for rec, req in pending), default=None)
+    if oldest is None:
+        return Plan()  # nothing uncommitted: nothing can be answered twice
+    since = oldest - margin_ms
+    decided = {
+        d.request_id
+        for _, d in _decoded(read_since(src.reader, src.decisions, parts, since), Decision)
+    }
+    requests = [req for _, req in pending]
+    reachable = _reachable(requests, src.partitions)
+    replies = _replies(src.reader, reachable, src.partitions, since)
+    todo = plan(requests, decided, replies, reachable)
+    log.info(
+        "read back",
+        extra={
+            "partitions": list(parts),
+            "uncommitted_requests": len(requests),
+            "decisions": len(decided),
+            "replies": len(replies),
+            "decision_only": len(todo.decision_only),
+            "reply_only": len(todo.reply_only),
+        },
+    )
+    return todo
+
+
+def _reachable(requests: Iterable[RequestEnvelope], partitions: dict[str, int]) -> set[Address]:
+    out: set[Address] = set()
+    for req in requests:
+        ret = req.return_address
+        count = partitions.get(ret.topic, 0)
+        if count and (ret.partition is None or ret.partition < count):
+            out.add((ret.topic, ret.partition))
+    return out
+
+
+def _replies(
+    reader: dict[str, str], addresses: set[Address], partitions: dict[str, int], since_ms: int
+) -> dict[str, Reply]:
+    """Request id -> the reply found at these return addresses since ``since_ms``."""
+    by_topic: dict[str, set[int]] = {}
+    for topic, part in addresses:  # no partition: the partitioner chose, read them all
+        wanted = range(partitions[topic]) if part is None else (part,)
+        by_topic.setdefault(topic, set()).update(wanted)
+    out: dict[str, Reply] = {}
+    for topic, parts in by_topic.items():
+        for rec in read_since(reader, topic, sorted(parts), since_ms):
+            try:
+                msg = decode_reply_record(rec.value)
+            except MessageError:
+                continue  # not a record the rendezvous wrote
+            if isinstance(msg, Reply):
+                out[msg.request_id] = msg
+    return out
+
+
+M = TypeVar("M", RequestEnvelope, Decision)
+
+
+def _decoded(records: Iterable[Record], kind: type[M]) -> list[tuple[Record, M]]:
+    out: list[tuple[Record, M]] = []
+    for rec in records:
+        try:
+            out.append((rec, decode(rec.value, kind)))
+        except MessageError:
+            continue  # dead-lettered by the loop when it reads it
+    return out

@@ -1,0 +1,102 @@
+"""The read-back plan and the output filter (pure; the broker side is in
+tests/integration/test_exactly_once.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from services.common.codec import decode, encode, message_key
+from services.common.kafka import Outbound, Record
+from services.common.loop import Context, Inbound
+from services.common.messages import Decision, Reply, ReturnAddress
+from services.rendezvous.readback import ExactlyOnce, Plan, plan
+from services.replay import REPLAY
+from tests.factories import request
+
+REPLIES = "rdv.replies"
+
+
+def reply(rid: str, model: str = "champ", reason: str = "champion_in_time") -> Reply:
+    return Reply(request_id=rid, model=model, reason=reason, output="x", decided_ms=123.0)
+
+
+def decision(rid: str, model: str = "backup", reason: str = "fallback:1") -> Decision:
+    return Decision(
+        request_id=rid,
+        endpoint="demo",
+        chosen_model=model,
+        reason=reason,
+        in_time=[model],
+        late=[],
+        latencies_ms={model: 5.0},
+        elapsed_ms=5.0,
+        decided_ms=999.0,
+    )
+
+
+def test_plan_sorts_requests_by_what_they_already_got() -> None:
+    done, torn_d, torn_r, fresh, replay, lost_addr = (
+        request(request_id=n, reply_topic=REPLIES)
+        for n in ("done", "torn_d", "torn_r", "fresh", "replay", "lost_addr")
+    )
+    replay = replay.model_copy(update={"attributes": {REPLAY: "1"}})
+    lost_addr = lost_addr.model_copy(
+        update={"return_address": ReturnAddress(topic="no.such.topic", partition=0)}
+    )
+    got = plan(
+        [done, torn_d, torn_r, fresh, replay, lost_addr],
+        decided={"done", "torn_r", "replay", "lost_addr", "older"},
+        replies={"done": reply("done"), "torn_d": reply("torn_d")},
+        reachable={(REPLIES, None)},
+    )
+    assert got.decided == {"done", "replay", "lost_addr", "older"}  # no reply due: done
+    assert set(got.decision_only) == {"torn_d"}  # replied, decision lost
+    assert got.reply_only == {"torn_r"}  # decided, reply lost
+
+
+class Answers:
+    """A processor that answers each request with a reply and a decision."""
+
+    def process(self, batch: Sequence[Inbound], ctx: Context) -> None:
+        for item in batch:
+            rid = item.message
+            ctx.emit(Outbound(REPLIES, rid.encode(), encode(reply(rid, "backup"))), item.record)
+            d = decision(rid)
+            ctx.emit(Outbound("rdv.decisions", message_key(d), encode(d)), item.record)
+
+    def tick(self, now_ms: float, ctx: Context) -> None:
+        pass
+
+
+def test_the_filter_writes_only_what_is_missing() -> None:
+    once = ExactlyOnce(Answers(), "rdv.decisions", "rdv.dead-letters")
+    once.expect(Plan(decision_only={"a": reply("a")}, reply_only={"b"}))
+    batch = [
+        Inbound(Record("rdv.requests", 0, i, rid.encode(), b""), rid)
+        for i, rid in enumerate(("a", "b", "c"))
+    ]
+    ctx = Context()
+    once.process(batch, ctx)
+    sent = [(out.topic, out.key.decode()) for out, _ in ctx.emits]
+    assert sent == [
+        ("rdv.decisions", "a"),  # a's reply went out before the crash
+        (REPLIES, "b"),  # b's decision did
+        (REPLIES, "c"),
+        ("rdv.decisions", "c"),
+    ]
+    logged = decode(ctx.emits[0][0].value, Decision)
+    assert (logged.chosen_model, logged.reason, logged.decided_ms) == (
+        "champ",
+        "champion_in_time",
+        123.0,
+    )  # the decision says what the client got
+    assert all(src for _, src in ctx.emits)  # offsets still wait for every output kept
+    assert not once.decision_only  # each applies once
+    assert not once.reply_only
+
+    again = Context()
+    once.process(batch[:1], again)
+    assert [(o.topic, o.key.decode()) for o, _ in again.emits] == [
+        (REPLIES, "a"),
+        ("rdv.decisions", "a"),
+    ]
