@@ -144,14 +144,14 @@ def rendezvous_down(run: Run) -> None:
     run.wait(run.timing.pre)
     run.mark("fault")
     run.stack.pause_supervisor()  # it restarts them once the outage is over
-    for name in ("rendezvous-a", "rendezvous-b"):
+    for name in ("rendezvous-1", "rendezvous-2"):
         run.stack.kill(name)
     run.wait(run.timing.outage)
     run.stack.resume_supervisor()
-    for name in ("rendezvous-a", "rendezvous-b"):
+    for name in ("rendezvous-1", "rendezvous-2"):
         if run.stack.run_dir is None:
             run.stack.services[name].spawn()
-    for name in ("rendezvous-a", "rendezvous-b"):
+    for name in ("rendezvous-1", "rendezvous-2"):
         run.stack.wait_ready(name)
     run.mark("recovered")
     run.wait(run.timing.recover)
@@ -182,11 +182,11 @@ def baseline(run: Run) -> None:
 SCENARIOS: dict[str, Callable[[Run], None]] = {
     "baseline": baseline,
     "gateway-kill": kill_restart("gateway"),
-    "rendezvous-kill": kill_restart("rendezvous-a"),
+    "rendezvous-kill": kill_restart("rendezvous-1"),
     "worker-fast-kill": kill_restart("worker-fast"),
     "worker-slow-kill": kill_restart("worker-slow"),
     "archive-kill": kill_restart("archive"),
-    "rendezvous-stop": pause_resume("rendezvous-b"),
+    "rendezvous-stop": pause_resume("rendezvous-2"),
     "worker-stop": pause_resume("worker-fast"),
     "broker-kill": broker_down(outage=False),
     "broker-outage": broker_down(outage=True),
@@ -296,6 +296,12 @@ def main(argv: list[str] | None = None) -> int:
         out[w.name] = detail
     if poisons:
         out["poison"]["classes"] = poison_rows(poisons, expected, matched.by_class, decisions)
+    host = machine(steal0)
+    print(
+        f"machine: {host['cpu']}, {host['cores']} cores, flags {'/'.join(host['flags'])}, "  # type: ignore[arg-type]
+        f"steal {host.get('steal_pct')}%; rate {args.rate:g}/s, deadline {DEADLINE_MS} ms, "
+        f"{'supervised' if supervised else 'harness restarts'}"
+    )
     print(table(rows))
     if poisons:
         print_poison(out["poison"]["classes"])
@@ -314,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         "deadline_ms": DEADLINE_MS,
         "load_max_lag_ms": round(load.max_lag_ms, 1),
         "warm_up_s": round(warm, 1),
-        "machine": machine(steal0),
+        "machine": host,
         "between_double_replies": dbl_rep.get("(between)", 0),
         "between_double_decisions": dbl_dec.get("(between)", 0),
         "scenarios": out,

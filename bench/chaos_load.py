@@ -61,7 +61,7 @@ class Load:
         return self.results
 
     async def _run(self) -> None:
-        pool = _Pool(self.host, self.port)
+        pool, raw = _Pool(self.host, self.port), self.raw
         loop = asyncio.get_running_loop()
         start_mono, start_wall = loop.time() + 0.05, time.time() + 0.05
         tasks: set[asyncio.Task[None]] = set()
@@ -73,7 +73,7 @@ class Load:
                 await asyncio.sleep(wait)  # the schedule itself, not synchronisation
             else:
                 self.max_lag_ms = max(self.max_lag_ms, -wait * 1000.0)
-            task = asyncio.ensure_future(self._one(pool, due, start_wall + i / self.rate))
+            task = asyncio.ensure_future(self._one(pool, raw, due, start_wall + i / self.rate))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             i += 1
@@ -81,11 +81,18 @@ class Load:
             await asyncio.gather(*tasks)
         pool.close()
 
-    async def _one(self, pool: _Pool, due_mono: float, due_wall: float) -> None:
+    async def _one(self, pool: _Pool, raw: bytes, due_mono: float, due_wall: float) -> None:
         loop = asyncio.get_running_loop()
         try:
-            status, rid = await asyncio.wait_for(pool.send(self.raw), self.timeout_s)
-        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            status, rid = await asyncio.wait_for(pool.send(raw), self.timeout_s)
+        except (
+            TimeoutError,
+            OSError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ValueError,
+            IndexError,
+        ) as exc:
             status, rid = (REFUSED if isinstance(exc, ConnectionRefusedError) else NO_RESPONSE), ""
         latency = (loop.time() - due_mono) * 1000.0
         self.results.append(Sent(due_wall, status, latency, rid))
@@ -96,27 +103,27 @@ Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 class _Pool:
     """Keep-alive HTTP/1.1 connections to one host: one request at a time on each, a new
-    connection when none is idle. A connection is dropped after any error."""
+    connection when none is idle. An idle connection the server has closed is dropped
+    before use; a request is never sent twice (a POST the server may have received and
+    then lost counts as no response)."""
 
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
         self.idle: list[Conn] = []
 
     async def send(self, raw: bytes) -> tuple[int, str]:
-        reused = bool(self.idle)
-        conn = self.idle.pop() if reused else await asyncio.open_connection(self.host, self.port)
-        try:
-            head, body_len = await self._exchange(conn, raw)
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            conn[1].close()
-            if not reused or getattr(exc, "partial", b""):
-                raise
-            # an idle keep-alive connection the server closed: send once more on a fresh
-            # one, as any HTTP client does (a killed gateway refuses the new connection)
+        conn = None
+        while self.idle and conn is None:
+            conn = self.idle.pop()
+            if conn[0].at_eof() or conn[1].is_closing():  # closed by the server meanwhile
+                conn[1].close()
+                conn = None
+        if conn is None:
             conn = await asyncio.open_connection(self.host, self.port)
-            head, body_len = await self._exchange(conn, raw)
-        except BaseException:
-            conn[1].close()  # cancelled (timed out) mid-exchange: never reuse it
+        try:
+            head = await self._exchange(conn, raw)
+        except BaseException:  # failed, or cancelled (timed out): never reuse it
+            conn[1].close()
             raise
         status = int(head[0].split()[1])
         headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in head[1:])}
@@ -124,11 +131,10 @@ class _Pool:
             conn[1].close()
         else:
             self.idle.append(conn)
-        del body_len
         return status, headers.get("x-rdv-request-id", "")
 
     @staticmethod
-    async def _exchange(conn: Conn, raw: bytes) -> tuple[list[str], int]:
+    async def _exchange(conn: Conn, raw: bytes) -> list[str]:
         reader, writer = conn
         writer.write(raw)
         await writer.drain()
@@ -139,7 +145,7 @@ class _Pool:
             if key.strip().lower() == "content-length":
                 length = int(value)
         await reader.readexactly(length)
-        return head, length
+        return head
 
     def close(self) -> None:
         for _, writer in self.idle:

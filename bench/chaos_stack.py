@@ -258,12 +258,12 @@ class ChaosStack:
         self.base_env = env
         py = sys.executable
         self.gateway_port = free_port()
-        for name in ("rendezvous-a", "rendezvous-b"):
+        for name in ("rendezvous-1", "rendezvous-2"):
             ops = free_port()
             self._add(
                 name,
                 [py, "-m", "services.rendezvous"],
-                {**env, "RDV_RENDEZVOUS_OPS_PORT": str(ops)},
+                {**env, "RDV_RENDEZVOUS_OPS_PORT": str(ops), "RDV_RENDEZVOUS_INSTANCE_ID": name},
                 f"http://127.0.0.1:{ops}/readyz",
             )
         ops = free_port()

@@ -3,7 +3,10 @@ and the degraded-seconds, double-answer and dead-letter arithmetic (no broker)."
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +14,7 @@ from typing import Any
 import pytest
 
 from bench.chaos import SCENARIOS, parse
-from bench.chaos_load import NO_RESPONSE, REFUSED, Sent
+from bench.chaos_load import NO_RESPONSE, REFUSED, Load, Sent
 from bench.chaos_poison import READERS, build_all, classes, poison_id
 from bench.chaos_readback import (
     Window,
@@ -204,14 +207,14 @@ def test_a_dead_letter_names_the_reader_it_belongs_to() -> None:
 def test_supervised_exits_not_planned_by_the_harness_are_counted_from_state_files(
     tmp_path: Path,
 ) -> None:
-    svc = Service("rendezvous-a", ["python"], {}, "http://unused", tmp_path / "x.log", tmp_path)
-    state = tmp_path / "rendezvous-a.state.json"
+    svc = Service("rendezvous-1", ["python"], {}, "http://unused", tmp_path / "x.log", tmp_path)
+    state = tmp_path / "rendezvous-1.state.json"
 
     def write(restarts: int, status: str, code: int = -9) -> None:
         state.write_text(
             json.dumps(
                 {
-                    "name": "rendezvous-a",
+                    "name": "rendezvous-1",
                     "restarts": restarts,
                     "status": status,
                     "last_exit": f"exit code {code}",
@@ -234,3 +237,68 @@ def test_supervised_exits_not_planned_by_the_harness_are_counted_from_state_file
     assert [d.code for d in died] == [1, 1, 1]
     assert "KafkaException" in died[0].last_line
     assert len(svc.exits) == 3
+
+
+class _Server:
+    """A local HTTP/1.1 server on its own event loop thread: answers 200 with a request
+    id, except that it drops the connection without an answer when ``drop`` is set."""
+
+    def __init__(self) -> None:
+        self.drop = False
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._serve, "127.0.0.1", 0), self.loop
+        ).result(5)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                if self.drop:
+                    writer.close()
+                    return
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-rdv-request-id: r1\r\n\r\n{}"
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    def close(self) -> None:
+        self.server.close()
+        asyncio.run_coroutine_threadsafe(self.server.wait_closed(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+def _run_load(load: Load, count: int) -> list[Sent]:
+    load.start()
+    deadline = time.monotonic() + 10
+    while len(load.results) < count and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling another thread's progress, bounded
+    return load.stop()
+
+
+def test_load_counts_answers_lost_connections_and_refusals_apart() -> None:
+    server = _Server()
+    try:
+        ok = _run_load(Load("127.0.0.1", server.port, "/x", {"a": 1}, rate=200.0), 20)
+        assert ok
+        assert {s.status for s in ok} == {200}
+        assert {s.request_id for s in ok} == {"r1"}
+        server.drop = True  # received, then the connection closes: no HTTP response
+        lost = _run_load(Load("127.0.0.1", server.port, "/x", {"a": 1}, rate=200.0), 10)
+        assert lost
+        assert {s.status for s in lost} == {NO_RESPONSE}
+    finally:
+        server.close()
+    port = server.port  # nothing listens there any more
+    refused = _run_load(Load("127.0.0.1", port, "/x", {"a": 1}, rate=200.0), 10)
+    assert refused
+    assert {s.status for s in refused} == {REFUSED}
