@@ -248,8 +248,11 @@ def main(argv: list[str] | None = None) -> int:
                 run.notes["harness_error"] = f"{type(exc).__name__}: {exc}"
             windows.append(Window(name, start, time.time()))
             runs[name] = run
-            if back := stack.heal():
-                healed[name] = back
+            try:
+                if back := stack.heal():
+                    healed[name] = back
+            except RuntimeError as exc:  # a process that cannot come back: say so, go on
+                run.notes["heal_error"] = str(exc)
             stack.wait(1.0, runs[name].exits.append)
         sent = load.stop()
         say("reading the topics back ...")
@@ -372,7 +375,7 @@ def scenario_extras(
         extra["degraded_s_after_resume"] = after
         notes.append(f"{after}s degr after SIGCONT")
     for key, value in run.notes.items():
-        if key.endswith("_s"):
+        if key.endswith(("_s", "error", "_restart", "not_written")):
             notes.append(f"{key}={value}")
     if run.poisons:
         hit, exp, unexpected = letter_score(run.poisons, got)
