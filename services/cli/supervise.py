@@ -68,7 +68,7 @@ class Supervisor:
         env: dict[str, str],
         *,
         backoff: Backoff | None = None,
-        start_timeout_s: float = 120.0,
+        start_timeout_s: float = 300.0,
         grace_s: float = 10.0,
     ) -> None:
         self.children = [Child(spec, ProcessState(spec.name)) for spec in specs]
@@ -101,7 +101,10 @@ class Supervisor:
             write_state(self.run_dir, child.state)
         log.info("supervisor started", extra={"processes": [c.spec.name for c in self.children]})
         while not self.stopping:
-            self.step()
+            try:
+                self.step()
+            except OSError:  # a full disk, a vanished run dir: keep supervising
+                log.exception("supervisor step failed")
             self._sleep(self._wait_s())
         self.shutdown()
         return 0
@@ -277,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.cli.supervise", description=__doc__)
     parser.add_argument("--stack", type=Path, default=stack.STACK_FILE, help="the stack file")
     parser.add_argument("--run-dir", type=Path, default=stack.RUN_DIR, help="pids, logs, state")
-    parser.add_argument("--start-timeout", type=float, default=120.0, help="seconds per start")
+    parser.add_argument("--start-timeout", type=float, default=300.0, help="seconds per start")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds before SIGKILL")
     args = parser.parse_args(argv)
     configure_logging("supervisor")

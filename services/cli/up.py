@@ -29,7 +29,7 @@ CHAT = (
 )
 WIDTH = 14  # the name column
 PROGRESS_EVERY_S = 5.0
-START_TIMEOUT_S = 120.0
+START_TIMEOUT_S = 300.0  # a chat worker's first start converts its weights
 DOING = {
     "worker starting": "creating topics, loading the model",
     "ops server listening": "loading the model",
@@ -172,10 +172,11 @@ def _converts_gguf(spec: stack.ProcessSpec) -> bool:
         return False
     model = stack.PROJECT_ROOT / spec.command[spec.command.index("--model") + 1]
     try:
-        runtime = yaml.safe_load(model.read_text()).get("runtime")
-    except (OSError, yaml.YAMLError, AttributeError):
+        data = yaml.safe_load(model.read_text())
+        runtime, params = data.get("runtime"), data.get("params") or {}
+        cache = Path(params.get("cache_root") or stack.PROJECT_ROOT / ".rdv/cache/models")
+    except (OSError, yaml.YAMLError, AttributeError, TypeError):
         return False
-    cache = stack.PROJECT_ROOT / ".rdv" / "cache" / "models"
     return runtime == "llama-chat" and not any(cache.glob("*/rendezvous-entry.json"))
 
 

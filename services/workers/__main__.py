@@ -19,7 +19,7 @@ from pydantic_settings import SettingsError
 from services.common.codec import summarise
 from services.common.errors import ConfigError, RendezvousError
 from services.common.kafka import Admin, admin_config
-from services.common.lifecycle import install_stop_signals
+from services.common.lifecycle import exit_now, install_stop_signals
 from services.common.logs import configure_logging
 from services.common.ops import OpsServer
 from services.common.settings import KafkaSettings
@@ -155,4 +155,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())  # a worker imported torch: skip the slow interpreter teardown
