@@ -8,6 +8,7 @@ points at a closed port.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import socket
@@ -20,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from services.cli import localkafka
+from services.cli import localkafka, stack, up
 from services.cli.localkafka import LocalBroker
 from services.cli.main import build_parser, main
-from services.cli.stack import load_stack, status
+from services.cli.stack import ProcessSpec, load_stack, status
 from services.cli.supervision import ProcessState, write_state
 from services.common.errors import BrokerSetupError
 
@@ -419,3 +420,46 @@ def test_ps_shows_restarts_and_the_last_exit(tmp_path: Path) -> None:
         r"\(rendezvous failed: \[delivery_failed\] no\.such\.topic\)",
         rows["two"],
     ), rows["two"]
+
+
+# --- rdv up's progress lines ------------------------------------------------------------
+
+
+def _log_line(msg: str, at: float) -> str:
+    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + ".000Z"
+    return json.dumps({"ts": ts, "level": "info", "msg": msg}) + "\n"
+
+
+def test_progress_says_what_a_starting_process_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stack, "RUN_DIR", tmp_path)
+    spec = ProcessSpec(name="fast", command=["python", "-m", "x"], ready="http://127.0.0.1:1/")
+    now = time.time()
+    assert up._doing(spec, None) == "waiting for the process before it"
+    assert up._doing(spec, now) == "starting the interpreter, importing"
+    log = tmp_path / "fast.log"
+    log.write_text(_log_line("model loaded", now - 600))  # an earlier run's line
+    assert up._doing(spec, now) == "starting the interpreter, importing"
+    log.write_text(log.read_text() + _log_line("ops server listening", now) + "not json\n")
+    assert up._doing(spec, now) == "loading the model"
+    log.write_text(log.read_text() + _log_line("GETPID " + "x" * 100, now))
+    assert up._doing(spec, now) == "last log: GETPID " + "x" * 50 + "..."
+
+
+def test_progress_names_the_gguf_conversion_while_the_cache_is_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stack, "RUN_DIR", tmp_path)
+    cache = tmp_path / "cache"
+    model = tmp_path / "chat.yaml"
+    model.write_text(f"name: chat\nruntime: llama-chat\nparams: {{cache_root: {cache}}}\n")
+    spec = ProcessSpec(
+        name="chat", command=["python", "-m", "w", "--model", str(model)], ready="http://x/"
+    )
+    now = time.time()
+    (tmp_path / "chat.log").write_text(_log_line("ops server listening", now))
+    assert up._doing(spec, now) == "converting the GGUF weights: first start only"
+    (cache / "0123").mkdir(parents=True)
+    (cache / "0123" / "rendezvous-entry.json").write_text("{}")
+    assert up._doing(spec, now) == "loading the model"
