@@ -29,7 +29,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 from services.cli import stack
 from services.cli.supervision import (
@@ -93,8 +92,8 @@ class Supervisor:
         os.set_blocking(wake_r, False)
         signal.set_wakeup_fd(wake_w)
         self._wake = wake_r
-        signal.signal(signal.SIGTERM, self._on_stop_signal)
-        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # only wakes the select below
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for child in self.children:
@@ -116,9 +115,6 @@ class Supervisor:
             return
         select.select([self._wake], [], [], seconds)
         _drain(self._wake)
-
-    def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
-        self.stop()
 
     def step(self) -> None:
         """One pass: note exits, restart what is due, start the next process in order."""
