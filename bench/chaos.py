@@ -162,6 +162,7 @@ def poison(run: Run) -> None:
     stack = run.stack
     assert stack.topics is not None
     run.poisons = build_all(stack.topics, run.timing.poison_repeats)
+    before = {n: stack.metric(n, UNUSABLE) for n in CONTROL_READERS}
     producer = Producer(producer_config(stack.kafka, "chaos-poison"))
     failed: list[str] = []
     run.mark("fault")
@@ -173,6 +174,18 @@ def poison(run: Run) -> None:
     if failed or left:
         run.notes["poison_not_written"] = len(failed) + left
     run.wait(run.timing.poison_wait)
+    expected = sum(1 for p in run.poisons if p.counted)
+    counted = {}
+    for name, was in before.items():
+        now = stack.metric(name, UNUSABLE)
+        got = "?" if was is None or now is None else str(int(now - was))
+        counted[name] = f"{got}/{expected}"
+    run.notes["control_unusable_counted"] = counted
+
+
+UNUSABLE = "rdv_control_unusable_records_total"
+CONTROL_READERS = ("gateway", "rendezvous-1", "rendezvous-2")
+"""The processes that follow the control topic, each counting what it cannot use."""
 
 
 def baseline(run: Run) -> None:
@@ -311,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         out["poison"]["per_reader"] = per_reader(out["poison"]["classes"])
         readers = ", ".join(f"{k} {v}" for k, v in out["poison"]["per_reader"].items())
         print(f"dead letters got/expected per reader: {readers}")
+        counted = runs["poison"].notes.get("control_unusable_counted", {})
+        text = ", ".join(f"{k} {v}" for k, v in counted.items())  # type: ignore[attr-defined]
+        print(f"control records counted unusable got/expected per process: {text}")
     if matched.other_errors:
         print("dead letters of non-poison records (first few):")
         for line in matched.other_errors:
@@ -402,7 +418,8 @@ def poison_rows(
             {
                 "class": cls,
                 "injected": len(mine),
-                "tolerated": not any(p.expect for p in mine),
+                "tolerated": not any(p.expect or p.counted for p in mine),
+                "counted_by": sorted({r for p in mine for r in p.counted}),
                 "dead_letters": {
                     s: f"{got.get((cls, s), 0)}/{expected.get((cls, s), 0)}" for s in readers
                 },
@@ -436,6 +453,8 @@ def print_poison(rows: list[dict[str, object]]) -> None:
             else ""
         )
         kind = "tolerated" if r["tolerated"] else "rejected"
+        if r["counted_by"]:
+            dl += " (counted unusable, not dead-lettered)"
         print(f"  {r['class']:<36} x{r['injected']:<3} {kind:<9} {dl}{extra}")
 
 

@@ -1,12 +1,15 @@
 """Poison records for the chaos harness, built from the real message contract
 (services/common/messages.py, encoded by codec) and then broken: every class of bad
-input on every topic a service reads, each with the readers expected to dead-letter it.
+input on every topic a service reads, each with the readers expected to dead-letter it
+as docs/poison-records.md specifies.
 
 A class is either *rejected* (every reader named in ``expect`` must dead-letter each
-record of it, and no process may exit) or *tolerated* (a valid record in an awkward
-place: no reader need dead-letter it, no process may exit, and no request may be
-decided twice). Every record carries a key starting with ``poison-`` (or, for the
-null-key class, a value holding such an id) so its dead letters can be told apart."""
+record of it; on the control topic, which every process re-reads from its start, each
+process named in ``counted`` counts it in ``rdv_control_unusable_records_total``
+instead) or *tolerated* (a valid record in an awkward place: no dead letter). No
+process may exit on any of them, and no request may be decided twice. Every record
+carries a key starting with ``poison-`` (or, for the null-key class, a value holding
+such an id) so its dead letters can be told apart."""
 
 from __future__ import annotations
 
@@ -63,8 +66,9 @@ class Poison:
     expect: tuple[str, ...]
     decided_once: str | None = None
     may: tuple[str, ...] = ()
-    """Readers that may dead-letter it too: a valid request nobody can serve (an unknown
-    endpoint, a deadline ten years away) is as well refused as answered."""
+    """Readers that may dead-letter it too (a payload near the size limit: an output
+    too large for the broker dead-letters its source)."""
+    counted: tuple[str, ...] = ()  # control readers that must count it as unusable
 
 
 def now_ms() -> int:
@@ -184,6 +188,7 @@ GENERIC: dict[str, GenericBuilder] = {
     "not-json": lambda rid, _r, _t: b'{"v": 1, "kind": "request", "request_id": "' + rid.encode(),
     "not-utf8": lambda rid, _r, _t: b'{"v": 1, "kind": "\xff\xfe\xfa", "id": "' + rid.encode(),
     "empty": lambda _rid, _r, _t: b"",
+    "null-value": lambda _rid, _r, _t: None,
     "json-not-object": lambda rid, _r, _t: _json([1, 2, rid]),
     "wrong-kind": lambda rid, role, t: encode(WRONG_KIND[role](rid, t)),
     "future-version": lambda rid, role, t: _json(_dict(VALID[role](rid, t)) | {"v": 2}),
@@ -191,8 +196,9 @@ GENERIC: dict[str, GenericBuilder] = {
         {k: v for k, v in _dict(VALID[role](rid, t)).items() if k != REQUIRED[role]}
     ),
 }
-"""Broken on every topic: rejected by every reader of it (except an empty control
-value, which is a tombstone: valid)."""
+"""Broken on every topic: rejected by every reader of it (except an empty or null
+control value, which is a tombstone: valid)."""
+TOMBSTONES = ("empty", "null-value")
 
 
 def generic(role: str, topics: Topics) -> Iterator[Poison]:
@@ -200,9 +206,12 @@ def generic(role: str, topics: Topics) -> Iterator[Poison]:
     partition = GATEWAY_PARTITION if role == "replies" else None
     for cls, build in GENERIC.items():
         rid = new_id(cls)
-        expect = () if (role == "control" and cls == "empty") else READERS[role]
-        value = build(rid, role, topics)
-        yield Poison(f"{role}/{cls}", role, _out(topic, rid, value, partition), expect)
+        out = _out(topic, rid, build(rid, role, topics), partition)
+        if role != "control":
+            yield Poison(f"{role}/{cls}", role, out, READERS[role])
+        else:
+            counted = () if cls in TOMBSTONES else READERS[role]
+            yield Poison(f"{role}/{cls}", role, out, (), counted=counted)
 
 
 def _out(topic: str, key: str | None, value: bytes | None, partition: int | None) -> Outbound:
@@ -235,7 +244,7 @@ def specific(topics: Topics) -> Iterator[Poison]:
         doc = _dict(request(rid, topics)) | change
         return Poison(f"requests/{cls}", "requests", _request_out(topics, doc, rid), every)
 
-    yield req("unknown-endpoint", (), every, endpoint="nosuch-endpoint")
+    yield req("unknown-endpoint", (), endpoint="nosuch-endpoint")
     yield req(
         "no-such-return-topic",
         ("rendezvous",),
@@ -246,8 +255,9 @@ def specific(topics: Topics) -> Iterator[Poison]:
         ("rendezvous",),
         return_address=ReturnAddress(topic=topics.replies, partition=99),
     )
-    yield req("deadline-past", (), every, created_ms=now - 5000, deadline_ms=now - 4000)
-    yield req("deadline-far-future", (), every, deadline_ms=now + TEN_YEARS_MS)
+    yield req("deadline-past", (), created_ms=now - 5000, deadline_ms=now - 4000)
+    # held that long it would hold its partition's offsets: refused by the rendezvous
+    yield req("deadline-far-future", ("rendezvous",), deadline_ms=now + TEN_YEARS_MS)
     yield req("huge-payload", (), every, payload={"text": "x" * HUGE_BYTES})
     yield raw_req("deadline-not-integer", {"deadline_ms": "soon"})
     yield raw_req("deadline-before-created", {"deadline_ms": now - 1, "created_ms": now})
@@ -326,14 +336,16 @@ def specific(topics: Topics) -> Iterator[Poison]:
         "control/unknown-kind",
         "control",
         _out(topics.control, rid, _json({"v": 1, "kind": "endpoint", "name": rid}), None),
-        READERS["control"],
+        (),
+        counted=READERS["control"],
     )
     rid = new_id("control-bad-policy")
     yield Poison(
         "control/bad-policy",
         "control",
         _out(topics.control, f"policy/{rid}", encode(policy_entry(rid)), None),
-        READERS["control"],
+        (),
+        counted=READERS["control"],
     )
 
 

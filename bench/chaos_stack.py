@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.cli.localkafka import LocalBroker
 from services.common.kafka import Admin, admin_config
@@ -398,6 +399,20 @@ class ChaosStack:
         took = self.broker.start(timeout_s=180.0)
         self.broker_planned_down = False
         return took
+
+    def metric(self, name: str, metric: str) -> float | None:
+        """The sum of a counter's samples on a process's /metrics (None if unreadable)."""
+        url = self.services[name].ready_url.rsplit("/", 1)[0] + "/metrics"
+        try:
+            text = httpx.get(url, timeout=2.0).text
+        except httpx.HTTPError:
+            return None
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == metric
+        )
 
     # -- watching ----------------------------------------------------------------
 
