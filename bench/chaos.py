@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -312,11 +313,11 @@ def main(argv: list[str] | None = None) -> int:
         out[w.name] = detail
     if poisons:
         out["poison"]["classes"] = poison_rows(poisons, expected, matched.by_class, decisions)
-    host = machine(steal0)
+    host, rev = machine(steal0), revision()
     print(
         f"machine: {host['cpu']}, {host['cores']} cores, flags {'/'.join(host['flags'])}, "  # type: ignore[arg-type]
         f"steal {host.get('steal_pct')}%; rate {args.rate:g}/s, deadline {DEADLINE_MS} ms, "
-        f"{'supervised' if supervised else 'harness restarts'}"
+        f"{'supervised' if supervised else 'harness restarts'}, code {rev}"
     )
     print(table(rows))
     if poisons:
@@ -333,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             print("  " + line)
     summary = {
         "command": "python -m bench.chaos " + " ".join(sys.argv[1:] if argv is None else argv),
+        "revision": rev,
         "quick": args.quick,
         "rate": args.rate,
         "supervised": supervised,
@@ -456,6 +458,23 @@ def print_poison(rows: list[dict[str, object]]) -> None:
         if r["counted_by"]:
             dl += " (counted unusable, not dead-lettered)"
         print(f"  {r['class']:<36} x{r['injected']:<3} {kind:<9} {dl}{extra}")
+
+
+def revision() -> str:
+    """The commit the run measured, with ``+dirty`` when the services' code differed."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "services", "deploy", "models"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
 
 
 def say(text: str) -> None:
