@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 KAFKA_PORT ?= 9092
-CLINC150   ?= models/ood/data/clinc150
+CLINC150   ?= models/ood/clinc150
 UV_VERSION := 0.13.9
 UV         := .rdv/tools/bin/uv
 # every extra the workers, tests and benchmarks use; the images take fewer (Dockerfile)
