@@ -132,6 +132,14 @@ def _server_properties(port: int, controller_port: int, data_dir: Path) -> str:
         "share.coordinator.state.topic.min.isr": "1",
         "share.coordinator.state.topic.num.partitions": "2",
         "group.initial.rebalance.delay.ms": "0",
+        # Fast failover (docs/benchmarks.md, "Fast failover"): a member that died is
+        # noticed within about a second. Classic groups may ask for sessions down to
+        # 1 s; KIP-848 groups (group.protocol=consumer) get 1.5 s and a 0.5 s heartbeat.
+        "group.min.session.timeout.ms": "1000",
+        "group.consumer.min.session.timeout.ms": "1000",
+        "group.consumer.session.timeout.ms": "1500",
+        "group.consumer.min.heartbeat.interval.ms": "250",
+        "group.consumer.heartbeat.interval.ms": "500",
         "num.network.threads": "2",
         "num.io.threads": "4",
     }

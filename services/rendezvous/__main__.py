@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Sequence
 
 from pydantic import ValidationError
@@ -54,6 +55,7 @@ def build(
             "rendezvous reads back the decisions of the partitions it owns"
         )
     topics.ensure(Admin(admin_config(kafka)))
+    client_id = "rendezvous" if settings.instance_id is None else settings.instance_id
     store = MailboxStore(
         StoreLimits(
             max_open=settings.max_open,
@@ -66,16 +68,13 @@ def build(
     once = ExactlyOnce(processor, topics.decisions, topics.dead_letters)
     consumer = Consumer(
         consumer_config(
-            kafka,
-            kafka.topic_prefix + settings.group_id,
-            "rendezvous",
-            {"auto.offset.reset": settings.auto_offset_reset},
+            kafka, kafka.topic_prefix + settings.group_id, client_id, member_config(settings)
         )
     )
     runner = StreamRunner(
         service="rendezvous",
         consumer=consumer,
-        producer=Producer(producer_config(kafka, "rendezvous")) if producer is None else producer,
+        producer=Producer(producer_config(kafka, client_id)) if producer is None else producer,
         decoders={
             topics.requests: lambda b: decode(b, RequestEnvelope),
             topics.scores: lambda b: decode(b, Score),
@@ -89,6 +88,16 @@ def build(
         on_assign=lambda fresh: catch_up(kafka, topics, settings, once, fresh=fresh),
     )
     return runner, processor
+
+
+def member_config(settings: RendezvousSettings) -> dict[str, str]:
+    """The group member's own consumer properties."""
+    conf: dict[str, str] = {"auto.offset.reset": settings.auto_offset_reset}
+    if settings.static_membership:
+        if settings.instance_id is None:
+            raise ConfigError("static_membership needs an instance_id, unique in the group")
+        conf["group.instance.id"] = settings.instance_id
+    return conf
 
 
 def catch_up(
@@ -107,19 +116,25 @@ def catch_up(
     processor = once.inner
     assert isinstance(processor, Rendezvous)
     src = Sources(
-        reader=consumer_config(kafka, "unused", "rendezvous-catchup"),
         group=consumer_config(kafka, kafka.topic_prefix + settings.group_id, "rendezvous-catchup"),
         requests=topics.requests,
         decisions=topics.decisions,
-        partitions=Admin(admin_config(kafka)).partitions(),
     )
+    began = time.monotonic()
     todo = read_back(
         src, parts, settings.auto_offset_reset == "earliest", settings.catchup_margin_ms
     )
     processor.mark_decided(sorted(todo.decided))
     once.expect(todo)
     metrics.CATCHUP.inc(len(todo.decided))
-    log.info("caught up on decisions", extra={"partitions": parts, "decisions": len(todo.decided)})
+    log.info(
+        "caught up on decisions",
+        extra={
+            "partitions": parts,
+            "decisions": len(todo.decided),
+            "took_ms": round((time.monotonic() - began) * 1000, 1),
+        },
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,7 +25,7 @@ from typing import TypeVar
 
 from services.common.codec import decode, decode_reply_record, encode
 from services.common.errors import MessageError
-from services.common.kafka import Outbound, Record, committed_offsets, read_from, read_since
+from services.common.kafka import Outbound, Reader, Record
 from services.common.loop import Context, Inbound, Processor
 from services.common.messages import Decision, Reply, RequestEnvelope
 from services.replay import REPLAY
@@ -126,35 +126,37 @@ def _as_replied(out: Outbound, reply: Reply) -> Outbound:
 
 @dataclass(frozen=True)
 class Sources:
-    """Where read_back reads: client configs and topic names."""
+    """Where read_back reads: the rendezvous group's consumer config (whose committed
+    offsets count; the group is not joined) and the topic names."""
 
-    reader: dict[str, str]  # a consumer config (no group is joined)
-    group: dict[str, str]  # the rendezvous group's consumer config (committed offsets)
+    group: dict[str, str]
     requests: str
     decisions: str
-    partitions: dict[str, int]  # topic -> partition count, for the return addresses
 
 
-def read_back(src: Sources, parts: Sequence[int], from_start: bool, margin_ms: int) -> Plan:
-    """Read what the uncommitted requests of ``parts`` already got (see the module doc).
-    A partition the group never committed is read from its start when ``from_start``
-    (the group's auto.offset.reset is earliest), else not at all (reading starts at
-    its end: nothing there is read again)."""
-    starts = committed_offsets(src.group, src.requests, parts)
-    if from_start:
-        starts = {p: starts.get(p, BEGINNING) for p in parts}
-    pending = _decoded(read_from(src.reader, src.requests, starts), RequestEnvelope)
-    oldest = min((min(rec.timestamp_ms, req.created_ms) for rec, req in pending), default=None)
-    if oldest is None:
-        return Plan()  # nothing uncommitted: nothing can be answered twice
-    since = oldest - margin_ms
-    decided = {
-        d.request_id
-        for _, d in _decoded(read_since(src.reader, src.decisions, parts, since), Decision)
-    }
-    requests = [req for _, req in pending]
-    reachable = _reachable(requests, src.partitions)
-    replies = _replies(src.reader, reachable, src.partitions, since)
+def read_back(
+    src: Sources, parts: Sequence[int], from_start: bool, margin_ms: int, timeout_s: float = 10
+) -> Plan:
+    """Read what the uncommitted requests of ``parts`` already got (see the module doc),
+    on one connection. A partition the group never committed is read from its start
+    when ``from_start`` (the group's auto.offset.reset is earliest), else not at all
+    (reading starts at its end: nothing there is read again)."""
+    with Reader(src.group, timeout_s) as reader:
+        starts = reader.committed(src.requests, parts)
+        if from_start:
+            starts = {p: starts.get(p, BEGINNING) for p in parts}
+        pending = _decoded(reader.read_from(src.requests, starts), RequestEnvelope)
+        stamps = (min(rec.timestamp_ms, req.created_ms) for rec, req in pending)
+        oldest = min(stamps, default=None)
+        if oldest is None:
+            return Plan()  # nothing uncommitted: nothing can be answered twice
+        since = oldest - margin_ms
+        decisions = _decoded(reader.read_since(src.decisions, parts, since), Decision)
+        decided = {d.request_id for _, d in decisions}
+        requests = [req for _, req in pending]
+        counts = reader.partitions()
+        reachable = _reachable(requests, counts)
+        replies = _replies(reader, reachable, counts, since)
     todo = plan(requests, decided, replies, reachable)
     log.info(
         "read back",
@@ -181,7 +183,7 @@ def _reachable(requests: Iterable[RequestEnvelope], partitions: dict[str, int]) 
 
 
 def _replies(
-    reader: dict[str, str], addresses: set[Address], partitions: dict[str, int], since_ms: int
+    reader: Reader, addresses: set[Address], partitions: dict[str, int], since_ms: int
 ) -> dict[str, Reply]:
     """Request id -> the reply found at these return addresses since ``since_ms``."""
     by_topic: dict[str, set[int]] = {}
@@ -190,7 +192,7 @@ def _replies(
         by_topic.setdefault(topic, set()).update(wanted)
     out: dict[str, Reply] = {}
     for topic, parts in by_topic.items():
-        for rec in read_since(reader, topic, sorted(parts), since_ms):
+        for rec in reader.read_since(topic, sorted(parts), since_ms):
             try:
                 msg = decode_reply_record(rec.value)
             except MessageError:

@@ -26,6 +26,16 @@ class RendezvousSettings(BaseSettings):
     """Consumer group of the rendezvous instances (they share the partitions); the
     Kafka topic prefix is prepended."""
 
+    instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,100}$")
+    """This replica's name, unique in the group (e.g. rendezvous-1): its Kafka client.id
+    and, with ``static_membership``, its group.instance.id."""
+
+    static_membership: bool = False
+    """Join the group as a static member (group.instance.id = instance_id): a replica
+    restarted within the session timeout gets its partitions back without a rebalance,
+    but a dead one keeps them until the session times out (docs/benchmarks.md, "Fast
+    failover")."""
+
     auto_offset_reset: Literal["latest", "earliest"] = "latest"
     """Where a new group starts reading: "latest" (requests from now on) or "earliest"
     (everything retained, each old request answered at once as past its deadline).

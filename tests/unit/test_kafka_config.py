@@ -12,6 +12,7 @@ from pydantic import SecretStr, ValidationError
 
 from services.common.errors import ConfigError, KafkaUnavailableError
 from services.common.kafka import (
+    CLIENT_DEFAULTS,
     CONSUMER_PINNED,
     PRODUCER_PINNED,
     admin,
@@ -170,11 +171,49 @@ def test_consumer_pin_is_applied() -> None:
 def test_admin_config_has_bootstrap_security_and_user_config_only() -> None:
     settings = _settings(security_protocol="SSL", client_config={"socket.timeout.ms": "5000"})
     assert admin_config(settings) == {
+        **CLIENT_DEFAULTS,
         "bootstrap.servers": "broker-a:9092",
         "security.protocol": "SSL",
         "ssl.endpoint.identification.algorithm": "https",
         "socket.timeout.ms": "5000",
     }
+
+
+@pytest.mark.parametrize("role", ["producer", "consumer", "admin"])
+def test_every_client_reconnects_within_half_a_second_after_an_outage(role: str) -> None:
+    """librdkafka's default backs off a refusing broker up to 10 s: services would wait
+    that long after the broker came back (issue 11: 8 s of 504 after a broker restart)."""
+    settings = _settings()
+    conf = {
+        "producer": lambda: producer_config(settings, "p"),
+        "consumer": lambda: consumer_config(settings, "g", "c"),
+        "admin": lambda: admin_config(settings),
+    }[role]()
+    assert int(conf["reconnect.backoff.max.ms"]) <= 500
+    assert int(conf["retry.backoff.max.ms"]) <= 500
+    assert int(conf["reconnect.backoff.ms"]) <= int(conf["reconnect.backoff.max.ms"])
+
+
+@pytest.mark.parametrize(
+    "source", ["client_config", "overrides"], ids=["from-settings", "from-overrides"]
+)
+def test_the_consumer_group_protocol_drops_classic_properties(source: str) -> None:
+    chosen = {"group.protocol": "consumer"}
+    settings = _settings(client_config=chosen if source == "client_config" else {})
+    conf = consumer_config(settings, "g", "c", chosen if source == "overrides" else None)
+    assert not {
+        "session.timeout.ms",
+        "heartbeat.interval.ms",
+        "partition.assignment.strategy",
+    }.intersection(conf)
+    assert conf["group.remote.assignor"] == "range"  # co-partitioned topics stay together
+    confluent_kafka.Consumer(conf).close()  # librdkafka accepts it (no broker is contacted)
+
+
+def test_a_classic_property_with_the_consumer_group_protocol_is_a_clear_error() -> None:
+    settings = _settings(client_config={"group.protocol": "consumer", "session.timeout.ms": "1"})
+    with pytest.raises(ConfigError, match=r"session\.timeout\.ms is not used"):
+        consumer_config(settings, "g", "c")
 
 
 def test_user_config_can_override_security_properties() -> None:

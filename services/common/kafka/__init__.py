@@ -6,6 +6,7 @@
 
 from services.common.kafka.admin import (
     Admin,
+    Reader,
     committed_offsets,
     read_from,
     read_since,
@@ -14,6 +15,7 @@ from services.common.kafka.admin import (
 )
 from services.common.kafka.clients import Consumer, ErrorHook, Outbound, Producer, Record
 from services.common.kafka.config import (
+    CLIENT_DEFAULTS,
     CONSUMER_DEFAULTS,
     CONSUMER_PINNED,
     PERMANENT_DELIVERY_ERRORS,
@@ -27,6 +29,7 @@ from services.common.kafka.config import (
 )
 
 __all__ = [
+    "CLIENT_DEFAULTS",
     "CONSUMER_DEFAULTS",
     "CONSUMER_PINNED",
     "PERMANENT_DELIVERY_ERRORS",
@@ -37,6 +40,7 @@ __all__ = [
     "ErrorHook",
     "Outbound",
     "Producer",
+    "Reader",
     "Record",
     "admin_config",
     "committed_offsets",

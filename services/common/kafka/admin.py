@@ -34,12 +34,25 @@ def read_since(
     ms) up to their current end, read without a consumer group. Retriable broker errors
     (a partition whose leader is being elected, as right after topic creation) are
     retried until ``timeout_s``; then, or for any other error, KafkaUnavailableError."""
-    until = time.monotonic() + timeout_s
-    return retry_transient(
-        lambda: _read_since_once(config, topic, list(partitions), since_ms, until),
-        f"read {topic}",
-        until,
-    )
+    with Reader(config, timeout_s) as reader:
+        return reader.read_since(topic, partitions, since_ms)
+
+
+def read_from(
+    config: Mapping[str, str], topic: str, starts: Mapping[int, int], timeout_s: float = 10.0
+) -> list[Record]:
+    """Every record of ``topic`` from the given offsets to the partitions' current ends
+    (see Reader.read_from), retried as read_since."""
+    with Reader(config, timeout_s) as reader:
+        return reader.read_from(topic, starts)
+
+
+def committed_offsets(
+    config: Mapping[str, str], topic: str, partitions: Iterable[int], timeout_s: float = 10.0
+) -> dict[int, int]:
+    """Partition -> the committed offset of ``config``'s group.id (see Reader.committed)."""
+    with Reader(config, timeout_s) as reader:
+        return reader.committed(topic, partitions)
 
 
 T = TypeVar("T")
@@ -77,97 +90,106 @@ TRANSIENT = frozenset(
 when librdkafka does not mark them retriable."""
 
 
-def read_from(
-    config: Mapping[str, str], topic: str, starts: Mapping[int, int], timeout_s: float = 10.0
-) -> list[Record]:
-    """Every record of ``topic`` from the given offsets (partition -> offset; one below
-    the log's start, e.g. -2, means its start) up to each partition's current end, read
-    without a consumer group; retried as read_since."""
-    until = time.monotonic() + timeout_s
-    return retry_transient(
-        lambda: _read_once(config, topic, None, dict(starts), until), f"read {topic}", until
-    )
+class Reader:
+    """One consumer connection for several reads by offset or time, without joining a
+    group: its group.id (default rdv-read-since) only names whose committed offsets
+    ``committed`` returns, and it never commits. Every call retries transient broker
+    errors until the reader's deadline (``timeout_s`` from its creation), then raises
+    KafkaUnavailableError."""
 
-
-def committed_offsets(
-    config: Mapping[str, str], topic: str, partitions: Iterable[int], timeout_s: float = 10.0
-) -> dict[int, int]:
-    """Partition -> the committed offset of ``config``'s group.id, for the partitions
-    that have one (the group is not joined)."""
-    until = time.monotonic() + timeout_s
-
-    def once() -> dict[int, int]:
+    def __init__(self, config: Mapping[str, str], timeout_s: float = 10.0) -> None:
         conf: dict[str, Any] = {
+            "group.id": "rdv-read-since",
             **config,
             "enable.auto.commit": "false",
             "error_cb": _error_cb(None),
             "logger": CLIENT_LOG,
         }
-        consumer = confluent_kafka.Consumer(conf)
-        try:
-            wanted = [confluent_kafka.TopicPartition(topic, p) for p in partitions]
-            got = consumer.committed(wanted, timeout=max(until - time.monotonic(), 0.1))
+        self._consumer = confluent_kafka.Consumer(conf)
+        self._until = time.monotonic() + timeout_s
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def _left(self) -> float:
+        return max(self._until - time.monotonic(), 0.1)
+
+    def committed(self, topic: str, partitions: Iterable[int]) -> dict[int, int]:
+        """Partition -> committed offset of the group, for the partitions that have one."""
+        wanted = [confluent_kafka.TopicPartition(topic, p) for p in partitions]
+
+        def once() -> dict[int, int]:
+            got = self._consumer.committed(wanted, timeout=self._left())
             return {tp.partition: tp.offset for tp in got if tp.offset >= 0}
-        finally:
-            consumer.close()
 
-    return retry_transient(once, f"read the committed offsets of {topic}", until)
+        return retry_transient(once, f"read the committed offsets of {topic}", self._until)
 
+    def partitions(self) -> dict[str, int]:
+        """Topic name -> partition count, for every topic the cluster knows."""
 
-def _read_since_once(
-    config: Mapping[str, str], topic: str, partitions: list[int], since_ms: int, until: float
-) -> list[Record]:
-    return _read_once(config, topic, (partitions, since_ms), {}, until)
+        def once() -> dict[str, int]:
+            meta = self._consumer.list_topics(timeout=self._left())
+            return {n: len(t.partitions) for n, t in meta.topics.items() if t.error is None}
 
+        return retry_transient(once, "read cluster metadata", self._until)
 
-def _read_once(
-    config: Mapping[str, str],
-    topic: str,
-    since: tuple[list[int], int] | None,
-    starts: dict[int, int],
-    until: float,
-) -> list[Record]:
-    """Read from ``starts``, or from the first record at or after ``since``'s time in
-    its partitions, to the partitions' current ends."""
-    conf: dict[str, Any] = {
-        **config,
-        "group.id": "rdv-read-since",
-        "enable.auto.commit": "false",
-        "error_cb": _error_cb(None),
-        "logger": CLIENT_LOG,
-    }
-    consumer = confluent_kafka.Consumer(conf)
-    try:
-        left_s = max(until - time.monotonic(), 0.1)
-        if since is not None:
-            wanted = [confluent_kafka.TopicPartition(topic, p, since[1]) for p in since[0]]
-            found = consumer.offsets_for_times(wanted, timeout=left_s) if wanted else []
-        else:
-            found = [confluent_kafka.TopicPartition(topic, p, o) for p, o in starts.items()]
-        marks = {tp.partition: consumer.get_watermark_offsets(tp, timeout=left_s) for tp in found}
-        ends = {part: high for part, (_, high) in marks.items()}
-        for tp in found:  # a start before the log's start (or OFFSET_BEGINNING): its start
-            if since is None and tp.offset < marks[tp.partition][0]:
-                tp.offset = marks[tp.partition][0]
-        todo = [tp for tp in found if 0 <= tp.offset < ends[tp.partition]]
-        if not todo:
+    def read_since(self, topic: str, partitions: Iterable[int], since_ms: int) -> list[Record]:
+        """Records of ``partitions`` written since ``since_ms`` (epoch ms), to their end."""
+        wanted = [confluent_kafka.TopicPartition(topic, p, since_ms) for p in partitions]
+
+        def once() -> list[Record]:
+            found = self._consumer.offsets_for_times(wanted, timeout=self._left())
+            return self._read(topic, found, clamp=False) if wanted else []
+
+        return retry_transient(once, f"read {topic}", self._until)
+
+    def read_from(self, topic: str, starts: Mapping[int, int]) -> list[Record]:
+        """Records from the given offsets (partition -> offset; one below the log's
+        start, e.g. -2, means its start) to the partitions' current ends."""
+        found = [confluent_kafka.TopicPartition(topic, p, o) for p, o in starts.items()]
+        return retry_transient(
+            lambda: self._read(topic, found, clamp=True), f"read {topic}", self._until
+        )
+
+    def _read(
+        self, topic: str, found: list[confluent_kafka.TopicPartition], *, clamp: bool
+    ) -> list[Record]:
+        marks = {
+            tp.partition: self._consumer.get_watermark_offsets(tp, timeout=self._left())
+            for tp in found
+        }
+        starts = {
+            tp.partition: max(tp.offset, marks[tp.partition][0]) if clamp else tp.offset
+            for tp in found
+        }
+        left = {p: marks[p][1] for p, o in starts.items() if 0 <= o < marks[p][1]}
+        if not left:
             return []
-        consumer.assign(todo)
-        left = {tp.partition: ends[tp.partition] for tp in todo}
+        self._consumer.assign([confluent_kafka.TopicPartition(topic, p, starts[p]) for p in left])
         out: list[Record] = []
-        while left and time.monotonic() < until:
-            for msg in consumer.consume(500, 0.2):
-                if msg.error() is None:
-                    rec = _record(msg)
-                    if rec.offset < left.get(rec.partition, -1):
-                        out.append(rec)
-                    if rec.offset + 1 >= left.get(rec.partition, 0):
-                        left.pop(rec.partition, None)
+        try:
+            while left and time.monotonic() < self._until:
+                # as many as are left (consume returns at once when it has them all)
+                want = min(sum(end - starts[p] for p, end in left.items()), 500)
+                for msg in self._consumer.consume(max(want, 1), 0.2):
+                    if msg.error() is None:
+                        rec = _record(msg)
+                        starts[rec.partition] = rec.offset + 1  # now the position
+                        if rec.offset < left.get(rec.partition, -1):
+                            out.append(rec)
+                        if rec.offset + 1 >= left.get(rec.partition, 0):
+                            left.pop(rec.partition, None)
+        finally:
+            self._consumer.unassign()
         if left:
             raise KafkaUnavailableError(f"could not read {topic} to its end in time")
         return out
-    finally:
-        consumer.close()
 
 
 def wait_for_broker(

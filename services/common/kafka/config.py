@@ -16,6 +16,16 @@ from collections.abc import Mapping
 from services.common.errors import ConfigError
 from services.common.settings import KafkaSettings
 
+CLIENT_DEFAULTS: dict[str, str] = {
+    # librdkafka backs off a broker that refuses connections up to 10 s by default: after
+    # an outage every client would wait out up to 10 s once the broker is back. At most
+    # 500 ms (with librdkafka's +-20% jitter) keeps "resumed within 3 s of the broker
+    # accepting connections" (docs/benchmarks.md, "Fast failover").
+    "reconnect.backoff.ms": "100",
+    "reconnect.backoff.max.ms": "500",
+    "retry.backoff.ms": "100",
+    "retry.backoff.max.ms": "500",
+}
 PRODUCER_DEFAULTS: dict[str, str] = {
     "linger.ms": "0",  # send at once; batches still form while requests are in flight
     "socket.nagle.disable": "true",
@@ -46,6 +56,10 @@ CONSUMER_DEFAULTS: dict[str, str] = {
     "partition.assignment.strategy": "range",
 }
 CONSUMER_PINNED: dict[str, str] = {"enable.auto.offset.store": "false"}
+CLASSIC_ONLY = ("session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy")
+"""Consumer properties of the classic group protocol. With ``group.protocol=consumer``
+(KIP-848) the broker owns them (group.consumer.* broker and group configs) and
+librdkafka refuses them; the assignor is then ``group.remote.assignor``."""
 
 
 PERMANENT_DELIVERY_ERRORS = frozenset(
@@ -88,6 +102,7 @@ def merge_config(*layers: Mapping[str, str], pinned: Mapping[str, str]) -> dict[
 def producer_config(settings: KafkaSettings, client_id: str) -> dict[str, str]:
     base = {"bootstrap.servers": settings.bootstrap, "client.id": client_id}
     return merge_config(
+        CLIENT_DEFAULTS,
         PRODUCER_DEFAULTS,
         base,
         settings.security_config(),
@@ -102,19 +117,28 @@ def consumer_config(
     client_id: str,
     overrides: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
+    """A consumer's config. Where ``group.protocol`` is ``consumer`` (KIP-848, chosen in
+    ``client_config`` or ``overrides``), the classic-only defaults are left out and the
+    broker's range assignor is asked for (it keeps co-partitioned topics together)."""
     base = {"bootstrap.servers": settings.bootstrap, "client.id": client_id, "group.id": group_id}
-    return merge_config(
-        CONSUMER_DEFAULTS,
-        base,
-        settings.security_config(),
-        settings.client_config,
-        overrides or {},
-        pinned=CONSUMER_PINNED,
-    )
+    layers = (base, settings.security_config(), settings.client_config, overrides or {})
+    chosen = merge_config(*layers, pinned={})
+    defaults = dict(CONSUMER_DEFAULTS)
+    if chosen.get("group.protocol") == "consumer":
+        for key in CLASSIC_ONLY:
+            defaults.pop(key)
+            if key in chosen:
+                raise ConfigError(
+                    f"Kafka property {key} is not used with group.protocol=consumer: the "
+                    "broker's group.consumer.* settings govern the group"
+                )
+        defaults["group.remote.assignor"] = "range"
+    return merge_config(CLIENT_DEFAULTS, defaults, *layers, pinned=CONSUMER_PINNED)
 
 
 def admin_config(settings: KafkaSettings) -> dict[str, str]:
     return merge_config(
+        CLIENT_DEFAULTS,
         {"bootstrap.servers": settings.bootstrap},
         settings.security_config(),
         settings.client_config,
