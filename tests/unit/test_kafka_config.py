@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import confluent_kafka
@@ -385,17 +386,41 @@ def test_client_config_numbers_and_bools_become_strings() -> None:
     }
 
 
+class FakeReaderConsumer:
+    """The calls Reader makes on confluent_kafka.Consumer; offsets_for_times runs
+    ``lookup`` (which may raise), and every partition is empty."""
+
+    lookup: Callable[[], None] = staticmethod(lambda: None)
+
+    def __init__(self, _conf: object) -> None:
+        pass
+
+    def offsets_for_times(
+        self, wanted: list[confluent_kafka.TopicPartition], timeout: float
+    ) -> list[confluent_kafka.TopicPartition]:
+        type(self).lookup()
+        return [confluent_kafka.TopicPartition(tp.topic, tp.partition, -1) for tp in wanted]
+
+    def get_watermark_offsets(
+        self, _tp: confluent_kafka.TopicPartition, timeout: float
+    ) -> tuple[int, int]:
+        return (0, 0)
+
+    def close(self) -> None:
+        pass
+
+
 def test_read_since_retries_transient_broker_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     not_leader = confluent_kafka.KafkaError(confluent_kafka.KafkaError.NOT_LEADER_FOR_PARTITION)
 
-    def flaky(*_args: object) -> list[object]:
+    def flaky() -> None:
         calls.append(1)
         if len(calls) < 3:
             raise confluent_kafka.KafkaException(not_leader)
-        return []
 
-    monkeypatch.setattr(admin, "_read_since_once", flaky)
+    monkeypatch.setattr(FakeReaderConsumer, "lookup", staticmethod(flaky))
+    monkeypatch.setattr(admin.confluent_kafka, "Consumer", FakeReaderConsumer)
     monkeypatch.setattr(admin, "RETRY_BACKOFF_S", 0.0)
     assert admin.read_since({}, "t", [0], 0, timeout_s=5) == []
     assert len(calls) == 3
@@ -404,9 +429,10 @@ def test_read_since_retries_transient_broker_errors(monkeypatch: pytest.MonkeyPa
 def test_read_since_gives_up_on_other_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     denied = confluent_kafka.KafkaError(confluent_kafka.KafkaError.TOPIC_AUTHORIZATION_FAILED)
 
-    def refuse(*_args: object) -> list[object]:
+    def refuse() -> None:
         raise confluent_kafka.KafkaException(denied)
 
-    monkeypatch.setattr(admin, "_read_since_once", refuse)
+    monkeypatch.setattr(FakeReaderConsumer, "lookup", staticmethod(refuse))
+    monkeypatch.setattr(admin.confluent_kafka, "Consumer", FakeReaderConsumer)
     with pytest.raises(KafkaUnavailableError, match="could not read t"):
         admin.read_since({}, "t", [0], 0, timeout_s=5)
