@@ -45,11 +45,14 @@ class OpsServer:
                     self._send(404, b"not found\n")
 
             def _send(self, status: int, body: bytes, ctype: str = "text/plain") -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    return  # the prober gave up waiting (a busy process): not an error
 
             def log_message(self, format: str, *args: object) -> None:
                 return  # probes every few seconds would drown the structured logs
