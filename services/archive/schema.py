@@ -16,8 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from services.common.kafka import Record
-from services.common.messages import Decision, Feedback, RequestEnvelope, Score
-from services.replay import REPLAY
+from services.common.messages import REPLAY, Decision, Feedback, RequestEnvelope, Score
 
 REQUESTS, SCORES, DECISIONS, FEEDBACK = "requests", "scores", "decisions", "feedback"
 KINDS = (REQUESTS, SCORES, DECISIONS, FEEDBACK)

@@ -23,6 +23,13 @@ Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 
 RequestId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
+# Attributes of a replayed request (``rdv replay``): ``replay`` (the mark), ``replay_of``
+# (the original request id) and, optionally, ``replay_model`` (only that model scores
+# it). The rendezvous records a replay's decision but sends no reply.
+REPLAY = "replay"
+REPLAY_OF = "replay_of"
+REPLAY_MODEL = "replay_model"
+
 
 class Role(StrEnum):
     """What a model's answer is for."""

@@ -27,8 +27,7 @@ from services.common.codec import decode, decode_reply_record, encode
 from services.common.errors import MessageError
 from services.common.kafka import Outbound, Reader, Record
 from services.common.loop import Context, Inbound, Processor
-from services.common.messages import Decision, Reply, RequestEnvelope
-from services.replay import REPLAY
+from services.common.messages import REPLAY, Decision, Reply, RequestEnvelope
 
 log = logging.getLogger("rdv.rendezvous")
 

@@ -42,6 +42,7 @@ from services.common.errors import MessageError
 from services.common.kafka import Outbound, Record
 from services.common.loop import Context, Inbound
 from services.common.messages import (
+    REPLAY,
     Decision,
     ErrorBody,
     Reply,
@@ -64,7 +65,6 @@ from services.rendezvous.decide import (
 )
 from services.rendezvous.mailbox import Grant, Mailbox, MailboxStore, Outcome
 from services.rendezvous.policy import Policy
-from services.replay import REPLAY
 
 log = logging.getLogger("rdv.rendezvous")
 

@@ -1,12 +1,8 @@
 """Replay: archived requests sent again into the requests stream under a replay mark, so a
 new challenger can be judged on past traffic (``rdv replay``). Replayed requests carry
-the attributes ``replay`` (the mark), ``replay_of`` (the original request id) and,
-optionally, ``replay_model`` (only that model scores them); the rendezvous records
-their decisions but never sends a reply, so no live client is answered."""
-
-REPLAY = "replay"
-REPLAY_OF = "replay_of"
-REPLAY_MODEL = "replay_model"
+the attributes of the message contract (services.common.messages: ``REPLAY``,
+``REPLAY_OF``, ``REPLAY_MODEL``); the rendezvous records their decisions but never sends
+a reply, so no live client is answered."""
 
 MARK_MAX = 64
 """The longest replay mark: the mark, a colon and an original id make a replayed id."""

@@ -12,8 +12,7 @@ from services.common.clock import wall_ms
 from services.common.codec import encode, message_key
 from services.common.errors import BackpressureError, DeliveryError
 from services.common.kafka import Outbound, Producer
-from services.common.messages import RequestEnvelope, ReturnAddress
-from services.replay import REPLAY, REPLAY_MODEL, REPLAY_OF
+from services.common.messages import REPLAY, REPLAY_MODEL, REPLAY_OF, RequestEnvelope, ReturnAddress
 from services.replay.plan import Archived
 
 _ID_MAX = 128  # the longest request id (RequestId in services.common.messages)

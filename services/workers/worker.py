@@ -38,8 +38,7 @@ from services.common.codec import MAX_ERROR_CHARS, encode, message_key
 from services.common.errors import RendezvousError
 from services.common.kafka import Outbound, Record
 from services.common.loop import Context, Inbound
-from services.common.messages import RequestEnvelope, Score, ScoreStatus, Timings
-from services.replay import REPLAY_MODEL
+from services.common.messages import REPLAY_MODEL, RequestEnvelope, Score, ScoreStatus, Timings
 from services.workers.metrics import (
     BATCH_SIZE,
     ERRORS,

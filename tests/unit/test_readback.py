@@ -8,9 +8,8 @@ from collections.abc import Sequence
 from services.common.codec import decode, encode, message_key
 from services.common.kafka import Outbound, Record
 from services.common.loop import Context, Inbound
-from services.common.messages import Decision, Reply, ReturnAddress
+from services.common.messages import REPLAY, Decision, Reply, ReturnAddress
 from services.rendezvous.readback import ExactlyOnce, Plan, plan
-from services.replay import REPLAY
 from tests.factories import request
 
 REPLIES = "rdv.replies"
