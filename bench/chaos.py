@@ -328,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
         counted = runs["poison"].notes.get("control_unusable_counted", {})
         text = ", ".join(f"{k} {v}" for k, v in counted.items())  # type: ignore[attr-defined]
         print(f"control records counted unusable got/expected per process: {text}")
+    for name, detail in out.items():
+        for line in detail.get("exit_list", []):  # type: ignore[union-attr]
+            print(f"exit in {name}: {line}")
     if matched.other_errors:
         print("dead letters of non-poison records (first few):")
         for line in matched.other_errors:
