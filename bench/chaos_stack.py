@@ -24,6 +24,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.cli.localkafka import LocalBroker
+from services.cli.stack import load_stack
+from services.common.errors import ConfigError
 from services.common.kafka import Admin, admin_config
 from services.common.settings import KafkaSettings
 from services.common.topics import Topics, load_topics
@@ -34,6 +36,17 @@ ENDPOINT = "demo"
 DEADLINE_MS = 1000  # demo.yaml's deadline_ms
 START_TIMEOUT_S = 120.0
 POLL_S = 0.1  # how often processes and readiness URLs are probed (other processes)
+
+
+def _local_env() -> dict[str, dict[str, str]]:
+    """Process name -> the env deploy/local/stack.yaml sets for it (empty if unreadable)."""
+    try:
+        return {spec.name: dict(spec.env) for spec in load_stack()}
+    except ConfigError:
+        return {}
+
+
+LOCAL_ENV = _local_env()
 
 
 def free_port() -> int:
@@ -291,6 +304,11 @@ class ChaosStack:
         )
 
     def _add(self, name: str, argv: list[str], env: dict[str, str], ready: str) -> None:
+        """Add a process; the settings deploy/local/stack.yaml gives the process of the
+        same name apply too (where the harness sets none: its ports, broker, topics,
+        policy and directories stay its own), so it runs what ``rdv up`` runs."""
+        local = LOCAL_ENV.get(name.removeprefix("worker-"), {})
+        env = {**{k: v for k, v in local.items() if not k.endswith("_PORT")}, **env}
         log = (self.run_dir or self.dir) / f"{name}.log"
         self.services[name] = Service(name, argv, env, ready, log, self.run_dir)
 
