@@ -47,6 +47,7 @@ from bench.chaos_report import (
     load_figures,
     machine,
     table,
+    timeline,
 )
 from bench.chaos_stack import DEADLINE_MS, ENDPOINT, ChaosStack, Exit
 from services.common.kafka import Producer, producer_config
@@ -305,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": round(w.end - w.start, 1),
             "statuses": figures.statuses,
             "p50_ms": figures.p50_ms,
+            "timeline": timeline(sent, w.start, w.end, DEADLINE_MS),
+            "marks_s": {k: round(v - w.start, 1) for k, v in run.marks.items()},
             "notes": run.notes,
             "exit_list": [f"{e.service} code {e.code}: {e.last_line}" for e in run.exits],
             "restarted_after": healed.get(w.name, []),
@@ -328,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         counted = runs["poison"].notes.get("control_unusable_counted", {})
         text = ", ".join(f"{k} {v}" for k, v in counted.items())  # type: ignore[attr-defined]
         print(f"control records counted unusable got/expected per process: {text}")
+    print("\nper second (. in time, l late 200, 3 a 503, 4 a 504, x no response or refused):")
+    for name, detail in out.items():
+        print(f"  {name:<17} {detail['timeline']}")
     for name, detail in out.items():
         for line in detail.get("exit_list", []):  # type: ignore[union-attr]
             print(f"exit in {name}: {line}")

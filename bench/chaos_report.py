@@ -37,6 +37,27 @@ def last_degraded_after(
     return round(max(late), 2) if late else 0.0
 
 
+def timeline(sent: Iterable[Sent], start: float, end: float, deadline_ms: float) -> str:
+    """One character per second of [start, end): ``.`` every answer in time, else the
+    worst thing seen that second: ``x`` no response or refused, ``4`` a 504, ``3`` a
+    503, ``e`` another status, ``l`` a 200 later than the deadline + slack."""
+    rank = {".": 0, "l": 1, "e": 2, "3": 3, "4": 4, "x": 5}
+    marks = ["."] * max(0, int(end - start + 0.999))
+    for s in sent:
+        if not start <= s.due < end or not degraded(s, deadline_ms):
+            continue
+        if s.status in (NO_RESPONSE, REFUSED):
+            mark = "x"
+        elif s.status == 200:
+            mark = "l"
+        else:
+            mark = {504: "4", 503: "3"}.get(s.status, "e")
+        i = int(s.due - start)
+        if rank[mark] > rank[marks[i]]:
+            marks[i] = mark
+    return "".join(marks)
+
+
 @dataclass(frozen=True)
 class LoadFigures:
     requests: int

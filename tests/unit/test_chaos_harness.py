@@ -25,7 +25,7 @@ from bench.chaos_readback import (
     reader_of,
     tally,
 )
-from bench.chaos_report import degraded_seconds, last_degraded_after, load_figures
+from bench.chaos_report import degraded_seconds, last_degraded_after, load_figures, timeline
 from bench.chaos_stack import Service
 from services.common.codec import decode, decode_control, decode_reply_record, make_dead_letter
 from services.common.errors import ConfigError, MessageError
@@ -306,3 +306,16 @@ def test_load_counts_answers_lost_connections_and_refusals_apart() -> None:
     refused = _run_load(Load("127.0.0.1", port, "/x", {"a": 1}, rate=200.0), 10)
     assert refused
     assert {s.status for s in refused} == {REFUSED}
+
+
+def test_timeline_marks_each_second_with_the_worst_answer_seen() -> None:
+    t0 = 100.0
+    sent = [
+        Sent(t0 + 0.5, 200, 10.0),
+        Sent(t0 + 1.1, 503, 1.0),
+        Sent(t0 + 1.5, 504, 1000.0),  # a 504 outranks a 503 in the same second
+        Sent(t0 + 2.2, 200, 2000.0),  # late
+        Sent(t0 + 3.3, REFUSED, 1.0),
+        Sent(t0 + 3.4, 200, 5.0),
+    ]
+    assert timeline(sent, t0, t0 + 5, 1000.0) == ".4lx."
