@@ -190,7 +190,8 @@ class Context:
 
 
 class Processor(Protocol):
-    """A service's logic. ``process`` gets each decoded batch, ``tick`` runs every turn."""
+    """A service's logic. ``process`` gets each decoded batch, ``tick`` runs every turn.
+    A stateful processor handles each record in ``ctx.isolate`` (the module's contract)."""
 
     def process(self, batch: Sequence[Inbound], ctx: Context) -> None: ...
 
