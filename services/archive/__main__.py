@@ -1,5 +1,7 @@
-"""``python -m services.archive``: record every request, score and decision as Parquet
-files (the decoy), queryable with DuckDB (services.archive.query).
+"""``python -m services.archive``: record every request, score, decision and feedback as
+Parquet files (the decoy), queryable with DuckDB (services.archive.query). It only records:
+experiments and the drift monitor read those files in their own process
+(``python -m services.compare``).
 
 Exit codes: 0 after a clean stop (SIGTERM/SIGINT: every buffer is written and its
 offsets committed first), 2 for a configuration error (one line on stderr), 1 when it
@@ -15,9 +17,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from services.archive import experiments
 from services.archive.buffer import Limits
-from services.archive.drift import DriftMonitor
 from services.archive.service import Archive
 from services.archive.settings import ArchiveSettings
 from services.archive.store import PartStore
@@ -113,13 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.nice(settings.nice)
     try:
         runner, archive = build(settings, kafka)
-        compare = experiments.compare_route(settings.dir, settings.policies)
         ops = OpsServer(
             settings.ops_host,
             settings.ops_port,
             ready=lambda: runner.ready,
             healthy=runner.healthy,
-            routes={experiments.PATH: compare},
         ).start()
     except (ConfigError, OSError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
@@ -128,12 +126,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
     log.info("archive starting", extra={"ops_port": ops.port, "dir": str(settings.dir)})
-    drift = DriftMonitor(
-        settings.dir,
-        interval_s=settings.drift_interval_s,
-        window_s=settings.drift_window_s,
-        reference_s=settings.drift_reference_s,
-    ).start()
     install_stop_signals(archive.drain)
     try:
         stats = runner.run()
@@ -141,7 +133,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("archive failed", extra={"error": str(exc)})
         return 1
     finally:
-        drift.stop()
         ops.close()
     log.info("archive stopped", extra={"records": stats.records})
     return 0

@@ -22,12 +22,3 @@ BUFFERED_BYTES = Gauge(
 EXPIRED = Counter(
     "rdv_archive_expired_partitions_total", "Hour partitions deleted by retention", ["kind"]
 )
-DRIFT_PSI = Gauge(
-    "rdv_archive_drift_psi",
-    "Population stability index of a canary's or detector's outputs, last window vs reference",
-    ["signal"],
-)
-DRIFT_KS = Gauge(
-    "rdv_archive_drift_ks", "Two-sample KS statistic, last window vs reference", ["signal"]
-)
-DRIFT_ALERT = Gauge("rdv_archive_drift_alert", "1 when the PSI is above 0.25", ["signal"])

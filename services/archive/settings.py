@@ -54,15 +54,6 @@ class ArchiveSettings(BaseSettings):
     fetch_wait_max_ms: int = Field(default=500, ge=1, le=10_000)
     """Longest a fetch waits for fetch_min_bytes."""
 
-    drift_interval_s: float = Field(default=60.0, gt=0)
-    """How often the drift gauges (rdv_archive_drift_*) are recomputed."""
-    drift_window_s: float = Field(default=900.0, gt=0)
-    """The recent window whose canary and detector outputs are compared..."""
-    drift_reference_s: float = Field(default=3600.0, gt=0)
-    """...with this long a reference window just before it."""
-    policies: Path | None = REPO / "deploy" / "policies"
-    """Endpoint policy files, for compare's "would be chosen under the policy files'
-    policy" (the files, not the policy a control-topic change may have put in force)."""
     topics_file: Path | None = None
     """The topics file; default the repo's deploy/kafka/topics.yaml."""
 

@@ -3,7 +3,7 @@ output (its ``coverage``, or a plain number) and each detector's ``ood_score``, 
 time window (the score's ``finished_ms``, epoch ms, [since, until)).
 
 One query reads every signal of both windows. ``rdv compare`` reads the deduplicated
-``scores`` view; the archive's periodic drift check reads ``scores_raw``, which skips
+``scores`` view; the compare service's periodic drift check reads ``scores_raw``, which skips
 the Parquet row groups outside the windows instead of deduplicating the whole archive
 every minute (a rare redelivered score barely moves a distribution).
 """

@@ -4,82 +4,29 @@ store, duplicates included): the known figures come out, as a table, JSON and a 
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
 
-from services.archive.drift import DriftMonitor
-from services.archive.experiments import compare_route
-from services.archive.schema import DECISIONS, FEEDBACK, REQUESTS, ROW_BUILDERS, SCORES, to_table
+from services.archive.schema import FEEDBACK, ROW_BUILDERS, to_table
 from services.archive.store import PartStore, hour_of
 from services.cli.main import main
 from services.common.errors import ConfigError
 from services.common.kafka import Record
-from services.common.messages import Decision, Feedback, Score, ScoreStatus, Timings
+from services.common.messages import Feedback
+from services.compare.experiments import compare_route
+from services.compare.monitor import DriftMonitor
 from services.compare.run import drift_spans, parse_time, window_from
-from tests.factories import request
+from tests.compare_archives import write_pairs, write_signals
 
 NOW = 1_795_000_000_000.0
-
-
-def _archive(root: Path, n: int = 400) -> None:
-    """champ answers in 100..199 ms; chall in 20..59 ms but errors on every 10th request;
-    every score of the first 50 requests is written twice (a redelivery)."""
-    rows: dict[str, list[tuple[object, ...]]] = {REQUESTS: [], SCORES: [], DECISIONS: []}
-    offset = 0
-
-    def add(kind: str, msg: object, created: int) -> None:
-        nonlocal offset
-        offset += 1
-        rec = Record(f"rdv.{kind}", 0, offset, b"k", b"v", timestamp_ms=created)
-        rows[kind].append(ROW_BUILDERS[kind](msg, rec, created + 500))
-
-    for i in range(n):
-        req = request(request_id=f"r{i}", endpoint="demo", deadline_in_ms=1000)
-        created = req.created_ms
-        add(REQUESTS, req, created)
-        for model, latency, failed in (
-            ("champ", 100 + i % 100, False),
-            ("chall", 20 + i % 40, i % 10 == 0),
-        ):
-            done = created + latency
-            score = Score(
-                request_id=req.request_id,
-                endpoint="demo",
-                model=model,
-                model_version="1",
-                role="champion" if model == "champ" else "challenger",
-                status=ScoreStatus.ERROR if failed else ScoreStatus.OK,
-                output=None if failed else {"text": "same answer"},
-                error="boom" if failed else None,
-                timings=Timings(received_ms=created, started_ms=created, finished_ms=done),
-            )
-            for _ in range(2 if i < 50 else 1):
-                add(SCORES, score, created)
-        decision = Decision(
-            request_id=req.request_id,
-            endpoint="demo",
-            chosen_model="champ",
-            reason="champion_in_time",
-            in_time=["champ", "chall"],
-            late=[],
-            latencies_ms={},
-            elapsed_ms=120.0,
-            decided_ms=created + 120.0,
-        )
-        add(DECISIONS, decision, created)
-    store = PartStore(root)
-    for kind, kind_rows in rows.items():
-        created = int(kind_rows[0][-2])  # record_ms of the first row
-        store.write(kind, hour_of(created), to_table(kind, kind_rows))
 
 
 def test_rdv_compare_reports_the_known_figures(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _archive(tmp_path / "archive")
+    write_pairs(tmp_path / "archive")
     chart = tmp_path / "chart.html"
     argv = ["compare", "--champion", "champ", "--challenger", "chall", "--endpoint", "demo"]
     argv += ["--archive", str(tmp_path / "archive"), "--policies", "deploy/policies"]
@@ -127,39 +74,11 @@ def test_times_and_windows_from_strings() -> None:
         window_from({"champion": "a", "challenger": "a"}, NOW)
 
 
-def _signals_archive(root: Path, base: int) -> None:
-    """A detector and a canary scoring 200 requests an hour before ``base`` and 200 in
-    the hour after: the second hour's traffic is out of scope (higher OOD scores, lower
-    coverage)."""
-    rng = random.Random(2)
-    rows: list[tuple[object, ...]] = []
-    for i in range(400):
-        shifted = i >= 200
-        done = base + (i - 200) * 10_000 + 5
-        for model, role, output in (
-            ("ood", "detector", {"ood_score": rng.gauss(3.0 if shifted else 0.0, 1.0)}),
-            ("canary", "canary", {"coverage": rng.uniform(0.5, 0.8) if shifted else 0.95}),
-        ):
-            score = Score(
-                request_id=f"r{i}",
-                endpoint="chat",
-                model=model,
-                model_version="1",
-                role=role,
-                status=ScoreStatus.OK,
-                output=output,
-                timings=Timings(received_ms=done - 5, started_ms=done - 5, finished_ms=done),
-            )
-            rec = Record("rdv.scores", 0, len(rows), b"k", b"v", timestamp_ms=int(done))
-            rows.append(ROW_BUILDERS[SCORES](score, rec, int(done)))
-    PartStore(root).write(SCORES, hour_of(base), to_table(SCORES, rows))
-
-
 def test_a_shift_to_out_of_scope_traffic_raises_the_drift_signal(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     base = 1_795_000_000_000
-    _signals_archive(tmp_path / "archive", base)
+    write_signals(tmp_path / "archive", base)
     argv = [
         "compare",
         "--champion",
@@ -185,7 +104,7 @@ def test_a_shift_to_out_of_scope_traffic_raises_the_drift_signal(
 
 
 def test_the_http_route_answers_json_and_400_for_bad_parameters(tmp_path: Path) -> None:
-    _archive(tmp_path / "archive")
+    write_pairs(tmp_path / "archive")
     handle = compare_route(tmp_path / "archive", None)
     status, body, ctype = handle({"champion": "champ", "challenger": "chall"})
     assert (status, ctype) == (200, "application/json")
@@ -202,7 +121,7 @@ def test_feedback_gives_off_policy_estimates(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root = tmp_path / "archive"
-    _archive(root, n=200)
+    write_pairs(root, n=200)
     rows = []
     for i in range(200):
         given = Feedback(request_id=f"r{i}", reward=float(i % 2), received_ms=NOW + i)
@@ -222,16 +141,16 @@ def test_feedback_gives_off_policy_estimates(
     assert chall["snips"]["value"] is None  # never chosen: no estimate, not a zero
 
 
-def test_the_archive_exports_drift_as_metrics(tmp_path: Path) -> None:
+def test_the_compare_service_exports_drift_as_metrics(tmp_path: Path) -> None:
     base = 1_795_000_000_000
-    _signals_archive(tmp_path / "archive", base)
+    write_signals(tmp_path / "archive", base)
     monitor = DriftMonitor(tmp_path / "archive", interval_s=60, window_s=2000, reference_s=2000)
     found = monitor.check(base + 2_000_000)  # the shifted hour against the quiet one
     assert set(found) == {"detector:ood", "canary:canary"}
-    assert REGISTRY.get_sample_value("rdv_archive_drift_alert", {"signal": "detector:ood"}) == 1.0
+    assert REGISTRY.get_sample_value("rdv_compare_drift_alert", {"signal": "detector:ood"}) == 1.0
     quiet = DriftMonitor(tmp_path / "archive", interval_s=60, window_s=1000, reference_s=1000)
     assert set(quiet.check(base)) == {"detector:ood", "canary:canary"}  # two quiet halves
-    assert REGISTRY.get_sample_value("rdv_archive_drift_alert", {"signal": "detector:ood"}) == 0.0
+    assert REGISTRY.get_sample_value("rdv_compare_drift_alert", {"signal": "detector:ood"}) == 0.0
     assert DriftMonitor(tmp_path / "none", interval_s=1, window_s=1, reference_s=1).check(0) == {}
 
 
@@ -249,7 +168,7 @@ def test_times_that_are_no_epoch_ms_are_config_errors(text: str) -> None:
 def test_a_bad_reference_time_is_a_400_and_a_clear_cli_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _archive(tmp_path / "archive")
+    write_pairs(tmp_path / "archive")
     handle = compare_route(tmp_path / "archive", None)
     for bad in ({"since": "1h", "reference_since": "²"}, {"since": "1" * 40}):
         status, body, _ = handle({"champion": "champ", "challenger": "chall", **bad})
@@ -263,7 +182,7 @@ def test_a_bad_reference_time_is_a_400_and_a_clear_cli_error(
 def test_a_missing_policies_folder_only_leaves_out_would_choose(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _archive(tmp_path / "archive")
+    write_pairs(tmp_path / "archive")
     handle = compare_route(tmp_path / "archive", tmp_path / "no-policies")
     query = {"champion": "champ", "challenger": "chall", "endpoint": "demo"}
     status, body, _ = handle(query)

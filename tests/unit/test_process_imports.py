@@ -14,6 +14,8 @@ import pytest
         "services.gateway.__main__",
         "services.rendezvous.__main__",
         "services.workers.__main__",
+        "services.archive.__main__",
+        "services.compare.__main__",
         "services.cli.main",
     ],
 )

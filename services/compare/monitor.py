@@ -1,7 +1,7 @@
 """Drift as metrics: every ``interval_s``, the canary's and the detectors' outputs of the
 last ``window_s`` are compared with the ``reference_s`` before them (services.compare
-.signals: PSI and KS), and exported as ``rdv_archive_drift_{psi,ks,alert}{signal}``.
-It reads the archive's own files in a background thread, at the archive's low priority.
+.signals: PSI and KS), and exported as ``rdv_compare_drift_{psi,ks,alert}{signal}``.
+It reads the archive's files in a background thread of the compare process.
 """
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ import logging
 import threading
 from pathlib import Path
 
-from services.archive import metrics
+from services.archive.query import connect
 from services.common.clock import wall_ms
+from services.compare import metrics
+from services.compare.signals import drift_signals
 
-log = logging.getLogger("rdv.archive")
+log = logging.getLogger("rdv.compare")
 
 
 class DriftMonitor:
@@ -27,13 +29,10 @@ class DriftMonitor:
         self.window_ms = window_s * 1000.0
         self.reference_ms = reference_s * 1000.0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="archive-drift")
+        self._thread = threading.Thread(target=self._run, daemon=True, name="compare-drift")
 
     def check(self, now_ms: float) -> dict[str, float]:
         """Compute and export the drift at ``now_ms``; returns signal -> PSI."""
-        from services.archive.query import connect  # noqa: PLC0415 - duckdb on first use
-        from services.compare.signals import drift_signals  # noqa: PLC0415
-
         if not self.root.is_dir():
             return {}
         current = (now_ms - self.window_ms, now_ms)
@@ -53,6 +52,10 @@ class DriftMonitor:
         self._thread.start()
         return self
 
+    def alive(self) -> bool:
+        """The periodic check still runs (for /healthz)."""
+        return self._thread.is_alive()
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
@@ -61,5 +64,8 @@ class DriftMonitor:
         while not self._stop.wait(self.interval_s):  # the period, and the stop signal
             try:
                 self.check(wall_ms())
-            except Exception:  # a failed check must not stop the archive
+            except Exception:  # a failed check must not stop the service
+                metrics.DRIFT_CHECKS.labels("failed").inc()
                 log.exception("drift check failed")
+            else:
+                metrics.DRIFT_CHECKS.labels("ok").inc()
