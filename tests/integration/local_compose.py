@@ -34,7 +34,12 @@ SERVICES = compose_services()
 OURS = {name: svc for name, svc in SERVICES.items() if image_stage(svc) is not None}
 JOBS = {name for name, svc in OURS.items() if svc.get("restart") == "no"}
 LONG_RUNNING = set(OURS) - JOBS
-PORT_KEYS = ("RDV_GATEWAY_PORT", "RDV_RENDEZVOUS_OPS_PORT", "RDV_ARCHIVE_OPS_PORT")
+PORT_KEYS = (
+    "RDV_GATEWAY_PORT",
+    "RDV_RENDEZVOUS_OPS_PORT",
+    "RDV_ARCHIVE_OPS_PORT",
+    "RDV_COMPARE_OPS_PORT",
+)
 
 
 def service_argv(name: str) -> list[str]:

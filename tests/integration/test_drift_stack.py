@@ -1,7 +1,8 @@
 """Canary drift on real traffic: the stack's detector (fitted on CLINC150) and canary
-(the lexicon) score every request; in-scope queries, then out-of-scope ones; the drift
-report of the second window against the first raises the alarm on both signals (the
-quiet case, windows without a shift, is covered with larger samples by the unit tests)."""
+(the lexicon) score every request; in-scope queries, then out-of-scope ones; the compare
+service's drift report of the second window against the first raises the alarm on both
+signals (the quiet case, windows without a shift, is covered with larger samples by the
+unit tests)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from tests.integration.stack import (
     wait_for,
 )
 from tests.integration.test_archive import archive_proc, archives, start  # noqa: F401
+from tests.integration.test_compare_service import compare_proc, compares  # noqa: F401
 
 N = 60
 POLICY = {
@@ -49,6 +51,7 @@ def test_out_of_scope_traffic_raises_the_drift_signal(
     tmp_path: Path,
     clinc_artifact: Path,
     archives: list,  # type: ignore[type-arg]  # noqa: F811
+    compares: list,  # type: ignore[type-arg]  # noqa: F811
 ) -> None:
     val = load_split(CLINC150, "val")
     inside = list(val.in_scope().texts[::50])[:N]  # 60 intents
@@ -63,9 +66,8 @@ def test_out_of_scope_traffic_raises_the_drift_signal(
         ],
     )
     root = tmp_path / "archive"
-    archive = start(
-        archive_proc(kafka_settings, root, tmp_path / "archive.log", max_age_s="1"), archives
-    )
+    start(archive_proc(kafka_settings, root, tmp_path / "archive.log", max_age_s="1"), archives)
+    experiments = start(compare_proc(root, tmp_path / "compare.log"), compares)
 
     marks = [time.time() * 1000]
     for texts in (inside, outside):
@@ -89,7 +91,7 @@ def test_out_of_scope_traffic_raises_the_drift_signal(
             "reference_since": str(int(ref_since)),
             "reference_until": str(int(ref_until)),
         }
-        resp = httpx.get(f"{archive.url}/v1/experiments/compare", params=params, timeout=30)
+        resp = httpx.get(f"{experiments.url}/v1/experiments/compare", params=params, timeout=30)
         assert resp.status_code == 200, resp.text
         return resp.json()["drift"]  # type: ignore[no-any-return]
 

@@ -1,5 +1,6 @@
 """Champion against challenger on the real broker: the stack answers, the archive records,
-``GET /v1/experiments/compare`` reports the known latency quantiles (within the sketch's
+the compare service (its own process, reading the archive's files) answers
+``GET /v1/experiments/compare`` with the known latency quantiles (within the sketch's
 error) and ordering, and ``rdv replay`` makes the challenger score past traffic again
 without answering any client."""
 
@@ -24,6 +25,7 @@ from tests.integration.stack import (
     wait_for,
 )
 from tests.integration.test_archive import archive_proc, archives, start  # noqa: F401
+from tests.integration.test_compare_service import compare_proc, compares  # noqa: F401
 
 N = 40
 POLICY = {
@@ -75,6 +77,7 @@ def test_compare_and_replay_on_archived_traffic(
     kafka_settings: KafkaSettings,
     tmp_path: Path,
     archives: list,  # type: ignore[type-arg]  # noqa: F811
+    compares: list,  # type: ignore[type-arg]  # noqa: F811
 ) -> None:
     root = tmp_path / "archive"
     champ = model_spec("champ", "latency", "champion", ["exp"], latency_ms=20)
@@ -82,9 +85,8 @@ def test_compare_and_replay_on_archived_traffic(
     stack = launch_stack(
         policies=[POLICY], workers=[Worker("champ", champ), Worker("chall", chall)]
     )
-    archive = start(
-        archive_proc(kafka_settings, root, tmp_path / "archive.log", max_age_s="1"), archives
-    )
+    start(archive_proc(kafka_settings, root, tmp_path / "archive.log", max_age_s="1"), archives)
+    experiments = start(compare_proc(root, tmp_path / "compare.log"), compares)
     for i in range(N):
         resp = stack.http.post("/v1/infer/exp", json={"inputs": {"n": i}})
         assert resp.status_code == 200, resp.text
@@ -98,7 +100,7 @@ def test_compare_and_replay_on_archived_traffic(
     )
 
     report = httpx.get(
-        f"{archive.url}/v1/experiments/compare",
+        f"{experiments.url}/v1/experiments/compare",
         params={"champion": "champ", "challenger": "chall", "endpoint": "exp"},
         timeout=30,
     ).json()

@@ -15,6 +15,7 @@ import yaml
 from services.common.settings import KafkaSettings
 from tests.integration.deploy_files import (
     K8S_DIR,
+    NO_KAFKA,
     REPO,
     TOPICS_FILE,
     argv_of,
@@ -30,7 +31,12 @@ from tests.integration.deploy_files import (
 
 KUSTOMIZATION = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job"}
-PORT_ENV = ("RDV_GATEWAY_PORT", "RDV_RENDEZVOUS_OPS_PORT", "RDV_ARCHIVE_OPS_PORT")
+PORT_ENV = (
+    "RDV_GATEWAY_PORT",
+    "RDV_RENDEZVOUS_OPS_PORT",
+    "RDV_ARCHIVE_OPS_PORT",
+    "RDV_COMPARE_OPS_PORT",
+)
 
 
 def workloads() -> list[dict[str, Any]]:
@@ -163,7 +169,35 @@ def test_probes_and_scrape_annotations_name_the_port_the_process_listens_on() ->
         assert notes["prometheus.io/scrape"] == "true"
         assert (notes["prometheus.io/port"], notes["prometheus.io/path"]) == (str(port), "/metrics")
         assert "0.0.0.0" in [v for k, v in env.items() if k.endswith("_HOST")], name
-        assert {"secretRef": {"name": "rdv-kafka"}} in container["envFrom"], name
+        kafka_secret = {"secretRef": {"name": "rdv-kafka"}}
+        if {a[2] for a in python_commands(argv)} & NO_KAFKA:  # no credentials it needs not
+            assert kafka_secret not in container.get("envFrom", []), name
+        else:
+            assert kafka_secret in container["envFrom"], name
+
+
+def test_compare_reads_the_archive_volume_read_only_beside_the_archive() -> None:
+    by_name = {w["metadata"]["name"]: w for w in workloads()}
+    archive, compare = pod(by_name["archive"]), pod(by_name["compare"])
+    claim = {"claimName": "rdv-archive", "readOnly": True}
+    volume = next(v for v in compare["volumes"] if v.get("persistentVolumeClaim") == claim)
+    (container,) = compare["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True
+    env = env_of(container, {})
+    assert env["RDV_COMPARE_ARCHIVE_DIR"] == mount["mountPath"]
+    (writer,) = archive["containers"]
+    assert env_of(writer, {})["RDV_ARCHIVE_DIR"] == mount["mountPath"]
+    # a ReadWriteOnce volume: compare runs on the archive's node, which it prefers back
+    (needs,) = compare["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert needs["labelSelector"]["matchLabels"] == {"app.kubernetes.io/name": "archive"}
+    assert needs["topologyKey"] == "kubernetes.io/hostname"
+    (prefers,) = archive["affinity"]["podAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    term = prefers["podAffinityTerm"]
+    assert term["labelSelector"]["matchLabels"] == {"app.kubernetes.io/name": "compare"}
+    assert term["topologyKey"] == "kubernetes.io/hostname"
 
 
 def test_gateways_take_their_reply_partition_from_the_pod_index() -> None:
