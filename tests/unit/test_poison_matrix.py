@@ -68,7 +68,7 @@ def _with(req: RequestEnvelope, **fields: JsonValue) -> bytes:
 
 
 def _address(topic: str, partition: int | None) -> RequestEnvelope:
-    req = _req(deadline_in_ms=1)  # decided at once: the reply goes out in the same turn
+    req = _past()  # decided at once: the reply goes out in the same turn
     return req.model_copy(
         update={"return_address": ReturnAddress(topic=topic, partition=partition)}
     )
