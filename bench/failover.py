@@ -1,9 +1,9 @@
 """How long answers degrade when one of two rendezvous replicas is SIGKILLed, or the
 broker is SIGKILLed and restarted, under each consumer-group setting.
 
-    python -m bench.failover --scenario replica               # today's settings
-    python -m bench.failover --scenario replica \\
-        --client-config '{"session.timeout.ms": "1500", "heartbeat.interval.ms": "500"}'
+    python -m bench.failover --scenario replica               # the service's settings
+    python -m bench.failover --scenario replica --session-ms 6000   # the old session
+    python -m bench.failover --scenario replica --static      # static membership
     python -m bench.failover --scenario replica --client-config '{"group.protocol": "consumer"}'
     python -m bench.failover --scenario broker
 
@@ -11,7 +11,10 @@ An open-loop load (``--rate`` requests/s, deadline 1 s) goes straight onto the
 requests topic with a champion score for each (no gateway, no workers: only the
 rendezvous group and the broker are measured); replies are read from the return
 partition. A request is degraded when no reply reached it by its deadline + 50 ms, or
-the reply is an error. Prints one JSON line: degraded requests, the span of creation
+the reply is an error. Like the gateway, the load sheds a request (counted as
+degraded) while half a second of records waits unacknowledged in its client (the
+broker away), rather than queueing requests that will miss their deadlines. Prints
+one JSON line: degraded requests, the span of creation
 times they cover (``degraded_s``), doubles, and for the broker scenario the seconds
 from the broker accepting connections to the first good answer after it.
 """
@@ -115,6 +118,11 @@ class Load:
                 created_ms=made,
                 trace_id=rid,
             )
+            if len(producer) > self.rate / 2:  # half a second unacknowledged: the
+                self.sent[rid], self.created[rid] = req.deadline_ms, made  # gateway sheds
+                n += 1  # (503) rather than queue requests that will miss their deadline
+                producer.poll(0)
+                continue
             score = Score(
                 request_id=rid,
                 endpoint="fo",
@@ -144,11 +152,11 @@ class Load:
                     continue
                 self.got.setdefault(reply.request_id, []).append((now_ms(), reply.ok))
 
-    def degraded(self, since_ms: float) -> list[int]:
-        """Creation times (epoch ms) of the degraded requests created since ``since_ms``."""
+    def degraded(self, since_ms: float, until_ms: float = float("inf")) -> list[int]:
+        """Creation times (epoch ms) of the degraded requests created in the range."""
         out = []
-        for rid, deadline in self.sent.items():
-            if self.created[rid] < since_ms:
+        for rid, deadline in list(self.sent.items()):
+            if not since_ms <= self.created[rid] < until_ms:
                 continue
             answers = self.got.get(rid, [])
             if not answers or answers[0][0] > deadline + LATE_MS or not answers[0][1]:
@@ -167,10 +175,14 @@ class Load:
         return min(times, default=None)
 
 
-def rendezvous(name: str, ops: int, client_config: str, instance: str | None) -> ProcessSpec:
-    env = {"RDV_RENDEZVOUS_OPS_PORT": str(ops), "RDV_KAFKA_CLIENT_CONFIG": client_config}
-    if instance is not None:
-        env["RDV_RENDEZVOUS_INSTANCE_ID"] = instance
+def rendezvous(name: str, ops: int, args: argparse.Namespace) -> ProcessSpec:
+    env = {"RDV_RENDEZVOUS_OPS_PORT": str(ops), "RDV_KAFKA_CLIENT_CONFIG": args.client_config}
+    if args.static:
+        env["RDV_RENDEZVOUS_INSTANCE_ID"] = name
+        env["RDV_RENDEZVOUS_STATIC_MEMBERSHIP"] = "true"
+    if args.session_ms is not None:
+        env["RDV_RENDEZVOUS_SESSION_TIMEOUT_MS"] = str(args.session_ms)
+        env["RDV_RENDEZVOUS_HEARTBEAT_INTERVAL_MS"] = str(args.session_ms // 3)
     return ProcessSpec(
         name=name,
         command=["python", "-m", "services.rendezvous"],
@@ -190,6 +202,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--client-config", default="{}", help="JSON, RDV_KAFKA_CLIENT_CONFIG")
     parser.add_argument("--static", action="store_true", help="group.instance.id per replica")
+    parser.add_argument(
+        "--session-ms", type=int, help="session timeout (heartbeat a third); default: the service's"
+    )
     parser.add_argument("--after-s", type=float, default=12.0, help="load after the fault")
     args = parser.parse_args()
     print(json.dumps({"machine": machine()}))
@@ -199,7 +214,11 @@ def main() -> None:
         port = free_port()
         broker = LocalBroker(port=port, state_dir=run_dir / "kafka")
         broker.start(timeout_s=180)
-        kafka = KafkaSettings(bootstrap=broker.bootstrap, topic_prefix=f"fo{uuid.uuid4().hex[:6]}.")
+        kafka = KafkaSettings(  # the load's clients get the same client config
+            bootstrap=broker.bootstrap,
+            topic_prefix=f"fo{uuid.uuid4().hex[:6]}.",
+            client_config=json.loads(args.client_config),
+        )
         topics = load_topics(prefix=kafka.topic_prefix)
         topics.ensure(Admin(admin_config(kafka)))
         env = {
@@ -210,21 +229,24 @@ def main() -> None:
             "RDV_RENDEZVOUS_LOG_LEVEL": "WARNING",
         }
         names = ("rendezvous-1", "rendezvous-2")
-        specs = [
-            rendezvous(n, free_port(), args.client_config, n if args.static else None)
-            for n in names
-        ]
+        specs = [rendezvous(n, free_port(), args) for n in names]
         load: Load | None = None
         try:
             for spec in specs:
                 start(spec, env, run_dir)
             load = Load(kafka, topics, args.rate)
             load.start()
-            time.sleep(6)  # warm-up: the group settles with both members
+            settled = time.monotonic() + 60  # warm-up: the group settles with both members
+            while time.monotonic() < settled:
+                time.sleep(1)
+                made = now_ms() - DEADLINE_MS - 2 * LATE_MS  # answered or late by now
+                if len(load.sent) > 3 * args.rate and not load.degraded(made - 2000, made):
+                    break  # two seconds of good answers
             t0 = now_ms()
             time.sleep(3)  # steady state before the fault
             fault_ms = now_ms()
             back_ms: float | None = None
+            ready_ms = 0.0
             if args.scenario == "replica":
                 pid = pid_of(specs[1], run_dir)
                 assert pid is not None
@@ -241,6 +263,7 @@ def main() -> None:
                     time.sleep(0.01)  # polling the port: the moment it accepts is measured
                 back_ms = now_ms()
                 restarted.join(180)
+                ready_ms = now_ms()  # start() returned: the broker answers metadata
                 time.sleep(args.after_s)
             load.drain.set()
             time.sleep((DEADLINE_MS + 500) / 1000)  # the last requests reach their deadline
@@ -254,22 +277,32 @@ def main() -> None:
     bad = load.degraded(t0)
     before = [c for c in bad if c < fault_ms]
     doubles = sum(1 for answers in load.got.values() if len(answers) > 1)
+    origin = fault_ms if back_ms is None else back_ms  # the timeline's zero
     result: dict[str, object] = {
         "scenario": args.scenario,
         "client_config": json.loads(args.client_config),
         "static": args.static,
+        "session_ms": args.session_ms,
         "rate": args.rate,
         "requests": sum(1 for c in load.created.values() if c >= t0),
         "degraded_before_fault": len(before),
         "degraded_after_fault": len(bad) - len(before),
         "degraded_s": round((bad[-1] - bad[0]) / 1000, 2) if bad else 0.0,
         "double_replies": doubles,
+        # degraded requests per half second of creation time, from the fault on (the
+        # broker scenario: from the broker accepting connections again)
+        "timeline": [
+            sum(1 for c in bad if origin + i * 500 <= c < origin + (i + 1) * 500)
+            for i in range(int(args.after_s * 2))
+        ],
     }
     if back_ms is not None:
         good = load.first_good_after(back_ms)
         result["first_good_after_accepting_s"] = (
             round((good - back_ms) / 1000, 2) if good is not None else None
         )
+        result["broker_ready_after_accepting_s"] = round((ready_ms - back_ms) / 1000, 2)
+        result["outage_s"] = round((back_ms - fault_ms) / 1000, 2)
         late = [c for c in bad if c >= back_ms]  # requests made once the broker was back
         result["degraded_after_accepting_s"] = (
             round((late[-1] - back_ms) / 1000, 2) if late else 0.0

@@ -1,5 +1,20 @@
 """``python -m services.rendezvous``: answer every request by its deadline and policy.
 
+Exactly one answer across restarts: on each partition assignment the rendezvous reads
+back, from the oldest uncommitted request on (not from the restart), the decisions
+and the replies already written, and writes only what is missing (readback.py). Kafka
+transactions were measured as the alternative (``python -m bench.txn_cost``, on the
+2-core development machine): one request per turn took 24 ms at the median instead
+of 1 ms (p99 148 ms instead of 13 ms), throughput fell 2.6x to 4.6x and broker CPU per
+record rose 3.6x to 6.6x; and an aborted transaction would need the mailbox store
+rolled back, a poison return address would abort every answer of its turn, and a
+replica killed mid-transaction blocks read_committed readers of the replies until the
+transaction times out. Details: docs/benchmarks.md, "Exactly one answer".
+
+Fast failover: replicas form one classic consumer group with a 1.5 s session
+(settings.session_timeout_ms; range assignment keeps requests and scores together).
+SIGKILL of one of two replicas degraded answers for 1.4 s (6 s sessions: 7.6 s).
+
 Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 2 for a configuration error (one
 line on stderr), 1 when it fails while running.
 """
@@ -68,7 +83,7 @@ def build(
     once = ExactlyOnce(processor, topics.decisions, topics.dead_letters)
     consumer = Consumer(
         consumer_config(
-            kafka, kafka.topic_prefix + settings.group_id, client_id, member_config(settings)
+            kafka, kafka.topic_prefix + settings.group_id, client_id, member_config(settings, kafka)
         )
     )
     runner = StreamRunner(
@@ -90,9 +105,15 @@ def build(
     return runner, processor
 
 
-def member_config(settings: RendezvousSettings) -> dict[str, str]:
-    """The group member's own consumer properties."""
+def member_config(settings: RendezvousSettings, kafka: KafkaSettings) -> dict[str, str]:
+    """The group member's own consumer properties. With group.protocol=consumer
+    (KIP-848, in RDV_KAFKA_CLIENT_CONFIG) the broker sets the session and heartbeat."""
+    if settings.heartbeat_interval_ms * 3 > settings.session_timeout_ms:
+        raise ConfigError("heartbeat_interval_ms must be at most a third of session_timeout_ms")
     conf: dict[str, str] = {"auto.offset.reset": settings.auto_offset_reset}
+    if kafka.client_config.get("group.protocol") != "consumer":
+        conf["session.timeout.ms"] = str(settings.session_timeout_ms)
+        conf["heartbeat.interval.ms"] = str(settings.heartbeat_interval_ms)
     if settings.static_membership:
         if settings.instance_id is None:
             raise ConfigError("static_membership needs an instance_id, unique in the group")

@@ -30,6 +30,17 @@ class RendezvousSettings(BaseSettings):
     """This replica's name, unique in the group (e.g. rendezvous-1): its Kafka client.id
     and, with ``static_membership``, its group.instance.id."""
 
+    session_timeout_ms: int = Field(default=1500, ge=1000, le=300_000)
+    """How long the group waits for a silent replica before its partitions move to the
+    others (classic group protocol): the degraded time when a replica dies is about
+    this plus a rebalance (docs/benchmarks.md, "Fast failover": 1.4 s measured at 1500).
+    The broker must allow it: group.min.session.timeout.ms (Kafka's default 6000) at
+    most this; the local broker allows 1000."""
+
+    heartbeat_interval_ms: int = Field(default=500, ge=100, le=100_000)
+    """How often a replica tells the group it is alive; at most a third of the session
+    timeout."""
+
     static_membership: bool = False
     """Join the group as a static member (group.instance.id = instance_id): a replica
     restarted within the session timeout gets its partitions back without a rebalance,
