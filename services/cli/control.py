@@ -192,8 +192,8 @@ def retire_model(args: argparse.Namespace) -> int:
 
 def _new_policy(args: argparse.Namespace) -> dict[str, Any]:
     """The one policy document of ``args.file``, for ``args.endpoint``, validated."""
-    from services.common.endpoints import read_documents  # noqa: PLC0415
     from services.common.errors import ConfigError  # noqa: PLC0415
+    from services.common.policy import read_documents  # noqa: PLC0415
     from services.control.changes import checked_policy  # noqa: PLC0415
 
     if args.file is None:

@@ -133,7 +133,7 @@ OodStatus = Literal["flagged", "clear", "unknown"]
 
 
 class OodCheck(_Frozen):
-    """What an endpoint's OOD gate found for one request (see services.rendezvous.policy).
+    """What an endpoint's OOD gate found for one request (see services.common.policy).
 
     ``unknown``: the detector failed, skipped, or did not report within the gate's wait.
     """

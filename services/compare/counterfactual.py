@@ -24,11 +24,11 @@ from services.common.messages import (
     ScoreStatus,
     Timings,
 )
+from services.common.policy import Policy
 from services.compare.intervals import Interval, wilson
 from services.compare.paired import Window, build_pairs, holds_pairs
 from services.rendezvous.decide import decide, next_check
 from services.rendezvous.mailbox import Mailbox
-from services.rendezvous.policy import Policy
 
 _SAMPLE = """
 SELECT request_id, deadline_ms - created_ms, a_status, a_done - created_ms,

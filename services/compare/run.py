@@ -10,13 +10,13 @@ from pathlib import Path
 
 from services.archive.query import connect
 from services.common.errors import ConfigError
+from services.common.policy import load_policies
 from services.compare.counterfactual import would_choose
 from services.compare.offpolicy import estimate
 from services.compare.paired import Window, paired_figures
 from services.compare.report import Report
 from services.compare.rewards import logged_rewards
 from services.compare.signals import Span, drift_signals
-from services.rendezvous.policy import load_policies
 
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$", re.ASCII)
 _UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}

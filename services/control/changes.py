@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from services.common.endpoints import read_documents
 from services.common.errors import ConfigError
 from services.common.messages import ControlEntry, ModelRegistration, PolicyEntry, Role
+from services.common.policy import parse_policy, read_documents
 from services.control.errors import ControlConflictError, ControlNotFoundError
 from services.control.policies import champion_of, mentions, promote, retire
 from services.control.state import ControlState, model_key, policy_key, policy_version_key
-from services.rendezvous.policy import parse_policy
 from services.workers.spec import ModelSpec
 
 Doc = dict[str, Any]

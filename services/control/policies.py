@@ -1,5 +1,5 @@
 """Policy documents rewritten by the control commands: promote a challenger, retire a
-model. Pure functions over the documents (services.rendezvous.policy's format); the
+model. Pure functions over the documents (services.common.policy's format); the
 result is validated before it is returned."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from services.common.policy import parse_policy
 from services.control.errors import ControlConflictError
-from services.rendezvous.policy import parse_policy
 
 Doc = dict[str, Any]
 

@@ -43,12 +43,12 @@ from services.common.logs import configure_logging
 from services.common.loop import StreamRunner
 from services.common.messages import RequestEnvelope, Score
 from services.common.ops import OpsServer
+from services.common.policy import load_policies
 from services.common.settings import KafkaSettings
 from services.common.topics import Topics, load_topics
 from services.rendezvous import metrics
 from services.rendezvous.live import follow_control
 from services.rendezvous.mailbox import MailboxStore, StoreLimits
-from services.rendezvous.policy import load_policies
 from services.rendezvous.readback import ExactlyOnce, Sources, read_back
 from services.rendezvous.service import Rendezvous
 from services.rendezvous.settings import RendezvousSettings

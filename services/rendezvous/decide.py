@@ -95,8 +95,8 @@ from services.common.messages import (
     Score,
     ScoreStatus,
 )
+from services.common.policy import Policy, Stage
 from services.rendezvous.mailbox import Grant, Mailbox
-from services.rendezvous.policy import Policy, Stage
 
 CHAMPION_IN_TIME = "champion_in_time"
 CANARY = "canary"

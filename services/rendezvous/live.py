@@ -8,11 +8,11 @@ from __future__ import annotations
 import logging
 
 from services.common.errors import ConfigError
+from services.common.policy import Policy, policy_from_entry
 from services.common.settings import KafkaSettings
 from services.control.follower import ControlFollower
 from services.control.state import ControlState, overlay
 from services.rendezvous import metrics
-from services.rendezvous.policy import Policy, policy_from_entry
 from services.rendezvous.service import Rendezvous
 
 log = logging.getLogger("rdv.rendezvous")

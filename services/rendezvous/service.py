@@ -50,6 +50,7 @@ from services.common.messages import (
     Score,
     StreamGrant,
 )
+from services.common.policy import Policy
 from services.common.topics import Topics
 from services.rendezvous import metrics
 from services.rendezvous.decide import (
@@ -64,7 +65,6 @@ from services.rendezvous.decide import (
     verdict_latencies,
 )
 from services.rendezvous.mailbox import Grant, Mailbox, MailboxStore, Outcome
-from services.rendezvous.policy import Policy
 
 log = logging.getLogger("rdv.rendezvous")
 

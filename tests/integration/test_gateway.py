@@ -85,7 +85,9 @@ def dropped(reason: str) -> float:
 
 @pytest.fixture
 def policies(tmp_path: Path) -> Path:
-    (tmp_path / "demo.yaml").write_text("endpoint: demo\ndeadline_ms: 20000\n")
+    (tmp_path / "demo.yaml").write_text(
+        "endpoint: demo\ndeadline_ms: 20000\nstages: [{until_ms: deadline, accept: any}]\n"
+    )
     return tmp_path
 
 

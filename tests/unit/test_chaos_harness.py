@@ -30,8 +30,8 @@ from bench.chaos_stack import Service
 from services.common.codec import decode, decode_control, decode_reply_record, make_dead_letter
 from services.common.errors import ConfigError, MessageError
 from services.common.messages import Decision, Feedback, PolicyEntry, RequestEnvelope, Score
+from services.common.policy import policy_from_entry
 from services.common.topics import load_topics
-from services.rendezvous.policy import policy_from_entry
 
 TOPICS = load_topics(prefix="t.")
 DECODERS: dict[str, Callable[[bytes | None], Any]] = {

@@ -9,10 +9,10 @@ import random
 import duckdb
 import pytest
 
+from services.common.policy import parse_policy
 from services.compare.counterfactual import replay_decision, would_choose
 from services.compare.paired import Window, paired_figures
 from services.compare.report import Report
-from services.rendezvous.policy import parse_policy
 from tests.unit.compare_tables import Archive
 
 CHAT = parse_policy(

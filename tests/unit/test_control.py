@@ -15,13 +15,13 @@ from services.cli.main import main
 from services.common.codec import message_key
 from services.common.errors import ConfigError
 from services.common.messages import ModelRegistration, PolicyEntry, Role
+from services.common.policy import parse_policy
 from services.common.settings import KafkaSettings
 from services.control.deployers import DockerConfig, DockerDeployer, container_env, effective_spec
 from services.control.errors import DeployError
 from services.control.policies import champion_of, mentions, promote, retire
 from services.control.state import ControlState, model_key, policy_key, policy_version_key
 from services.rendezvous.live import merged
-from services.rendezvous.policy import parse_policy
 from services.workers.settings import WorkerSettings
 from services.workers.spec import load_spec
 from tests.factories import policy_doc

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from services.common.messages import ErrorBody, Role, ScoreStatus
+from services.common.policy import Policy, parse_policy
 from services.rendezvous.decide import (
     ALL_FAILED,
     CANARY,
@@ -25,7 +26,6 @@ from services.rendezvous.decide import (
     verdict_latencies,
 )
 from services.rendezvous.mailbox import Mailbox, MailboxStore
-from services.rendezvous.policy import Policy, parse_policy
 from tests.factories import policy_doc, request, score_for
 
 A = 10_000.0  # monotonic ms at which the request reached the rendezvous

@@ -9,6 +9,7 @@ import pytest
 from pydantic import JsonValue
 
 from services.common.messages import OodCheck, Role, ScoreStatus
+from services.common.policy import Policy, parse_policy
 from services.rendezvous.decide import (
     ALL_FAILED,
     CANARY,
@@ -21,7 +22,6 @@ from services.rendezvous.decide import (
     read_detector,
 )
 from services.rendezvous.mailbox import Mailbox
-from services.rendezvous.policy import Policy, parse_policy
 from tests.factories import policy_doc, request, score_for
 
 A = 10_000.0  # monotonic ms at which the request reached the rendezvous

@@ -22,6 +22,7 @@ from services.common.messages import (
     ScoreStatus,
     StreamGrant,
 )
+from services.common.policy import Policy, parse_policy
 from services.common.topics import load_topics
 from services.rendezvous.decide import (
     ALL_FAILED,
@@ -35,7 +36,6 @@ from services.rendezvous.decide import (
     stream_grant,
 )
 from services.rendezvous.mailbox import Grant, Mailbox, MailboxStore
-from services.rendezvous.policy import Policy, parse_policy
 from services.rendezvous.service import Rendezvous
 from tests.factories import policy_doc, request, score_for
 

@@ -32,12 +32,12 @@ from services.common.messages import (
     Score,
     StreamGrant,
 )
+from services.common.policy import parse_policy
 from services.common.topics import Topics, load_topics
 from services.gateway.bus import BrokerHealth
 from services.gateway.pending import PendingReplies
 from services.gateway.replies import KafkaBus
 from services.rendezvous.mailbox import MailboxStore
-from services.rendezvous.policy import parse_policy
 from services.rendezvous.service import Rendezvous
 from services.workers.runtime import ModelRuntime, Prediction
 from services.workers.service import decode_request

@@ -13,9 +13,9 @@ from services.common.codec import decode, encode
 from services.common.kafka import Record
 from services.common.loop import Context, Inbound, StreamRunner
 from services.common.messages import DeadLetter, Decision, Reply, RequestEnvelope, Score
+from services.common.policy import Policy, parse_policy
 from services.common.topics import load_topics
 from services.rendezvous.mailbox import MailboxStore, Outcome, StoreLimits
-from services.rendezvous.policy import Policy, parse_policy
 from services.rendezvous.service import POLICY_FAILED, Rendezvous
 from tests.factories import policy_doc, request, score_for
 from tests.unit.test_loop import FakeConsumer, FakeProducer

@@ -14,9 +14,9 @@ from services.common.errors import ConfigError
 from services.common.kafka import Record
 from services.common.loop import Context, Inbound
 from services.common.messages import REPLAY, REPLAY_MODEL, REPLAY_OF, Decision, ReturnAddress
+from services.common.policy import parse_policy
 from services.common.topics import load_topics
 from services.rendezvous.mailbox import MailboxStore
-from services.rendezvous.policy import parse_policy
 from services.rendezvous.service import Rendezvous
 from services.replay import MARK_MAX
 from services.replay.plan import Archived, offsets_ms

@@ -26,6 +26,7 @@ def chat_settings(tmp_path: Path) -> GatewaySettings:
     policies.mkdir()
     (policies / "chat.yaml").write_text(
         "endpoint: chat\ndeadline_ms: 5000\nmodels: [smol, smol-tight]\n"
+        "stages: [{until_ms: deadline, accept: any}]\n"
     )
     return GatewaySettings(policies=policies, max_body_bytes=65536, max_loop_lag_ms=60_000)
 

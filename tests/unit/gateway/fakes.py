@@ -99,8 +99,9 @@ def unit_settings(tmp_path: Path) -> GatewaySettings:
     """Endpoints demo (500 ms) and fast (100 ms); replies on partition 2; 4 KiB bodies."""
     policies = tmp_path / "policies"
     policies.mkdir()
-    (policies / "demo.yaml").write_text("endpoint: demo\ndeadline_ms: 500\nstages: []\n")
-    (policies / "fast.yml").write_text("endpoint: fast\ndeadline_ms: 100\n")
+    any_model = "stages: [{until_ms: deadline, accept: any}]\n"
+    (policies / "demo.yaml").write_text("endpoint: demo\ndeadline_ms: 500\n" + any_model)
+    (policies / "fast.yml").write_text("endpoint: fast\ndeadline_ms: 100\n" + any_model)
     # a busy test machine must not shed requests: shedding has its own test (StuckLoop)
     return GatewaySettings(
         policies=policies, reply_partition=2, max_body_bytes=4096, max_loop_lag_ms=60_000

@@ -3,17 +3,18 @@ those the rendezvous takes."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from services.common.endpoints import EndpointSpec, GateSpec
+from services.common.endpoints import EndpointSpec
 from services.common.messages import PolicyEntry
 from services.control.state import ControlState, policy_key
 from services.gateway.live import merged
 from tests.factories import policy_doc
 
-BASE = {"demo": EndpointSpec(endpoint="demo", deadline_ms=1000, models=["fast", "slow"])}
+BASE = {"demo": EndpointSpec(endpoint="demo", deadline_ms=1000, models=("fast", "slow"))}
 
 
 def _state(key: str, version: int, **over: Any) -> ControlState:
@@ -29,7 +30,7 @@ def test_a_policy_entry_sets_its_endpoints_deadline_roster_and_gate() -> None:
     gate = {"detector": "slow", "wait_ms": 200, "when_flagged": {"output": "no"}}
     live = merged(BASE, BASE, _state("demo", 2, deadline_ms=900, ood=gate))
     assert live["demo"] == EndpointSpec(
-        endpoint="demo", deadline_ms=900, models=["fast", "slow"], ood=GateSpec(detector="slow")
+        endpoint="demo", deadline_ms=900, models=("fast", "slow"), detector="slow"
     )
 
 
@@ -41,7 +42,7 @@ def test_a_policy_entry_sets_its_endpoints_deadline_roster_and_gate() -> None:
 def test_an_entry_the_rendezvous_refuses_is_ignored(
     over: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
-    current = {"demo": BASE["demo"].model_copy(update={"deadline_ms": 700})}
+    current = {"demo": replace(BASE["demo"], deadline_ms=700)}
     with caplog.at_level("ERROR", logger="rdv.control"):
         live = merged(BASE, current, _state("demo", 3, deadline_ms=900, **over))
     assert live == current  # the endpoint keeps what it had; no endpoint "other" appears

@@ -100,6 +100,7 @@ def test_the_detector_is_not_listed_as_a_chat_model(tmp_path: Path, topics: Topi
     policies.mkdir()
     (policies / "chat.yaml").write_text(
         "endpoint: chat\ndeadline_ms: 5000\nmodels: [smol, ood]\n"
+        "stages: [{until_ms: deadline, accept: [smol]}]\n"
         "ood: {detector: ood, wait_ms: 100, when_flagged: {output: no}}\n"
     )
     settings = GatewaySettings(policies=policies, max_loop_lag_ms=60_000)

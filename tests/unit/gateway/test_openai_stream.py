@@ -259,7 +259,9 @@ def test_a_client_that_goes_away_frees_its_request(
 ) -> None:
     policies = tmp_path / "long"
     policies.mkdir()  # a deadline no busy machine reaches: only the disconnect frees it
-    (policies / "chat.yaml").write_text("endpoint: chat\ndeadline_ms: 120000\n")
+    (policies / "chat.yaml").write_text(
+        "endpoint: chat\ndeadline_ms: 120000\nstages: [{until_ms: deadline, accept: any}]\n"
+    )
     settings = GatewaySettings(policies=policies, max_body_bytes=65536, max_loop_lag_ms=60_000)
     app = build_app(settings, bus=bus, topics=topics)
     gateway: Gateway = app.state.gateway

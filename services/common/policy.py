@@ -1,4 +1,4 @@
-"""Rendezvous policies as data: one YAML/JSON document per endpoint.
+"""The policy document, one contract for every service: one YAML/JSON document per endpoint.
 
 A policy is a schedule over the time elapsed since the request reached the
 rendezvous (see deploy/policies/demo.yaml for an annotated example)::
@@ -34,14 +34,19 @@ silent past ``wait_ms``, follows the stages.
 empty. When the roster is non-empty, every model named in an accept list or as
 the canary must be on it. Documents are strict: an unknown key is an error, and
 every error is a ``ConfigError`` that names the file (or control entry) it came from.
+The same strict schema reads policy files (``load_policies``) and control entries
+(``policy_from_entry``); the rendezvous decides by it, the gateway serves its projection
+(services.common.endpoints), the control plane and compare check and replay it.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
+import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -54,11 +59,11 @@ from pydantic import (
 )
 
 from services.common.codec import summarise
-from services.common.endpoints import read_documents
 from services.common.errors import ConfigError
 from services.common.messages import ErrorBody, Name, PolicyEntry
 
-MAX_DEADLINE_MS = 600_000  # as services.common.endpoints.EndpointSpec allows
+MAX_DEADLINE_MS = 600_000  # the longest deadline an endpoint may have
+SUFFIXES = (".yaml", ".yml", ".json")
 
 Millis = Annotated[int, Field(strict=True, ge=1, le=MAX_DEADLINE_MS)]
 
@@ -251,6 +256,24 @@ def policy_from_entry(entry: PolicyEntry) -> Policy:
     if policy.endpoint != entry.endpoint:
         raise ConfigError(f"invalid policy in {source}: it names endpoint {policy.endpoint!r}")
     return policy
+
+
+def read_documents(path: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """The policy documents of a file, or of every *.yaml/*.yml/*.json in a folder."""
+    files = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES) if path.is_dir() else [path]
+    docs: list[tuple[Path, dict[str, Any]]] = []
+    for file in files:
+        try:
+            raw = file.read_bytes()
+            data = json.loads(raw) if file.suffix == ".json" else yaml.safe_load(raw)
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read policy file {file}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"policy file {file} must hold one mapping (an object)")
+        docs.append((file, data))
+    if not docs:
+        raise ConfigError(f"no policy files (*.yaml, *.yml, *.json) in {path}")
+    return docs
 
 
 def load_policies(path: Path) -> dict[str, Policy]:
