@@ -266,7 +266,6 @@ class ChaosStack:
             "RDV_KAFKA_TOPIC_PREFIX": self.kafka.topic_prefix,
             "RDV_RENDEZVOUS_POLICIES": str(POLICY),
             "RDV_GATEWAY_POLICIES": str(POLICY),
-            "RDV_ARCHIVE_POLICIES": str(POLICY),
             "RDV_ARCHIVE_DIR": str(self.dir / "archive"),
         }
         self.base_env = env
