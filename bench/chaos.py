@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -53,6 +54,8 @@ from bench.chaos_stack import DEADLINE_MS, ENDPOINT, ChaosStack, Exit
 from services.common.kafka import Producer, producer_config
 
 BODY = {"inputs": {"text": "hello"}}
+SETTLE_S = 60.0  # after a scenario, wait at most this long for steady answers
+SETTLE_LAG_S = 1.1  # a request due longer ago than this has its answer (deadline + 100 ms)
 
 
 @dataclass(frozen=True)
@@ -261,14 +264,21 @@ def main(argv: list[str] | None = None) -> int:
                 SCENARIOS[name](run)
             except Exception as exc:  # noqa: BLE001 - one broken scenario must not end the run
                 run.notes["harness_error"] = f"{type(exc).__name__}: {exc}"
-            windows.append(Window(name, start, time.time()))
+            ended = time.time()
             runs[name] = run
             try:
                 if back := stack.heal():
                     healed[name] = back
             except RuntimeError as exc:  # a process that cannot come back: say so, go on
                 run.notes["heal_error"] = str(exc)
-            stack.wait(1.0, runs[name].exits.append)
+            # the window lasts until answers are steady again: the next fault starts clean
+            settle = warm_up(load, stack, SETTLE_S, run.exits.append)
+            run.notes["settled_s"] = (
+                f"not in {SETTLE_S:g}" if math.isnan(settle) else round(time.time() - ended, 1)
+            )
+            # it ends where the 3 steady seconds ended (answers after that were not looked at)
+            end = time.time() - (0.0 if math.isnan(settle) else SETTLE_LAG_S)
+            windows.append(Window(name, start, end))
         sent = load.stop()
         say("reading the topics back ...")
         topics = stack.topics
@@ -359,15 +369,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def warm_up(load: Load, stack: ChaosStack, limit_s: float = 120.0) -> float:
+def warm_up(
+    load: Load,
+    stack: ChaosStack,
+    limit_s: float = 120.0,
+    on_exit: Callable[[Exit], None] | None = None,
+) -> float:
     """Wait until 3 s of load were answered in time (a group still settling is not a
     fault); returns the seconds waited (NaN if it never settled within ``limit_s``)."""
     began = time.time()
     while time.time() - began < limit_s:
-        stack.wait(0.5)
+        stack.wait(0.5, on_exit)
         now = time.time()
-        recent = [s for s in list(load.results) if now - 4.1 <= s.due < now - 1.1]
-        if len(recent) >= 0.8 * 3 * load.rate and not any(degraded(s, DEADLINE_MS) for s in recent):
+        recent = [
+            s for s in list(load.results) if now - 3 - SETTLE_LAG_S <= s.due < now - SETTLE_LAG_S
+        ]
+        oldest = load.oldest_pending()
+        late = oldest is not None and oldest < now - SETTLE_LAG_S  # still no answer
+        if (
+            not late
+            and len(recent) >= 0.8 * 3 * load.rate
+            and not any(degraded(s, DEADLINE_MS) for s in recent)
+        ):
             return time.time() - began
     return float("nan")
 

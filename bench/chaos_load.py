@@ -37,6 +37,7 @@ class Load:
     timeout_s: float = 10.0
     results: list[Sent] = field(default_factory=list)
     max_lag_ms: float = 0.0  # how far the generator itself fell behind its schedule
+    pending: set[float] = field(default_factory=set)  # due times of requests in flight
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -83,6 +84,7 @@ class Load:
 
     async def _one(self, pool: _Pool, raw: bytes, due_mono: float, due_wall: float) -> None:
         loop = asyncio.get_running_loop()
+        self.pending.add(due_wall)
         try:
             status, rid = await asyncio.wait_for(pool.send(raw), self.timeout_s)
         except (
@@ -96,6 +98,11 @@ class Load:
             status, rid = (REFUSED if isinstance(exc, ConnectionRefusedError) else NO_RESPONSE), ""
         latency = (loop.time() - due_mono) * 1000.0
         self.results.append(Sent(due_wall, status, latency, rid))
+        self.pending.discard(due_wall)
+
+    def oldest_pending(self) -> float | None:
+        """The due time of the oldest request still waiting for its answer."""
+        return min(self.pending.copy(), default=None)
 
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
