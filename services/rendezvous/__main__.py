@@ -80,7 +80,9 @@ def build(
         )
     )
     processor = Rendezvous(policies=policies, topics=topics, store=store)
-    once = ExactlyOnce(processor, topics.decisions, topics.dead_letters)
+    once = ExactlyOnce(
+        processor, topics.decisions, topics.dead_letters, stall_ms=settings.session_timeout_ms
+    )
     consumer = Consumer(
         consumer_config(
             kafka, kafka.topic_prefix + settings.group_id, client_id, member_config(settings, kafka)

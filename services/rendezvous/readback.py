@@ -19,10 +19,11 @@ long ago that was. Each re-read request is then:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from services.common.clock import mono_ms
 from services.common.codec import decode, decode_reply_record, encode
 from services.common.errors import MessageError
 from services.common.kafka import Outbound, Reader, Record
@@ -70,24 +71,60 @@ def plan(
 
 class ExactlyOnce:
     """A Processor around the rendezvous that drops the outputs a plan says were
-    written already, and records the decisions of replies sent before a crash."""
+    written already, and records the decisions of replies sent before a crash.
 
-    def __init__(self, inner: Processor, decisions_topic: str, dead_letter_topic: str) -> None:
+    It also holds back deadline decisions after the process was frozen (SIGSTOP, a
+    stalled host) for longer than ``stall_ms`` (the group session): the group has
+    then given its partitions to another replica, which answers their requests, but
+    this process learns it only from its next heartbeat. For ``stall_ms`` after such a
+    gap ``tick`` does nothing, so the revocation arrives (and drops those mailboxes)
+    before any of them is decided a second time."""
+
+    def __init__(
+        self,
+        inner: Processor,
+        decisions_topic: str,
+        dead_letter_topic: str,
+        *,
+        stall_ms: float | None = None,
+        clock: Callable[[], float] = mono_ms,
+    ) -> None:
         self.inner = inner
         self._decisions = decisions_topic
         self._dead_letters = dead_letter_topic
         self.decision_only: dict[str, Reply] = {}
         self.reply_only: set[str] = set()
+        self._stall_ms = stall_ms
+        self._clock = clock
+        self._last: float | None = None
+        self._quiet_until = 0.0
+
+    def _awake(self) -> bool:
+        """False while deadline decisions wait after a freeze longer than stall_ms."""
+        now = self._clock()
+        gap = 0.0 if self._last is None else now - self._last
+        if self._stall_ms is not None and gap > self._stall_ms:
+            self._quiet_until = now + self._stall_ms
+            log.warning(
+                "the loop was frozen longer than the group session: deadline decisions "
+                "wait for the group to say which partitions are still ours",
+                extra={"frozen_ms": round(gap), "wait_ms": self._stall_ms},
+            )
+        self._last = now
+        return now >= self._quiet_until
 
     def expect(self, todo: Plan) -> None:
         self.decision_only.update(todo.decision_only)
         self.reply_only.update(todo.reply_only)
 
     def process(self, batch: Sequence[Inbound], ctx: Context) -> None:
+        self._awake()
         self.inner.process(batch, ctx)
         self._filter(ctx)
 
     def tick(self, now_ms: float, ctx: Context) -> None:
+        if not self._awake():
+            return
         self.inner.tick(now_ms, ctx)
         self._filter(ctx)
 

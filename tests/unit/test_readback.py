@@ -99,3 +99,40 @@ def test_the_filter_writes_only_what_is_missing() -> None:
         (REPLIES, "a"),
         ("rdv.decisions", "a"),
     ]
+
+
+class DecidesOnTick:
+    """A processor whose tick answers one due request each call."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+
+    def process(self, batch: Sequence[Inbound], ctx: Context) -> None:
+        pass
+
+    def tick(self, now_ms: float, ctx: Context) -> None:
+        self.ticks += 1
+        ctx.emit(Outbound(REPLIES, b"due", encode(reply("due"))))
+
+
+def test_after_a_freeze_longer_than_the_session_deadline_decisions_wait() -> None:
+    """A replica frozen (SIGSTOP) past its session lost its partitions to another
+    replica; deciding its due mailboxes at once on waking would answer them twice."""
+    now = [0.0]
+    inner = DecidesOnTick()
+    once = ExactlyOnce(
+        inner, "rdv.decisions", "rdv.dead-letters", stall_ms=1500, clock=lambda: now[0]
+    )
+
+    def tick_at(t: float) -> int:
+        now[0] = t
+        ctx = Context()
+        once.tick(t, ctx)
+        return len(ctx.emits)
+
+    assert tick_at(0) == 1
+    assert tick_at(1000) == 1  # a short gap: business as usual
+    assert tick_at(11_000) == 0  # woke after 10 s: wait for the group's verdict
+    assert tick_at(12_000) == 0
+    assert tick_at(12_600) == 1  # one session later: the revocation had its chance
+    assert inner.ticks == 3
