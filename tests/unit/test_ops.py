@@ -22,6 +22,7 @@ def test_probes_answer_by_state() -> None:
         with pytest.raises(urllib.error.HTTPError) as not_ready:
             urllib.request.urlopen(f"{url}/readyz", timeout=5)
         assert not_ready.value.code == 503
+        not_ready.value.close()  # an HTTPError holds the response open
         ready.set()
         with urllib.request.urlopen(f"{url}/readyz", timeout=5) as resp:
             assert resp.read() == b"ok\n"
