@@ -24,7 +24,7 @@ help:
 	@echo "make unit        unit tests only (no broker)"
 	@echo "make lint        ruff + mypy"
 	@echo "make bench       the stream-overhead benchmark (figures: docs/benchmarks.md)"
-	@echo "make chaos       the chaos harness: faults and poison records under load (~15 min)"
+	@echo "make chaos       the chaos harness: faults and poison records under load (~12 min)"
 	@echo "make lock        re-resolve uv.lock after editing pyproject.toml"
 	@echo "make clean       remove the virtual env and the local broker's data"
 
@@ -97,7 +97,7 @@ integration: kafka-jars
 bench: kafka-jars
 	$(BIN)/python -m bench.stream_overhead
 
-# Its own broker and data plane on free ports; CHAOS_ARGS=--quick for a ~6 min run.
+# Its own broker and data plane on free ports; CHAOS_ARGS=--quick for a ~7 min run.
 chaos: kafka-jars
 	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
 
