@@ -4,16 +4,18 @@ with the topics read back afterwards.
     python -m bench.chaos [--quick] [--only rendezvous-kill,poison] [--rate 50]
 
 It starts its own Kafka broker on a free port and the local stack's data plane as real
-processes on free ports (gateway, two rendezvous replicas in one group, archive, the
-demo endpoint's champion ``fast`` and fallback ``slow`` workers; policy
-deploy/policies/demo.yaml, deadline 1 s), sends ``--rate`` requests/s to
-``/v1/infer/demo`` the whole time, and runs each scenario in turn. Per scenario: seconds
+processes on free ports, under services.cli.supervise as ``rdv up`` runs them (gateway,
+two rendezvous replicas in one group, archive, the demo endpoint's champion ``fast`` and
+fallback ``slow`` workers; policy deploy/policies/demo.yaml, deadline 1 s), sends
+``--rate`` requests/s to ``/v1/infer/demo`` the whole time, and runs each scenario in
+turn. Per scenario: seconds
 with a degraded answer (non-200, or later than the deadline + 50 ms), requests with no
 HTTP response at all (and refused connections), double replies and double decisions
 (records per request id on those topics, read back at the end), dead letters against the
 poison records injected (per reader), and process exits the harness did not cause.
-Between scenarios, whatever is down is restarted (counted, not hidden). It prints a
-table and, as its last line, one JSON object."""
+A scenario's window lasts until answers are steady again; then whatever is still down
+is brought back (counted, not hidden). It prints a table and, as its last line, one
+JSON object. Figures and their meaning: docs/benchmarks.md, "Chaos"."""
 
 from __future__ import annotations
 
