@@ -258,6 +258,13 @@ def policy_from_entry(entry: PolicyEntry) -> Policy:
     return policy
 
 
+def check_policy_entry(entry: object) -> None:
+    """Raises ConfigError for a policy control entry that ``policy_from_entry`` refuses;
+    other entries pass (a control follower's ``check``)."""
+    if isinstance(entry, PolicyEntry):
+        policy_from_entry(entry)
+
+
 def read_documents(path: Path) -> list[tuple[Path, dict[str, Any]]]:
     """The policy documents of a file, or of every *.yaml/*.yml/*.json in a folder."""
     files = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES) if path.is_dir() else [path]

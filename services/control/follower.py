@@ -38,16 +38,25 @@ UNUSABLE = Counter(
 )
 
 OnChange = Callable[[ControlState, str, ControlEntry | None], None]
+Check = Callable[[ControlEntry], None]
+"""Raises for an entry the service would refuse (e.g. a policy its parser rejects): the
+record is then counted as refused and not folded in, like one the state refuses."""
 
 
 class ControlFollower:
     """Applies control records as they come; ``on_change(state, kind, entry)``."""
 
     def __init__(
-        self, kafka: KafkaSettings, topics: Topics, on_change: OnChange, poll_s: float = 0.2
+        self,
+        kafka: KafkaSettings,
+        topics: Topics,
+        on_change: OnChange,
+        poll_s: float = 0.2,
+        check: Check | None = None,
     ) -> None:
         self.state = ControlState()
         self._on_change = on_change
+        self._check = check
         self._topic = topics.control
         self._partitions = topics.partitions("control")
         self._poll_s = poll_s
@@ -104,6 +113,8 @@ class ControlFollower:
             log.warning("unreadable control record", extra={"error": str(exc), **where})
             return
         try:
+            if entry is not None and self._check is not None:
+                self._check(entry)
             kind = self.state.apply(rec.key, entry)
         except Exception as exc:  # noqa: BLE001 - one entry, not the follower
             UNUSABLE.labels("refused").inc()

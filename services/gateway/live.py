@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from services.common.endpoints import EndpointSpec
 from services.common.errors import ConfigError
 from services.common.messages import PolicyEntry
-from services.common.policy import policy_from_entry
+from services.common.policy import check_policy_entry, policy_from_entry
 from services.common.settings import KafkaSettings
 from services.common.topics import Topics
 from services.control.follower import ControlFollower
@@ -44,4 +44,4 @@ def follow_control(kafka: KafkaSettings, topics: Topics, gateway: Gateway) -> Co
             gateway.endpoints = merged(base, gateway.endpoints, state)  # one atomic swap
             log.info("endpoints updated", extra={"endpoints": sorted(gateway.endpoints)})
 
-    return ControlFollower(kafka, topics, on_change)
+    return ControlFollower(kafka, topics, on_change, check=check_policy_entry)

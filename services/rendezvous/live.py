@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from services.common.errors import ConfigError
-from services.common.policy import Policy, policy_from_entry
+from services.common.policy import Policy, check_policy_entry, policy_from_entry
 from services.common.settings import KafkaSettings
 from services.control.follower import ControlFollower
 from services.control.state import ControlState, overlay
@@ -37,4 +37,4 @@ def follow_control(kafka: KafkaSettings, processor: Rendezvous) -> ControlFollow
         metrics.POLICY_CHANGES.inc()
         log.info("policies updated", extra={"versions": versions})
 
-    return ControlFollower(kafka, processor.topics, on_change)
+    return ControlFollower(kafka, processor.topics, on_change, check=check_policy_entry)

@@ -107,3 +107,41 @@ def test_a_failing_callback_skips_one_record_not_the_rest() -> None:
     follower.stop()
     assert seen == ["bad", "good"]
     assert _unusable("callback") == before + 1
+
+
+def test_an_entry_the_service_refuses_is_counted_once_and_not_folded_in() -> None:
+    from services.common.messages import PolicyEntry  # noqa: PLC0415
+    from services.common.policy import check_policy_entry  # noqa: PLC0415
+
+    def entry(version: int, policy: dict[str, Any]) -> PolicyEntry:
+        return PolicyEntry(
+            endpoint="demo", version=version, policy=policy, changed_by="t", changed_ms=1
+        )
+
+    good = entry(
+        2,
+        {
+            "endpoint": "demo",
+            "deadline_ms": 1000,
+            "models": ["fast"],
+            "stages": [{"until_ms": "deadline", "accept": ["fast"]}],
+            "default": {"error": {"code": "deadline_exceeded", "message": "late"}},
+        },
+    )
+    bad = entry(3, {**good.policy, "surprise": True})  # a field the schema does not know
+    changes: list[str] = []
+    follower = ControlFollower(
+        KafkaSettings(bootstrap="127.0.0.1:1"),
+        load_topics(prefix="unit."),
+        lambda _s, kind, _e: changes.append(kind),
+        check=check_policy_entry,
+    )
+    follower._consumer = FakeConsumer(  # type: ignore[assignment]
+        _records((b"policy/demo", encode(good)), (b"policy/demo", encode(bad)))
+    )
+    before = _unusable("refused")
+    follower.start(timeout_s=5)
+    follower.stop()
+    assert _unusable("refused") == before + 1  # before: logged at each change, never counted
+    assert changes == ["policy"]
+    assert follower.state.policies["demo"] == good
