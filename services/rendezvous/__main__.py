@@ -101,7 +101,7 @@ def build(
         batch_size=settings.batch_size,
         poll_timeout_s=settings.poll_ms / 1000.0,
         flush_timeout_s=settings.flush_timeout_s,
-        on_revoke=processor.revoked,
+        on_revoke=once.revoked,
         on_assign=lambda fresh: catch_up(kafka, topics, settings, once, fresh=fresh),
     )
     return runner, processor

@@ -78,7 +78,13 @@ class ExactlyOnce:
     then given its partitions to another replica, which answers their requests, but
     this process learns it only from its next heartbeat. For ``stall_ms`` after such a
     gap ``tick`` does nothing, so the revocation arrives (and drops those mailboxes)
-    before any of them is decided a second time."""
+    before any of them is decided a second time.
+
+    Records handed to ``process`` in that window (fetched before the freeze, or after
+    it while the group was expelling this member) are not handled either: a score
+    among them would complete a mailbox the other replica answers. They are held
+    (their offsets stay uncommitted) and handled when the window ends; ``revoked``
+    drops those of partitions gone elsewhere, whose new owner reads them again."""
 
     def __init__(
         self,
@@ -98,6 +104,7 @@ class ExactlyOnce:
         self._clock = clock
         self._last: float | None = None
         self._quiet_until = 0.0
+        self._deferred: list[Inbound] = []
 
     def _awake(self) -> bool:
         """False while deadline decisions wait after a freeze longer than stall_ms."""
@@ -118,14 +125,40 @@ class ExactlyOnce:
         self.reply_only.update(todo.reply_only)
 
     def process(self, batch: Sequence[Inbound], ctx: Context) -> None:
-        self._awake()
-        self.inner.process(batch, ctx)
-        self._filter(ctx)
+        if not self._awake():
+            for item in batch:
+                ctx.hold(item.record)  # released when handled, or forgotten on revoke
+            self._deferred.extend(batch)
+            return
+        self._handle(self._take_deferred(ctx) + list(batch), ctx)
 
     def tick(self, now_ms: float, ctx: Context) -> None:
         if not self._awake():
             return
+        if self._deferred:
+            self._handle(self._take_deferred(ctx), ctx)
         self.inner.tick(now_ms, ctx)
+        self._filter(ctx)
+
+    def revoked(self, partitions: frozenset[tuple[str, int]]) -> None:
+        """Forget the deferred records of partitions gone elsewhere (the runner forgot
+        their tickets; their new owner reads them), then tell the rendezvous."""
+        self._deferred = [
+            i for i in self._deferred if (i.record.topic, i.record.partition) not in partitions
+        ]
+        revoked = getattr(self.inner, "revoked", None)
+        if revoked is not None:
+            revoked(partitions)
+
+    def _take_deferred(self, ctx: Context) -> list[Inbound]:
+        deferred, self._deferred = self._deferred, []
+        for item in deferred:
+            ctx.release(item.record)
+        return deferred
+
+    def _handle(self, batch: list[Inbound], ctx: Context) -> None:
+        if batch:
+            self.inner.process(batch, ctx)
         self._filter(ctx)
 
     def _filter(self, ctx: Context) -> None:

@@ -136,3 +136,58 @@ def test_after_a_freeze_longer_than_the_session_deadline_decisions_wait() -> Non
     assert tick_at(12_000) == 0
     assert tick_at(12_600) == 1  # one session later: the revocation had its chance
     assert inner.ticks == 3
+
+
+class AnswersEachRecord:
+    """A processor that answers each record at once (a score completing a mailbox)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int]] = []
+        self.revoked_parts: list[frozenset[tuple[str, int]]] = []
+
+    def process(self, batch: Sequence[Inbound], ctx: Context) -> None:
+        for item in batch:
+            self.seen.append((item.record.partition, item.record.offset))
+            ctx.emit(Outbound(REPLIES, b"r", encode(reply(str(item.message)))), item.record)
+
+    def tick(self, now_ms: float, ctx: Context) -> None:
+        pass
+
+    def revoked(self, partitions: frozenset[tuple[str, int]]) -> None:
+        self.revoked_parts.append(partitions)
+
+
+def test_records_handed_over_after_a_freeze_wait_for_the_group() -> None:
+    """Records fetched before a freeze (or while the group expels the frozen member)
+    must not complete a mailbox on waking: another replica answers those requests.
+    They are held, dropped if their partition was revoked, handled after the window."""
+    now = [0.0]
+    inner = AnswersEachRecord()
+    once = ExactlyOnce(
+        inner, "rdv.decisions", "rdv.dead-letters", stall_ms=1500, clock=lambda: now[0]
+    )
+
+    def score(part: int, off: int) -> Inbound:
+        return Inbound(Record("rdv.scores", part, off, b"k", b""), f"s{part}-{off}")
+
+    def process_at(t: float, batch: list[Inbound]) -> Context:
+        now[0] = t
+        ctx = Context()
+        once.process(batch, ctx)
+        return ctx
+
+    assert len(process_at(0, [score(0, 1)]).emits) == 1  # awake: answered at once
+    woke = process_at(10_000, [score(0, 2), score(1, 7)])  # the first batch on waking
+    assert woke.emits == []
+    assert inner.seen == [(0, 1)]
+    assert [r.offset for r in woke.holds] == [2, 7]  # offsets kept uncommitted
+    assert process_at(10_500, [score(1, 8)]).emits == []  # still waiting
+    once.revoked(frozenset({("rdv.scores", 0)}))  # the group's verdict: partition 0 gone
+    assert inner.revoked_parts == [frozenset({("rdv.scores", 0)})]
+    now[0] = 11_600
+    ctx = Context()
+    once.tick(11_600, ctx)  # the window is over: what is still ours is handled
+    assert inner.seen == [(0, 1), (1, 7), (1, 8)]
+    assert len(ctx.emits) == 2
+    assert sorted(r.offset for r in ctx.releases) == [7, 8]
+    assert len(process_at(11_700, [score(1, 9)]).emits) == 1  # business as usual
