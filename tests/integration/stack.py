@@ -38,7 +38,8 @@ from services.common.topics import Topics
 REPO = Path(__file__).resolve().parents[2]
 GATEWAY = "gateway"
 RENDEZVOUS = "rendezvous"
-START_TIMEOUT_S = 90.0  # five interpreters importing at once on a 2-core machine
+START_TIMEOUT_S = 240.0  # interpreters importing at once on 2 cores; a chat worker's first start
+# in a fresh clone also converts the GGUF weights (about 20 s quiet, minutes on a busy box)
 STOP_TIMEOUT_S = 20.0
 POLL_S = 0.05  # how often readiness is probed: another process's state has no event
 
