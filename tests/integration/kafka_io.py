@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from services.common.kafka import (
     Consumer,
@@ -13,6 +16,7 @@ from services.common.kafka import (
     consumer_config,
     producer_config,
 )
+from services.common.loop import StreamRunner
 from services.common.settings import KafkaSettings
 
 
@@ -66,3 +70,20 @@ def read_all_after(settings: KafkaSettings, topic: str, wall_ms: float) -> list[
     finally:
         consumer.close()
     return out
+
+
+@contextmanager
+def running(runner: StreamRunner) -> Iterator[StreamRunner]:
+    """``runner`` in a thread until the block ends, once its group gave it partitions."""
+    thread = threading.Thread(target=runner.run, kwargs={"idle_timeout_s": 120})
+    thread.start()
+    until = time.monotonic() + 60
+    while not runner.ready and time.monotonic() < until:
+        time.sleep(0.05)  # polling the group join, which has no event to wait on
+    assert runner.ready, "the runner got no partitions within 60 s"
+    try:
+        yield runner
+    finally:
+        runner.stop()
+        thread.join(30)
+    assert not thread.is_alive()

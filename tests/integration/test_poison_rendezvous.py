@@ -5,7 +5,6 @@ offsets move past them (no crash loop on restart)."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from services.common.topics import Topics
 from services.rendezvous.__main__ import build
 from services.rendezvous.settings import RendezvousSettings
 from tests.factories import request, score_for
-from tests.integration.kafka_io import produce_all, read_exactly
+from tests.integration.kafka_io import produce_all, read_exactly, running
 
 pytestmark = pytest.mark.integration
 
@@ -51,18 +50,8 @@ def rendezvous(kafka: KafkaSettings, topics: Topics, tmp_path: Path) -> Iterator
         policies=tmp_path / "t.yaml", auto_offset_reset="earliest", ops_port=0, group_id=GROUP
     )
     runner, _ = build(settings, kafka)
-    thread = threading.Thread(target=runner.run, kwargs={"idle_timeout_s": 120})
-    thread.start()
-    until = time.monotonic() + 60
-    while not runner.ready and time.monotonic() < until:
-        time.sleep(0.05)  # polling the group join, which has no event to wait on
-    assert runner.ready, "the rendezvous got no partitions within 60 s"
-    try:
+    with running(runner):
         yield runner
-    finally:
-        runner.stop()
-        thread.join(30)
-    assert not thread.is_alive()
 
 
 def good(topics: Topics, name: str) -> RequestEnvelope:

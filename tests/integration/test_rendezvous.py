@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from services.rendezvous.__main__ import build
 from services.rendezvous.settings import RendezvousSettings
 from tests.conftest import free_port_pair
 from tests.factories import request, score_for
-from tests.integration.kafka_io import produce_all, read_all_after, read_exactly
+from tests.integration.kafka_io import produce_all, read_all_after, read_exactly, running
 
 POLICY = """
 endpoint: t
@@ -53,17 +52,8 @@ def rendezvous(
 ) -> Iterator[StreamRunner]:
     settings = RendezvousSettings(policies=policy_file, auto_offset_reset="earliest", ops_port=0)
     runner, _ = build(settings, kafka_settings)
-    thread = threading.Thread(target=runner.run, kwargs={"idle_timeout_s": 120})
-    thread.start()
-    until = time.monotonic() + 60
-    while not runner.ready and time.monotonic() < until:
-        time.sleep(0.05)  # polling the group join, which has no event to wait on
-    assert runner.ready, "the rendezvous got no partitions within 60 s"
-    try:
+    with running(runner):
         yield runner
-    finally:
-        runner.stop()
-        thread.join(30)
 
 
 def req(topics: Topics, deadline_in_ms: int = 2000) -> RequestEnvelope:
