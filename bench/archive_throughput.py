@@ -43,8 +43,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.loadgen import measure, summary
 from bench.stack import BODY, ECHO_MODELS, POLICY, BenchStack, free_port
-from services.archive.query import connect
-from services.cli.stack import ProcessSpec, start, stop
+from services.common.archive_files import connect
 from services.common.codec import decode, encode, message_key
 from services.common.kafka import Consumer, Outbound, Producer, consumer_config, producer_config
 from services.common.messages import (
@@ -58,6 +57,7 @@ from services.common.messages import (
 )
 from services.common.settings import KafkaSettings
 from services.common.topics import Topics
+from services.devstack.stack import ProcessSpec, start, stop
 
 KINDS = ("requests", "scores", "decisions")
 
@@ -73,7 +73,7 @@ def traffic(topics: Topics, requests: int) -> list[Outbound]:
             endpoint="bench",
             payload={"inputs": {"text": f"hello number {i}"}},
             return_address=ReturnAddress(topic=topics.replies, partition=0),
-            deadline_ms=int(now) + 250,
+            deadline_epoch_ms=int(now) + 250,
             created_ms=int(now),
             trace_id=rid,
         )

@@ -4,7 +4,7 @@ with the topics read back afterwards.
     python -m bench.chaos [--quick] [--only rendezvous-kill,poison] [--rate 50]
 
 It starts its own Kafka broker on a free port and the local stack's data plane as real
-processes on free ports, under services.cli.supervise as ``rdv up`` runs them (gateway,
+processes on free ports, under services.devstack.supervisor as ``rdv up`` runs them (gateway,
 two rendezvous replicas in one group, archive, the demo endpoint's champion ``fast`` and
 fallback ``slow`` workers; policy deploy/policies/demo.yaml, deadline 1 s), sends
 ``--rate`` requests/s to ``/v1/infer/demo`` the whole time, and runs each scenario in
@@ -228,7 +228,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-supervisor",
         action="store_true",
-        help="start the processes here, not under services.cli.supervise: the harness "
+        help="start the processes here, not under services.devstack.supervisor: the harness "
         "restarts only what it killed (and, between scenarios, what died)",
     )
     args = parser.parse_args(argv)
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     windows: list[Window] = []
     runs: dict[str, Run] = {}
     healed: dict[str, list[str]] = {}
-    supervised = not args.no_supervisor and find_spec("services.cli.supervise") is not None
+    supervised = not args.no_supervisor and find_spec("services.devstack.supervisor") is not None
     with ChaosStack(supervised=supervised, keep_dir=args.keep_dir) as stack:
         say(f"stack ready in {stack.start_all():.1f} s (broker {stack.kafka.bootstrap})")
         path = f"/v1/infer/{ENDPOINT}"

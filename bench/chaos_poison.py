@@ -89,7 +89,7 @@ def request(rid: str, topics: Topics, **over: Any) -> RequestEnvelope:
         "endpoint": "demo",
         "payload": {"text": "poison"},
         "return_address": ReturnAddress(topic=topics.replies, partition=UNUSED_REPLY_PARTITION),
-        "deadline_ms": now + 1000,
+        "deadline_epoch_ms": now + 1000,
         "created_ms": now,
         "trace_id": rid,
     }
@@ -191,7 +191,7 @@ GENERIC: dict[str, GenericBuilder] = {
     "null-value": lambda _rid, _r, _t: None,
     "json-not-object": lambda rid, _r, _t: _json([1, 2, rid]),
     "wrong-kind": lambda rid, role, t: encode(WRONG_KIND[role](rid, t)),
-    "future-version": lambda rid, role, t: _json(_dict(VALID[role](rid, t)) | {"v": 2}),
+    "future-version": lambda rid, role, t: _json(_dict(VALID[role](rid, t)) | {"v": 99}),
     "missing-fields": lambda rid, role, t: _json(
         {k: v for k, v in _dict(VALID[role](rid, t)).items() if k != REQUIRED[role]}
     ),
@@ -255,9 +255,9 @@ def specific(topics: Topics) -> Iterator[Poison]:
         ("rendezvous",),
         return_address=ReturnAddress(topic=topics.replies, partition=99),
     )
-    yield req("deadline-past", (), created_ms=now - 5000, deadline_ms=now - 4000)
+    yield req("deadline-past", (), created_ms=now - 5000, deadline_epoch_ms=now - 4000)
     # held that long it would hold its partition's offsets: refused by the rendezvous
-    yield req("deadline-far-future", ("rendezvous",), deadline_ms=now + TEN_YEARS_MS)
+    yield req("deadline-far-future", ("rendezvous",), deadline_epoch_ms=now + TEN_YEARS_MS)
     yield req("huge-payload", (), every, payload={"text": "x" * HUGE_BYTES})
     yield raw_req("deadline-not-integer", {"deadline_ms": "soon"})
     yield raw_req("deadline-before-created", {"deadline_ms": now - 1, "created_ms": now})

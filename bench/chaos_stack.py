@@ -23,12 +23,12 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.cli.localkafka import LocalBroker
-from services.cli.stack import load_stack
 from services.common.errors import ConfigError
 from services.common.kafka import Admin, admin_config
 from services.common.settings import KafkaSettings
 from services.common.topics import Topics, load_topics
+from services.devstack.broker import LocalBroker
+from services.devstack.stack import load_stack
 
 REPO = Path(__file__).resolve().parents[1]
 POLICY = REPO / "deploy" / "policies" / "demo.yaml"
@@ -73,7 +73,7 @@ class Exit:
 @dataclass
 class Service:
     """One process of the stack: how to start it, where it answers, and the exits the
-    harness did not cause. With ``run_dir`` set, a supervisor (services.cli.supervise)
+    harness did not cause. With ``run_dir`` set, a supervisor (services.devstack.supervisor)
     owns the process: its pid and its exits are read from the supervisor's files."""
 
     name: str
@@ -209,7 +209,7 @@ class ChaosStack:
     """Broker, topics and the data plane's processes; torn down on exit."""
 
     def __init__(self, *, supervised: bool = True, keep_dir: Path | None = None) -> None:
-        """``supervised``: run the processes under services.cli.supervise, as ``rdv up``
+        """``supervised``: run the processes under services.devstack.supervisor, as ``rdv up``
         does (it restarts what exits); else the harness starts them itself and restarts
         only what it killed (and, between scenarios, what died)."""
         self._tmp = None if keep_dir else tempfile.TemporaryDirectory(prefix="rdv-chaos-")
@@ -324,7 +324,7 @@ class ChaosStack:
         return time.monotonic() - began
 
     def _start_supervisor(self, run_dir: Path) -> None:
-        """A stack file of these processes, run by services.cli.supervise in the
+        """A stack file of these processes, run by services.devstack.supervisor in the
         background (the rendezvous first, the gateway last, as deploy/local/stack.yaml)."""
         base = self.base_env
         specs = [
@@ -344,7 +344,7 @@ class ChaosStack:
                 [
                     sys.executable,
                     "-m",
-                    "services.cli.supervise",
+                    "services.devstack.supervisor",
                     "--stack",
                     str(stack_file),
                     "--run-dir",

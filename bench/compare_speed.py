@@ -30,9 +30,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from services.archive.query import connect
-from services.archive.schema import DECISIONS, REQUESTS, SCHEMAS, SCORES
 from services.archive.store import PartStore, hour_of
+from services.common.archive_files import DECISIONS, REQUESTS, SCHEMAS, SCORES, connect
 from services.compare.paired import Window
 from services.compare.run import compare
 

@@ -34,8 +34,6 @@ from pathlib import Path
 
 from bench.stack import free_port
 from bench.txn_cost import machine
-from services.cli.localkafka import LocalBroker
-from services.cli.stack import ProcessSpec, pid_of, start, stop
 from services.common.codec import decode, encode, message_key
 from services.common.errors import MessageError
 from services.common.kafka import (
@@ -58,6 +56,8 @@ from services.common.messages import (
 )
 from services.common.settings import KafkaSettings
 from services.common.topics import Topics, load_topics
+from services.devstack.broker import LocalBroker
+from services.devstack.stack import ProcessSpec, pid_of, start, stop
 
 DEADLINE_MS = 1000
 LATE_MS = 50
@@ -114,12 +114,12 @@ class Load:
                 endpoint="fo",
                 payload=None,
                 return_address=ReturnAddress(topic=self.topics.replies, partition=0),
-                deadline_ms=made + DEADLINE_MS,
+                deadline_epoch_ms=made + DEADLINE_MS,
                 created_ms=made,
                 trace_id=rid,
             )
             if len(producer) > self.rate / 2:  # half a second unacknowledged: the
-                self.sent[rid], self.created[rid] = req.deadline_ms, made  # gateway sheds
+                self.sent[rid], self.created[rid] = req.deadline_epoch_ms, made  # gateway sheds
                 n += 1  # (503) rather than queue requests that will miss their deadline
                 producer.poll(0)
                 continue
@@ -138,7 +138,7 @@ class Load:
                 producer.produce(Outbound(self.topics.scores, message_key(score), encode(score)))
             except Exception:  # noqa: BLE001 - a full queue while the broker is away
                 pass  # counted as degraded: sent but never answered
-            self.sent[rid], self.created[rid] = req.deadline_ms, made
+            self.sent[rid], self.created[rid] = req.deadline_epoch_ms, made
             producer.poll(0)
             n += 1
         producer.flush(10)

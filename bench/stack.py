@@ -12,14 +12,14 @@ import uuid
 from pathlib import Path
 from types import TracebackType
 
-from services.cli.localkafka import LocalBroker
-from services.cli.stack import ProcessSpec, start, stop
 from services.common.codec import decode
 from services.common.errors import MessageError
 from services.common.kafka import Admin, admin_config, consumer_config, read_since
 from services.common.messages import Decision, RequestEnvelope, Score
 from services.common.settings import KafkaSettings
 from services.common.topics import load_topics
+from services.devstack.broker import LocalBroker
+from services.devstack.stack import ProcessSpec, start, stop
 
 DEADLINE_MS = 250
 POLICY = f"""

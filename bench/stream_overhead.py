@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bench.loadgen import Run, measure, quantile, summary
 from bench.stack import BODY, DEADLINE_MS, ECHO, ECHO_MODELS, POLICY, BenchStack, free_port
-from services.cli.stack import ProcessSpec, start, stop
+from services.devstack.stack import ProcessSpec, start, stop
 
 SLOW_CHAMP = (
     "latency:name=champ,role=champion,endpoints=bench,latency_ms=0,"

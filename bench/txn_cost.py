@@ -28,7 +28,6 @@ import uuid
 from pathlib import Path
 
 from bench.stack import free_port
-from services.cli.localkafka import LocalBroker
 from services.common.kafka import (
     Admin,
     Consumer,
@@ -40,6 +39,7 @@ from services.common.kafka import (
 )
 from services.common.kafka.transactions import TransactionalProducer, transactional_config
 from services.common.settings import KafkaSettings
+from services.devstack.broker import LocalBroker
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

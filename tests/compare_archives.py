@@ -6,8 +6,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from services.archive.schema import DECISIONS, REQUESTS, ROW_BUILDERS, SCORES, to_table
+from services.archive.schema import ROW_BUILDERS, to_table
 from services.archive.store import PartStore, hour_of
+from services.common.archive_files import DECISIONS, REQUESTS, SCORES
 from services.common.kafka import Record
 from services.common.messages import Decision, Score, ScoreStatus, Timings
 from tests.factories import request

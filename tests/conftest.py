@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from services.cli.localkafka import LocalBroker
 from services.common.kafka import Admin, admin_config, wait_for_broker
 from services.common.logs import JsonFormatter
 from services.common.settings import KafkaSettings
 from services.common.topics import Topics, load_topics
+from services.devstack.broker import LocalBroker
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"
 

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import JsonValue
 
 from services.common.messages import (
+    ErrorBody,
     RequestEnvelope,
     ReturnAddress,
     Role,
@@ -33,7 +34,7 @@ def request(
         endpoint=endpoint,
         payload=payload,
         return_address=ReturnAddress(topic=reply_topic),
-        deadline_ms=now + deadline_in_ms,
+        deadline_epoch_ms=now + deadline_in_ms,
         created_ms=now,
         trace_id=rid,
     )
@@ -45,8 +46,10 @@ def score_for(
     model: str = "echo",
     output: JsonValue = None,
     status: ScoreStatus = ScoreStatus.OK,
-    error: str | None = None,
+    error: ErrorBody | str | None = None,
 ) -> Score:
+    """A score of ``req``; an ``error`` given as text is read as older workers send it
+    (``"[code] message"`` or plain text: ``model_error``)."""
     now = time.time() * 1000
     return Score(
         request_id=req.request_id,

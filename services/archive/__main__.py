@@ -1,5 +1,5 @@
 """``python -m services.archive``: record every request, score, decision and feedback as
-Parquet files (the decoy), queryable with DuckDB (services.archive.query). It only records:
+Parquet files (the decoy), queryable with DuckDB (services.common.archive_files). It only records:
 experiments and the drift monitor read those files in their own process
 (``python -m services.compare``).
 

@@ -1,11 +1,5 @@
-"""The archive's tables: one Arrow schema per kind and the row each message becomes.
-
-Every kind ends with the same bookkeeping columns: where the record came from
-(``topic``, ``partition``, ``offset``), when it was written to the stream
-(``record_ms``, the Kafka timestamp, which also picks its hour partition) and when the
-archive consumed it (``archived_ms``). JSON values of any shape (a request's payload,
-a model's output) are kept as compact JSON text; string maps and lists are native.
-"""
+"""The row each message becomes in the archive's tables (their schemas and kinds are the
+files' contract: services.common.archive_files)."""
 
 from __future__ import annotations
 
@@ -15,87 +9,16 @@ from typing import Any
 
 import pyarrow as pa
 
+from services.common.archive_files import DECISIONS, FEEDBACK, REQUESTS, SCHEMAS, SCORES
 from services.common.kafka import Record
-from services.common.messages import REPLAY, Decision, Feedback, RequestEnvelope, Score
-
-REQUESTS, SCORES, DECISIONS, FEEDBACK = "requests", "scores", "decisions", "feedback"
-KINDS = (REQUESTS, SCORES, DECISIONS, FEEDBACK)
-
-_SOURCE = [
-    pa.field("topic", pa.string(), nullable=False),
-    pa.field("partition", pa.int32(), nullable=False),
-    pa.field("offset", pa.int64(), nullable=False),
-    pa.field("record_ms", pa.int64(), nullable=False),
-    pa.field("archived_ms", pa.int64(), nullable=False),
-]
-_STR_MAP = pa.map_(pa.string(), pa.string())
-
-SCHEMAS: dict[str, pa.Schema] = {
-    REQUESTS: pa.schema(
-        [
-            pa.field("request_id", pa.string(), nullable=False),
-            pa.field("endpoint", pa.string(), nullable=False),
-            pa.field("payload", pa.string()),  # JSON text
-            pa.field("attributes", _STR_MAP),
-            pa.field("created_ms", pa.int64(), nullable=False),
-            pa.field("deadline_ms", pa.int64(), nullable=False),
-            pa.field("trace_id", pa.string()),
-            pa.field("replay", pa.string()),  # attributes["replay"], when set
-            pa.field("reply_topic", pa.string()),
-            pa.field("reply_partition", pa.int32()),
-            pa.field("v", pa.int32(), nullable=False),
-            *_SOURCE,
-        ]
-    ),
-    SCORES: pa.schema(
-        [
-            pa.field("request_id", pa.string(), nullable=False),
-            pa.field("endpoint", pa.string(), nullable=False),
-            pa.field("model", pa.string(), nullable=False),
-            pa.field("model_version", pa.string()),
-            pa.field("role", pa.string()),
-            pa.field("status", pa.string(), nullable=False),  # ok, error, skipped
-            pa.field("output", pa.string()),  # JSON text; null unless ok
-            pa.field("error", pa.string()),
-            pa.field("received_ms", pa.float64()),
-            pa.field("started_ms", pa.float64()),
-            pa.field("finished_ms", pa.float64()),
-            pa.field("v", pa.int32(), nullable=False),
-            *_SOURCE,
-        ]
-    ),
-    DECISIONS: pa.schema(
-        [
-            pa.field("request_id", pa.string(), nullable=False),
-            pa.field("endpoint", pa.string(), nullable=False),
-            pa.field("chosen_model", pa.string()),  # null: the default answer
-            pa.field("reason", pa.string()),
-            pa.field("in_time", pa.list_(pa.string())),
-            pa.field("late", pa.list_(pa.string())),
-            pa.field("latencies_ms", pa.map_(pa.string(), pa.float64())),
-            pa.field("elapsed_ms", pa.float64()),
-            pa.field("decided_ms", pa.float64()),
-            pa.field("propensity", pa.float64()),
-            pa.field("policy_version", pa.int64()),
-            pa.field("ood_status", pa.string()),  # flagged, clear, unknown; null: no gate
-            pa.field("ood_detector", pa.string()),
-            pa.field("ood_score", pa.float64()),
-            pa.field("streamed", pa.bool_()),  # the answer was streamed (stream: true)
-            pa.field("v", pa.int32(), nullable=False),
-            *_SOURCE,
-        ]
-    ),
-    FEEDBACK: pa.schema(
-        [
-            pa.field("request_id", pa.string(), nullable=False),
-            pa.field("reward", pa.float64(), nullable=False),
-            pa.field("label", pa.string()),
-            pa.field("received_ms", pa.float64(), nullable=False),
-            pa.field("v", pa.int32(), nullable=False),
-            *_SOURCE,
-        ]
-    ),
-}
+from services.common.messages import (
+    REPLAY,
+    Decision,
+    ErrorBody,
+    Feedback,
+    RequestEnvelope,
+    Score,
+)
 
 Row = tuple[Any, ...]
 """One row: the values of a kind's schema, in order."""
@@ -104,6 +27,17 @@ Row = tuple[Any, ...]
 def json_text(value: object) -> str | None:
     """Compact JSON of a JSON value; None stays None (SQL null)."""
     return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def error_text(error: ErrorBody | None) -> str | None:
+    """A score's error as the ``error`` column keeps it: ``"[code] message"``.
+
+    Kept as one text column, in the form workers wrote before errors were typed, rather
+    than split into a new ``error_code`` column: every archive file, older or newer,
+    then holds the same thing in the same column, so queries and readers need no case
+    for mixed files, and ``services.common.messages.error_from_text`` reads the code
+    back (a plain-text error of an older worker reads as ``model_error``)."""
+    return None if error is None else f"[{error.code}] {error.message}"
 
 
 def _source(rec: Record, archived_ms: int) -> Row:
@@ -122,7 +56,7 @@ def request_row(msg: RequestEnvelope, rec: Record, archived_ms: int) -> Row:
         json_text(msg.payload),
         list(msg.attributes.items()),
         msg.created_ms,
-        msg.deadline_ms,
+        msg.deadline_epoch_ms,
         msg.trace_id,
         msg.attributes.get(REPLAY),  # the replay's mark (services.replay)
         msg.return_address.topic,
@@ -142,7 +76,7 @@ def score_row(msg: Score, rec: Record, archived_ms: int) -> Row:
         msg.role.value,
         msg.status.value,
         json_text(msg.output),
-        msg.error,
+        error_text(msg.error),
         t.received_ms,
         t.started_ms,
         t.finished_ms,

@@ -4,7 +4,7 @@ rows are buffered per kind and written as Parquet files when a bound is reached.
 Offsets: every record is held (uncommitted) until the file holding its row is durable
 (written, fsynced, renamed); records dropped as duplicates are held until the same
 flush. A crash therefore loses no row: what was not durable is read again after the
-restart, and rows written twice are removed by the query views (services.archive.query).
+restart, and rows written twice are removed by the query views (services.common.archive_files).
 """
 
 from __future__ import annotations
@@ -18,12 +18,7 @@ import pyarrow as pa
 from services.archive import metrics
 from services.archive.buffer import Buffer, Limits, RecentKeys
 from services.archive.schema import (
-    DECISIONS,
-    FEEDBACK,
-    KINDS,
-    REQUESTS,
     ROW_BUILDERS,
-    SCORES,
     Key,
     Row,
     dedup_key,
@@ -31,6 +26,7 @@ from services.archive.schema import (
     to_table,
 )
 from services.archive.store import HOUR_MS, PartStore, hour_of, partition_dir
+from services.common.archive_files import DECISIONS, FEEDBACK, KINDS, REQUESTS, SCORES
 from services.common.clock import mono_ms, wall_ms
 from services.common.kafka import Record
 from services.common.loop import Context, Inbound

@@ -16,76 +16,22 @@ import argparse
 import getpass
 import os
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-if TYPE_CHECKING:
-    from services.cli.control_api import Plane
-
-POLICIES = Path(os.environ.get("RDV_RENDEZVOUS_POLICIES", "deploy/policies"))
-
-
-def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    by = argparse.ArgumentParser(add_help=False)
-    by.add_argument("--by", default=None, help="who makes the change (default: $USER)")
-    by.add_argument(
-        "--policies",
-        type=Path,
-        default=POLICIES,
-        help="the base policy files (--direct; the gateway uses its own)",
-    )
-    by.add_argument(
-        "--gateway",
-        default=os.environ.get("RDV_GATEWAY_URL") or None,
-        metavar="URL",
-        help="make the change through this gateway's control API (default $RDV_GATEWAY_URL; "
-        "the key in $RDV_API_KEY)",
-    )
-    by.add_argument(
-        "--direct",
-        action="store_true",
-        help="write to the control topic from here, not through the gateway (operators; "
-        "restrict it with Kafka ACLs)",
-    )
-
-    models = commands.add_parser("models", parents=[by], help="the model registry")
-    models.add_argument("action", choices=["list"])
-    models.set_defaults(func=models_list)
-
-    deploy = commands.add_parser(
-        "deploy", parents=[by], help="register a model and start its worker beside production"
-    )
-    deploy.add_argument("spec", help="a model spec file (models/specs/) or the inline form")
-    deploy.add_argument("--role", choices=["challenger", "canary", "champion", "detector", "decoy"])
-    deploy.add_argument("--deployer", choices=["process", "docker"], default="process")
-    deploy.add_argument("--no-start", action="store_true", help="register only")
-    deploy.set_defaults(func=deploy_model)
-
-    promote = commands.add_parser(
-        "promote",
-        parents=[by],
-        help="make a challenger the preferred answer (old champion: fallback)",
-    )
-    promote.add_argument("model")
-    promote.add_argument("--endpoint", action="append", help="default: every endpoint it serves")
-    promote.set_defaults(func=promote_model)
-
-    retire = commands.add_parser(
-        "retire", parents=[by], help="take a model out of every policy and stop its worker"
-    )
-    retire.add_argument("model")
-    retire.add_argument("--deployer", choices=["process", "docker"], default="process")
-    retire.add_argument("--keep-running", action="store_true")
-    retire.set_defaults(func=retire_model)
-
-    policy = commands.add_parser("policy", parents=[by], help="show, set or roll back a policy")
-    policy.add_argument("action", choices=["show", "set", "rollback"])
-    policy.add_argument("endpoint")
-    policy.add_argument("file", nargs="?", type=Path, help="the policy document (set)")
-    policy.set_defaults(func=policy_command)
-
+from services.common.errors import ConfigError
+from services.common.messages import Role
+from services.common.policy import read_documents
+from services.common.settings import KafkaSettings
+from services.common.spec import load_spec
+from services.common.topics import load_topics
+from services.control.changes import Control, checked_policy
+from services.control.deployers import deployer
+from services.control.plane import Direct, Plane, Remote, gateway_url
+from services.control.store import KafkaLedger
+from services.gateway.keys import load_keys
+from services.gateway.settings import GatewaySettings
 
 # -- plumbing -------------------------------------------------------------------------
 
@@ -93,15 +39,8 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def _plane(args: argparse.Namespace, admin: bool = True) -> Plane:
     """The gateway's control API when one is configured (and not --direct), else the
     control topic itself."""
-    from services.cli.control_api import Direct, Remote, gateway_url  # noqa: PLC0415
-
     if args.gateway and not args.direct:
         return Remote(gateway_url(args.gateway), os.environ.get("RDV_API_KEY") or None)
-    from services.common.settings import KafkaSettings  # noqa: PLC0415 - fast --help
-    from services.common.topics import load_topics  # noqa: PLC0415
-    from services.control.changes import Control  # noqa: PLC0415
-    from services.control.store import KafkaLedger  # noqa: PLC0415
-
     if admin:
         require_admin_key()
     kafka = KafkaSettings()
@@ -114,10 +53,6 @@ def require_admin_key() -> None:
     _FILE), a direct change needs an admin key in RDV_API_KEY. This is a guard against
     mistakes, not security: the gateway's control API checks keys where the change is
     made; direct writes must be restricted with Kafka ACLs on the control topic."""
-    from services.common.errors import ConfigError  # noqa: PLC0415
-    from services.gateway.keys import load_keys  # noqa: PLC0415
-    from services.gateway.settings import GatewaySettings  # noqa: PLC0415
-
     ring = load_keys(GatewaySettings())
     if not ring.enabled:
         return
@@ -152,9 +87,6 @@ def models_list(args: argparse.Namespace) -> int:
 
 
 def deploy_model(args: argparse.Namespace) -> int:
-    from services.common.messages import Role  # noqa: PLC0415
-    from services.control.deployers import deployer  # noqa: PLC0415
-    from services.workers.spec import load_spec  # noqa: PLC0415
 
     spec = load_spec(args.spec)
     if args.role:
@@ -179,7 +111,6 @@ def promote_model(args: argparse.Namespace) -> int:
 
 
 def retire_model(args: argparse.Namespace) -> int:
-    from services.control.deployers import deployer  # noqa: PLC0415
 
     for change in _plane(args).retire(args.model, _who(args)):
         print(f"{change['endpoint']}: {args.model} removed (policy version {change['version']})")
@@ -192,9 +123,6 @@ def retire_model(args: argparse.Namespace) -> int:
 
 def _new_policy(args: argparse.Namespace) -> dict[str, Any]:
     """The one policy document of ``args.file``, for ``args.endpoint``, validated."""
-    from services.common.errors import ConfigError  # noqa: PLC0415
-    from services.common.policy import read_documents  # noqa: PLC0415
-    from services.control.changes import checked_policy  # noqa: PLC0415
 
     if args.file is None:
         raise ConfigError("rdv policy set <endpoint> <file>")

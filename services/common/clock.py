@@ -22,8 +22,3 @@ class Clock(Protocol):
     """Something that tells monotonic milliseconds; tests pass a fake."""
 
     def __call__(self) -> float: ...
-
-
-def remaining_ms(deadline_epoch_ms: float, now_epoch_ms: float | None = None) -> float:
-    """Milliseconds left until an absolute deadline (negative when it has passed)."""
-    return deadline_epoch_ms - (wall_ms() if now_epoch_ms is None else now_epoch_ms)

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from services.common.errors import MessageError
 from services.common.messages import (
     SCHEMA_VERSION,
+    SCORE_VERSION,
     BaseMessage,
     ControlEntry,
     DeadLetter,
@@ -37,7 +38,8 @@ from services.common.redact import redact
 
 M = TypeVar("M", bound=BaseMessage)
 
-SUPPORTED_VERSIONS: frozenset[int] = frozenset({SCHEMA_VERSION})
+SUPPORTED_VERSIONS: frozenset[int] = frozenset({SCHEMA_VERSION, SCORE_VERSION})
+"""Every version some kind has; ``BaseMessage.VERSIONS`` says which a kind reads."""
 
 MAX_ERROR_CHARS = 2000
 MAX_DEAD_LETTER_VALUE = 256 * 1024
@@ -59,8 +61,9 @@ _REPLY_KINDS: dict[str, type[Reply] | type[Delta] | type[StreamGrant]] = {
 
 
 def encode(msg: BaseMessage) -> bytes:
-    """Compact UTF-8 JSON of a message, every field included."""
-    return msg.model_dump_json().encode("utf-8")
+    """Compact UTF-8 JSON of a message, every field included, under its wire name
+    (a field's alias, e.g. the envelope's ``deadline_epoch_ms`` as ``deadline_ms``)."""
+    return msg.model_dump_json(by_alias=True).encode("utf-8")
 
 
 def decode(data: bytes | None, kind: type[M]) -> M:
@@ -181,8 +184,14 @@ def _parse(data: bytes | None) -> dict[str, Any]:
 
 
 def _validate(obj: dict[str, Any], kind: type[M]) -> M:
+    if obj["v"] not in kind.VERSIONS:
+        supported = ", ".join(str(v) for v in sorted(kind.VERSIONS))
+        raise MessageError(
+            f"unsupported schema version {obj['v']} of a {kind_of(kind)} (supported: {supported})",
+            reason="unsupported_version",
+        )
     try:
-        return kind.model_validate(obj)
+        return kind.model_validate(obj, by_alias=True, by_name=False)  # wire names only
     except ValidationError as exc:
         raise MessageError(f"invalid {kind_of(kind)}: {summarise(exc)}") from None
 

@@ -7,6 +7,14 @@ them into an error score or a dead letter. Nothing else catches them to translat
 
 from __future__ import annotations
 
+CLIENT_ERROR_CODES = frozenset({"invalid_request", "prompt_too_long", "request_too_large"})
+"""The error codes that mean the input was at fault, not the model nor the platform
+(e.g. a prompt too long for the model's context window). A model that fails a request
+with one of them (a score's ``error.code``) refused the input itself: when every model
+failed on the same one, the rendezvous answers with it (``services.common.decide``) and
+the gateway answers it with a 4xx status (``services.gateway.errors``). The one list:
+a model package that raises such codes (``models.llama.errors``) is tested against it."""
+
 
 class RendezvousError(Exception):
     """Base of every error the platform raises on purpose."""

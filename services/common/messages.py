@@ -3,18 +3,31 @@
 Each top-level message carries ``v`` (schema version) and ``kind`` (what it is).
 Models are frozen and ignore unknown fields, so a newer build of the same
 schema version may add optional fields without breaking older readers. A change
-that older readers cannot ignore needs a new ``v``. Times are epoch
-milliseconds. Bytes on the wire are produced and read only by ``codec``.
+that older readers cannot ignore needs a new ``v`` for that kind, and this build
+keeps reading the versions before it (``VERSIONS``): scores are v2 (``error`` an
+object ``{code, message}``) and v1 scores (``error`` as text) are still read. Times are
+epoch milliseconds. Bytes on the wire are produced and read only by ``codec``.
 """
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
-from typing import Annotated, Literal, Self, TypeAlias
+from typing import Annotated, ClassVar, Literal, Self, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 SCHEMA_VERSION = 1
+SCORE_VERSION = 2
+"""Scores are v2 since their error became an object (v1: text, still read)."""
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 
@@ -58,6 +71,9 @@ class _Frozen(BaseModel):
 class BaseMessage(_Frozen):
     """Base of every top-level message; subclasses add a ``kind`` literal."""
 
+    VERSIONS: ClassVar[frozenset[int]] = frozenset({SCHEMA_VERSION})
+    """The schema versions of this kind that this build reads (it writes ``v``'s default)."""
+
     v: int = SCHEMA_VERSION
 
 
@@ -70,14 +86,20 @@ class ReturnAddress(_Frozen):
 
 
 class RequestEnvelope(BaseMessage):
-    """One inference request, as the gateway puts it on the requests topic."""
+    """One inference request, as the gateway puts it on the requests topic.
+
+    ``deadline_epoch_ms`` keeps its v1 wire name ``deadline_ms`` (what Kafka-native
+    clients write): code says the field name, the JSON the alias."""
+
+    model_config = ConfigDict(validate_by_name=True, serialize_by_alias=True)
 
     kind: Literal["request"] = "request"
     request_id: RequestId
     endpoint: Name
     payload: JsonValue
     return_address: ReturnAddress
-    deadline_ms: int  # absolute: the answer must be decided by then
+    # Absolute (epoch ms): the answer must be decided by then.
+    deadline_epoch_ms: int = Field(alias="deadline_ms")
     created_ms: int
     trace_id: str
     # Free-form string tags, e.g. a sticky routing key or a replay mark.
@@ -85,9 +107,10 @@ class RequestEnvelope(BaseMessage):
 
     @model_validator(mode="after")
     def _deadline_after_creation(self) -> Self:
-        if self.deadline_ms <= self.created_ms:
+        if self.deadline_epoch_ms <= self.created_ms:
             raise ValueError(
-                f"deadline_ms ({self.deadline_ms}) must be after created_ms ({self.created_ms})"
+                f"deadline_ms ({self.deadline_epoch_ms}) must be after created_ms "
+                f"({self.created_ms})"
             )
         return self
 
@@ -106,9 +129,34 @@ class Timings(_Frozen):
         return self
 
 
+class ErrorBody(_Frozen):
+    """A machine-readable error: a stable code and a human message."""
+
+    code: str
+    message: str
+
+
+MODEL_ERROR = "model_error"
+"""The code of a score's error given as plain text, without a ``[code]`` prefix."""
+
+_CODED = re.compile(r"\[([A-Za-z0-9_.:-]{1,64})\] ?(.*)", re.DOTALL)
+
+
+def error_from_text(text: str) -> ErrorBody:
+    """A score's error in the older text form: ``"[code] message"``, or plain text
+    (code ``MODEL_ERROR``, the whole text as the message)."""
+    coded = _CODED.fullmatch(text)
+    if coded is None:
+        return ErrorBody(code=MODEL_ERROR, message=text)
+    return ErrorBody(code=coded[1], message=coded[2])
+
+
 class Score(BaseMessage):
     """One model's answer (or failure) for one request, on the scores topic."""
 
+    VERSIONS: ClassVar[frozenset[int]] = frozenset({1, SCORE_VERSION})
+
+    v: int = SCORE_VERSION
     kind: Literal["score"] = "score"
     request_id: RequestId
     endpoint: Name
@@ -117,12 +165,28 @@ class Score(BaseMessage):
     role: Role
     status: ScoreStatus
     output: JsonValue = None  # the model's answer; None unless status is ok
-    error: str | None = None  # why it failed (required for status error)
+    # Why it failed: required for status error, absent for ok. Its code says whose fault
+    # it was (services.common.errors.CLIENT_ERROR_CODES: the input's). Text is read too
+    # (v1 scores of older or Kafka-native workers); a build that reads only v1 refuses
+    # a v2 score as an unsupported version (a dead letter, never a misread error), so the
+    # rendezvous and the archive are upgraded before the workers.
+    error: ErrorBody | None = None
     timings: Timings
+
+    @field_validator("error", mode="before")
+    @classmethod
+    def _error_from_text(cls, value: object) -> object:
+        """Wire compatibility: workers written before errors were typed send the error
+        as text, ``"[code] message"`` or plain (see ``error_from_text``)."""
+        if isinstance(value, str):
+            if not value:
+                raise ValueError("a score's error must be a non-empty error (or absent)")
+            return error_from_text(value)
+        return value
 
     @model_validator(mode="after")
     def _status_matches_error(self) -> Self:
-        if self.status is ScoreStatus.ERROR and not self.error:
+        if self.status is ScoreStatus.ERROR and (self.error is None or not self.error.code):
             raise ValueError("a score with status 'error' needs a non-empty error")
         if self.status is ScoreStatus.OK and self.error is not None:
             raise ValueError("a score with status 'ok' must not carry an error")
@@ -163,13 +227,6 @@ class Decision(BaseMessage):
     ood: OodCheck | None = None  # None when the endpoint's policy has no OOD gate
     # True when the client streamed the answer: one model was granted the stream up front.
     streamed: bool = False
-
-
-class ErrorBody(_Frozen):
-    """A machine-readable error: a stable code and a human message."""
-
-    code: str
-    message: str
 
 
 class Reply(BaseMessage):

@@ -1,6 +1,6 @@
 """``python -m services.compare``: experiments over HTTP (``GET /v1/experiments/compare``,
 ``rdv compare`` as JSON) and the drift monitor (``rdv_compare_drift_*`` on /metrics),
-both reading the archive's Parquet files (services.archive.query); no Kafka.
+both reading the archive's Parquet files (services.common.archive_files); no Kafka.
 
 Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 2 for a configuration error (one
 line on stderr).

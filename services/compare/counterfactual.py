@@ -1,13 +1,13 @@
 """How often each model would be chosen under a policy (in ``rdv compare``, the policy
 files' policy), replayed on archived paired requests with the rendezvous's own decision
-function.
+function (``services.common.decide``).
 
-For each sampled request, a mailbox gets the two models' scores at the latencies they
-had (score finished minus request created), and ``decide`` runs at every moment its
-verdict can change (each arrival, each stage boundary, the deadline) as the service
-runs it. Only these two models' scores are in the mailbox: other roster models count
-as silent, and an OOD gate's detector as slow (its wait passes, unknown). The sample
-is the ``sample`` requests with the smallest hash of their id: stable across runs.
+For each sampled request, a ``RequestSnapshot`` holds the two models' scores at the
+latencies they had (score finished minus request created), and ``decide`` runs at every
+moment its verdict can change (each arrival, each stage boundary, the deadline) as the
+service runs it. Only these two models' scores are in it: other roster models count as
+silent, and an OOD gate's detector as slow (its wait passes, unknown). The sample is
+the ``sample`` requests with the smallest hash of their id: stable across runs.
 """
 
 from __future__ import annotations
@@ -16,26 +16,19 @@ from typing import Any
 
 import duckdb
 
-from services.common.messages import (
-    RequestEnvelope,
-    ReturnAddress,
-    Role,
-    Score,
-    ScoreStatus,
-    Timings,
-)
+from services.common.arrivals import Arrived, RequestSnapshot
+from services.common.decide import decide, next_check
+from services.common.messages import MODEL_ERROR, ErrorBody, Role, ScoreStatus
 from services.common.policy import Policy
 from services.compare.intervals import Interval, wilson
 from services.compare.paired import Window, build_pairs, holds_pairs
-from services.rendezvous.decide import decide, next_check
-from services.rendezvous.mailbox import Mailbox
 
 _SAMPLE = """
 SELECT request_id, deadline_ms - created_ms, a_status, a_done - created_ms,
        b_status, b_done - created_ms
 FROM compare_pairs ORDER BY hash(request_id) LIMIT $sample
 """
-_NOWHERE = ReturnAddress(topic="compare.none")
+_ARCHIVED_ERROR = ErrorBody(code=MODEL_ERROR, message="archived error")
 
 
 def would_choose(
@@ -58,21 +51,11 @@ def would_choose(
 def replay_decision(policy: Policy, request_id: str, deadline_ms: float, sides: Any) -> str | None:
     """The model ``policy`` picks for one request given ``(model, status, latency_ms)``
     sides; None for the default answer."""
-    request = RequestEnvelope(
-        request_id=request_id,
-        endpoint=policy.endpoint,
-        payload=None,
-        return_address=_NOWHERE,
-        deadline_ms=max(int(deadline_ms), 1),
-        created_ms=0,
-        trace_id=request_id,
-    )
-    box = Mailbox(request, 0.0, max(deadline_ms, 0.0))
-    arrivals: list[float] = []
+    scores: dict[str, Arrived] = {}
     for model, status, latency in sides:
-        at = max(float(latency), 0.0)
-        box.add(_score(request, model, status), at)
-        arrivals.append(at)
+        scores.setdefault(model, _arrived(status, max(float(latency), 0.0)))
+    box = RequestSnapshot(request_id, 0.0, max(deadline_ms, 0.0), scores)
+    arrivals = [score.at_ms for score in scores.values()]
     now = 0.0
     while True:
         verdict = decide(box, policy, now)
@@ -82,16 +65,12 @@ def replay_decision(policy: Policy, request_id: str, deadline_ms: float, sides: 
         now = min([*later, next_check(box, policy, now)])
 
 
-def _score(request: RequestEnvelope, model: str, status: str) -> Score:
+def _arrived(status: str, at_ms: float) -> Arrived:
     state = ScoreStatus(status)
-    return Score(
-        request_id=request.request_id,
-        endpoint=request.endpoint,
-        model=model,
-        model_version="archived",
-        role=Role.CHALLENGER,
+    return Arrived(
         status=state,
+        at_ms=at_ms,
         output="archived" if state is ScoreStatus.OK else None,
-        error="archived error" if state is ScoreStatus.ERROR else None,
-        timings=Timings(received_ms=0.0, started_ms=0.0, finished_ms=0.0),
+        role=Role.CHALLENGER,
+        error=_ARCHIVED_ERROR if state is ScoreStatus.ERROR else None,
     )

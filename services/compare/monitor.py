@@ -10,7 +10,7 @@ import logging
 import threading
 from pathlib import Path
 
-from services.archive.query import connect
+from services.common.archive_files import connect
 from services.common.clock import wall_ms
 from services.compare import metrics
 from services.compare.signals import drift_signals

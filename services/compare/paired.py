@@ -1,5 +1,5 @@
 """Paired figures of two models on identical inputs, computed in DuckDB over the archive's
-deduplicated views ``requests``, ``scores`` and ``decisions`` (services.archive.query).
+deduplicated views ``requests``, ``scores`` and ``decisions`` (services.common.archive_files).
 
 A request is *paired* when both models scored it (any status). Per model, over the
 paired requests:

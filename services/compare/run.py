@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
-from services.archive.query import connect
+from services.common.archive_files import connect
 from services.common.errors import ConfigError
 from services.common.policy import load_policies
 from services.compare.counterfactual import would_choose

@@ -21,10 +21,10 @@ from typing import Any, Protocol
 from services.common.errors import ConfigError
 from services.common.messages import ControlEntry, ModelRegistration, PolicyEntry, Role
 from services.common.policy import parse_policy, read_documents
+from services.common.spec import ModelSpec
 from services.control.errors import ControlConflictError, ControlNotFoundError
 from services.control.policies import champion_of, mentions, promote, retire
 from services.control.state import ControlState, model_key, policy_key, policy_version_key
-from services.workers.spec import ModelSpec
 
 Doc = dict[str, Any]
 

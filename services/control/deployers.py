@@ -27,10 +27,10 @@ from typing import Any, Protocol
 
 import yaml
 
-from services.cli import stack
 from services.common.errors import ConfigError
+from services.common.spec import ModelSpec
 from services.control.errors import DeployError
-from services.workers.spec import ModelSpec
+from services.devstack import stack
 
 SPECS_DIR = stack.RUN_DIR / "specs"
 

@@ -17,8 +17,8 @@ from services.common.topics import load_topics
 from services.control.changes import Control
 from services.control.store import KafkaLedger
 from services.gateway.app import build_app
+from services.gateway.kafka_bus import connect
 from services.gateway.live import follow_control
-from services.gateway.replies import connect
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger("rdv.gateway")

@@ -17,9 +17,10 @@ from services.control.changes import Control
 from services.gateway.auth import install_security
 from services.gateway.bus import Bus
 from services.gateway.errors import install_error_handlers
+from services.gateway.openai import routes as openai_routes
 from services.gateway.pending import PendingReplies
 from services.gateway.routes import control as control_routes
-from services.gateway.routes import feedback, health, infer, openai
+from services.gateway.routes import feedback, health, infer
 from services.gateway.service import Gateway
 from services.gateway.settings import GatewaySettings
 
@@ -34,7 +35,7 @@ def build_app(
     endpoints: Mapping[str, EndpointSpec] | None = None,
     control: Control | None = None,
 ) -> FastAPI:
-    """The gateway app. ``bus`` carries requests out and replies in (``replies.connect``
+    """The gateway app. ``bus`` carries requests out and replies in (``kafka_bus.connect``
     for Kafka); ``topics`` names the requests topic and the return address; endpoints
     default to the policies at ``settings.policies``. The lifespan starts the bus and,
     at shutdown, stops its reply thread and flushes it within settings.flush_timeout_s.
@@ -86,7 +87,7 @@ def build_app(
     install_error_handlers(app, settings.retry_after_s)
     install_security(app, settings)  # API keys and rate limits (services/gateway/auth.py)
     app.include_router(infer.router)
-    app.include_router(openai.router)
+    app.include_router(openai_routes.router)
     app.include_router(feedback.router)
     app.include_router(health.router)
     app.include_router(control_routes.router)

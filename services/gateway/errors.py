@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from services.common.errors import (
+    CLIENT_ERROR_CODES,
     BackpressureError,
     ConfigError,
     DeliveryError,
@@ -21,14 +22,15 @@ from services.common.errors import (
     RendezvousError,
 )
 from services.common.messages import OodCheck
+from services.gateway.headers import (
+    MODEL_HEADER,
+    REASON_HEADER,
+    REQUEST_ID_HEADER,
+    header_value,
+    ood_headers,
+)
 
 log = logging.getLogger("rdv.gateway")
-
-REQUEST_ID_HEADER = "x-rdv-request-id"
-MODEL_HEADER = "x-rdv-model"
-REASON_HEADER = "x-rdv-reason"
-TRACE_HEADER = "x-rdv-trace-id"
-OOD_HEADER = "x-rdv-ood"  # flagged | clear | unknown, on endpoints with an OOD gate
 
 
 class UnknownEndpointError(RendezvousError):
@@ -127,8 +129,9 @@ _REPLY_STATUS = {  # the rendezvous's error codes; any other is a 502
     DEADLINE_EXCEEDED: HTTPStatus.GATEWAY_TIMEOUT,
     "overloaded": HTTPStatus.SERVICE_UNAVAILABLE,  # its mailboxes are full: retry later
     "unknown_endpoint": HTTPStatus.NOT_FOUND,  # the gateway knows it, the rendezvous not
-    "prompt_too_long": HTTPStatus.BAD_REQUEST,  # longer than the model's context window
-    "invalid_request": HTTPStatus.UNPROCESSABLE_ENTITY,  # the model refused its inputs
+    # the models refused the input itself (e.g. a prompt longer than the context window)
+    **dict.fromkeys(CLIENT_ERROR_CODES, HTTPStatus.BAD_REQUEST),
+    "invalid_request": HTTPStatus.UNPROCESSABLE_ENTITY,  # as the gateway's own check says
 }
 _KNOWN = frozenset(s.value for s in HTTPStatus)
 
@@ -203,16 +206,6 @@ def _classify(exc: Exception) -> tuple[HTTPStatus, str, str]:
         return status, status.phrase.lower().replace(" ", "_").replace("-", "_"), str(exc.detail)
     log.error("unexpected error", exc_info=exc)
     return HTTPStatus.INTERNAL_SERVER_ERROR, "internal_error", "internal error (see the logs)"
-
-
-def ood_headers(check: OodCheck | None) -> dict[str, str]:
-    """``x-rdv-ood: <status>`` when the endpoint's OOD gate looked at the request."""
-    return {} if check is None else {OOD_HEADER: check.status}
-
-
-def header_value(text: str, limit: int = 200) -> str:
-    """``text`` made safe for an HTTP header: printable ASCII, bounded length."""
-    return "".join(c if " " <= c <= "~" else "?" for c in text[:limit])
 
 
 def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:

@@ -211,7 +211,7 @@ class Gateway:
                 endpoint=spec.endpoint,
                 payload=req.inputs,
                 return_address=self._reply_address,
-                deadline_ms=created + deadline_ms,
+                deadline_epoch_ms=created + deadline_ms,
                 created_ms=created,
                 trace_id=trace_id,
                 attributes=dict(req.attributes),

@@ -26,33 +26,48 @@ Bounds, by count and by bytes (each ref's ``size``: the record's key and value):
 
 A request record delivered again at the same position (the same ref) while its
 mailbox is open is not added twice.
+
+A ``Mailbox`` is the ``services.common.arrivals.RequestView`` that ``decide`` reads, as
+it is: no copy per decision.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
 
-from services.common.messages import OodCheck, RequestEnvelope, Score
+from pydantic import JsonValue
+
+from services.common.arrivals import Grant
+from services.common.chat import wants_stream
+from services.common.messages import ErrorBody, RequestEnvelope, Role, Score, ScoreStatus
 
 
 class ScoreArrival(NamedTuple):
-    """A score and the monotonic ms at which it reached its mailbox."""
+    """A score and the monotonic ms at which it reached its mailbox (an ``Arrival``)."""
 
     score: Score
     at_ms: float
 
+    @property
+    def status(self) -> ScoreStatus:
+        return self.score.status
 
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """The model a streaming request's answer was granted to (decide.stream_grant), and
-    what the OOD gate had found when it was granted."""
+    @property
+    def output(self) -> JsonValue:
+        return self.score.output
 
-    model: str
-    ood: OodCheck | None = None
+    @property
+    def role(self) -> Role:
+        return self.score.role
+
+    @property
+    def error(self) -> ErrorBody | None:
+        return self.score.error
 
 
 @dataclass(eq=False)
@@ -70,10 +85,18 @@ class Mailbox:
     grant: Grant | None = None  # a streaming request's granted model, once chosen
     size: int = 0  # bytes of the records held (request and scores)
     _seq: int = field(default=-1, repr=False)  # which heap entry is current
+    streams: bool = field(init=False)  # the client asked for a streamed answer
+
+    def __post_init__(self) -> None:
+        self.streams = wants_stream(self.request.payload)
 
     @property
     def request_id(self) -> str:
         return self.request.request_id
+
+    @property
+    def attributes(self) -> Mapping[str, str]:
+        return self.request.attributes
 
     def add(self, score: Score, at_ms: float) -> bool:
         """Keep the first score per model; False (and counted) for a repeat."""
@@ -207,7 +230,7 @@ class MailboxStore:
     ) -> Handled:
         """Open the request's mailbox (clock starts at ``now_ms``), attaching its orphans.
 
-        The mailbox's deadline is ``now_ms + request.deadline_ms - wall_ms``; it is
+        The mailbox's deadline is ``now_ms + request.deadline_epoch_ms - wall_ms``; it is
         scheduled at that deadline until the caller calls ``schedule`` with an earlier
         time. ``size`` is the request record's bytes.
         """
@@ -223,7 +246,7 @@ class MailboxStore:
                 existing.size += size
                 self._open_bytes += size
             return Handled(Outcome.REDELIVERED, existing)
-        if request.deadline_ms - wall_ms > self.limits.max_deadline_ms:
+        if request.deadline_epoch_ms - wall_ms > self.limits.max_deadline_ms:
             self.counters.rejected_deadline += 1
             return Handled(Outcome.TOO_FAR, release=(ref,))
         group = self._orphans.get(rid)
@@ -238,7 +261,9 @@ class MailboxStore:
             released = self._drop_orphans(rid)
             self._remember(rid, now_ms)
             return Handled(Outcome.FULL, release=(ref, *released))
-        mailbox = Mailbox(request, now_ms, now_ms + (request.deadline_ms - wall_ms), refs=[ref])
+        mailbox = Mailbox(
+            request, now_ms, now_ms + (request.deadline_epoch_ms - wall_ms), refs=[ref]
+        )
         mailbox.size = size
         if group is not None:
             del self._orphans[rid]

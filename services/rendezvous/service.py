@@ -36,8 +36,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+from services.common.arrivals import Grant
 from services.common.clock import mono_ms, wall_ms
 from services.common.codec import encode, message_key
+from services.common.decide import (
+    NO_POLICY,
+    OVERLOADED,
+    Verdict,
+    decide,
+    error_verdict,
+    in_time_and_late,
+    next_check,
+    stream_grant,
+    verdict_latencies,
+)
 from services.common.errors import MessageError
 from services.common.kafka import Outbound, Record
 from services.common.loop import Context, Inbound
@@ -53,18 +65,7 @@ from services.common.messages import (
 from services.common.policy import Policy
 from services.common.topics import Topics
 from services.rendezvous import metrics
-from services.rendezvous.decide import (
-    NO_POLICY,
-    OVERLOADED,
-    Verdict,
-    decide,
-    error_verdict,
-    in_time_and_late,
-    next_check,
-    stream_grant,
-    verdict_latencies,
-)
-from services.rendezvous.mailbox import Grant, Mailbox, MailboxStore, Outcome
+from services.rendezvous.mailbox import Mailbox, MailboxStore, Outcome
 
 log = logging.getLogger("rdv.rendezvous")
 
@@ -135,7 +136,7 @@ class Rendezvous:
         handled = self.store.open(req, rec, now, wall, _size(rec))
         if handled.outcome is Outcome.TOO_FAR:  # nothing was stored: fail the record alone
             raise MessageError(
-                f"deadline_ms {req.deadline_ms} is more than "
+                f"deadline_ms {req.deadline_epoch_ms} is more than "
                 f"{self.store.limits.max_deadline_ms:.0f} ms ahead; not accepted"
             )
         if handled.outcome is Outcome.FULL:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import JsonValue
 
-from services.archive.query import connect
+from services.common.archive_files import connect
 from services.common.errors import ConfigError
 
 _SELECT = """

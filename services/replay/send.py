@@ -48,7 +48,7 @@ def envelope(
         endpoint=original.endpoint,
         payload=payload,
         return_address=reply_to,
-        deadline_ms=now_ms + max(original.budget_ms, 1),
+        deadline_epoch_ms=now_ms + max(original.budget_ms, 1),
         created_ms=now_ms,
         trace_id=rid,
         attributes=attributes,

@@ -2,10 +2,10 @@
 
 ``python -m services.workers --model SPEC`` runs one. The pieces:
 
-- ``runtime``: the interface a model implements (load, predict_batch, unload, ready)
-  and the registry of runtime names;
+- ``runtime``: the interface a model implements (load, predict_batch, unload, ready),
+  resolved from the runtime names of services.common.runtimes (the model spec,
+  services.common.spec, is a contract the control plane and the gateway share);
 - ``testmodels``: echo, latency and failing models for demos and benchmarks;
-- ``spec``: the model spec (YAML file or inline ``runtime:key=value,...``);
 - ``worker``: the stream processor that micro-batches requests into scores;
 - ``service``: the worker process's parts wired together; ``__main__``: the command.
 """

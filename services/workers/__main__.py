@@ -22,12 +22,13 @@ from services.common.kafka import Admin, admin_config
 from services.common.lifecycle import exit_now, install_stop_signals
 from services.common.logs import configure_logging
 from services.common.ops import OpsServer
+from services.common.runtimes import runtime_names
 from services.common.settings import KafkaSettings
+from services.common.spec import ModelSpec, load_spec
 from services.common.topics import Topics, load_topics
-from services.workers.runtime import ModelRuntime, create_runtime, runtime_names
+from services.workers.runtime import ModelRuntime, create_runtime
 from services.workers.service import build_worker
 from services.workers.settings import WorkerSettings
-from services.workers.spec import ModelSpec, load_spec
 
 log = logging.getLogger("rdv.worker")
 

@@ -30,7 +30,14 @@ from typing import Any
 from services.common.codec import encode, message_key
 from services.common.kafka import Outbound, Record
 from services.common.loop import Context
-from services.common.messages import Delta, RequestEnvelope, ReturnAddress, ScoreStatus, Timings
+from services.common.messages import (
+    Delta,
+    ErrorBody,
+    RequestEnvelope,
+    ReturnAddress,
+    ScoreStatus,
+    Timings,
+)
 from services.workers.chat_runtime import (
     ChatRuntime,
     failure,
@@ -86,12 +93,12 @@ class ChatWorker(ModelWorker):
             started = max(self._clock(), received)
             try:
                 payload = parse_payload(req.payload)
-                left_s = req.deadline_ms - started - self.model.config.deadline_margin_ms
-                expired = self.score_expired and left_s <= 0  # a backfill: no deadline
+                left_ms = req.deadline_epoch_ms - started - self.model.config.deadline_margin_ms
+                expired = self.score_expired and left_ms <= 0  # a backfill: no deadline
                 self.model.chat.submit(
                     messages(payload),
                     self.model.sampling(payload),
-                    deadline=None if expired else time.monotonic() + left_s / 1000.0,
+                    deadline=None if expired else time.monotonic() + left_ms / 1000.0,
                     request_id=req.request_id,
                 )
             except Exception as exc:  # noqa: BLE001 - the stream edge: a failure is a score
@@ -203,5 +210,5 @@ def _position(record: Record) -> tuple[str, int, int]:
     return (record.topic, record.partition, record.offset)
 
 
-def _error_text(exc: Exception) -> str:
+def _error_text(exc: Exception) -> ErrorBody:
     return describe(failure(exc))

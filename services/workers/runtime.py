@@ -14,9 +14,10 @@ it could not score. Raising fails the whole batch. ``params`` is the spec's
 runtime-specific mapping; a runtime validates it in ``__init__`` and raises
 ``ConfigError`` when it cannot use it (no I/O there: loading happens in ``load``).
 
-The registry maps runtime names to ``"module:Class"`` import strings, imported only
-when a spec uses them, so heavy runtimes (torch) cost nothing to the others. A spec
-may also name a runtime class directly as ``"package.module:Class"``.
+The registry of runtime names (services.common.runtimes) maps names to
+``"module:Class"`` import strings, imported here only when a spec uses them, so heavy
+runtimes (torch) cost nothing to the others. A spec may also name a runtime class
+directly as ``"package.module:Class"``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pydantic import BaseModel, JsonValue, ValidationError
 
 from services.common.codec import summarise
 from services.common.errors import ConfigError, RendezvousError
+from services.common.runtimes import runtime_names, target_of
 
 Params: TypeAlias = Mapping[str, JsonValue]
 P = TypeVar("P", bound=BaseModel)
@@ -79,36 +81,9 @@ def parse_params(model: type[P], params: Params, runtime: str) -> P:
         raise ConfigError(f"invalid params for runtime {runtime!r}: {summarise(exc)}") from None
 
 
-_RUNTIMES: dict[str, str] = {
-    "echo": "services.workers.testmodels:EchoModel",
-    "latency": "services.workers.testmodels:LatencyModel",
-    "failing": "services.workers.testmodels:FailingModel",
-    "llama-chat": "services.workers.chat_runtime:ChatRuntime",
-    "ood": "services.workers.ood_runtime:OodRuntime",
-    "lexicon": "services.workers.canary_runtime:LexiconRuntime",
-}
-
-
-def register_runtime(name: str, target: str) -> None:
-    """Name a runtime class given as ``"module:Class"`` (imported on first use)."""
-    if ":" not in target:
-        raise ValueError(f"runtime target must look like 'module:Class', not {target!r}")
-    _RUNTIMES[name] = target
-
-
-def runtime_names() -> list[str]:
-    """The registered runtime names, sorted."""
-    return sorted(_RUNTIMES)
-
-
-def is_runtime_ref(name: str) -> bool:
-    """True for a registered name or a direct ``"module:Class"`` reference."""
-    return name in _RUNTIMES or _is_target(name)
-
-
 def resolve_runtime(name: str) -> type[ModelRuntime]:
     """Import the class a runtime name (or ``"module:Class"``) stands for."""
-    target = _RUNTIMES.get(name, name if _is_target(name) else None)
+    target = target_of(name)
     if target is None:
         raise ConfigError(f"unknown runtime {name!r}; known: {', '.join(runtime_names())}")
     module_name, _, attr = target.partition(":")
@@ -126,8 +101,3 @@ def resolve_runtime(name: str) -> type[ModelRuntime]:
 def create_runtime(name: str, params: Params) -> ModelRuntime:
     """A new, not yet loaded model of runtime ``name`` with its ``params``."""
     return resolve_runtime(name)(params)
-
-
-def _is_target(name: str) -> bool:
-    module, sep, attr = name.partition(":")
-    return bool(sep and module and attr.isidentifier())

@@ -17,10 +17,10 @@ from services.common.kafka import (
 from services.common.loop import RunStats, StreamRunner
 from services.common.messages import RequestEnvelope
 from services.common.settings import KafkaSettings
+from services.common.spec import ModelSpec
 from services.common.topics import Topics
 from services.workers.runtime import ModelRuntime
 from services.workers.settings import WorkerSettings
-from services.workers.spec import ModelSpec
 from services.workers.worker import ModelWorker
 
 log = logging.getLogger("rdv.worker")

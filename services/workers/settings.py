@@ -16,7 +16,7 @@ class WorkerSettings(BaseSettings):
 
     model: str | None = None
     """The model spec: a YAML/JSON file or the inline form ``runtime:key=value,...``
-    (see services.workers.spec). ``--model`` wins over it."""
+    (see services.common.spec). ``--model`` wins over it."""
 
     ops_host: str = "127.0.0.1"
     """Interface of the /healthz, /readyz and /metrics server (0.0.0.0 in a container)."""

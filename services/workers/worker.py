@@ -38,7 +38,16 @@ from services.common.codec import MAX_ERROR_CHARS, encode, message_key
 from services.common.errors import RendezvousError
 from services.common.kafka import Outbound, Record
 from services.common.loop import Context, Inbound
-from services.common.messages import REPLAY_MODEL, RequestEnvelope, Score, ScoreStatus, Timings
+from services.common.messages import (
+    MODEL_ERROR,
+    REPLAY_MODEL,
+    ErrorBody,
+    RequestEnvelope,
+    Score,
+    ScoreStatus,
+    Timings,
+)
+from services.common.spec import ModelSpec
 from services.workers.metrics import (
     BATCH_SIZE,
     ERRORS,
@@ -48,7 +57,6 @@ from services.workers.metrics import (
     LagGauge,
 )
 from services.workers.runtime import ModelRuntime, Prediction, PredictionError
-from services.workers.spec import ModelSpec
 
 log = logging.getLogger("rdv.worker")
 
@@ -60,12 +68,19 @@ WallClock = Callable[[], float]
 
 _COUNTERS = {ScoreStatus.OK: SCORED, ScoreStatus.ERROR: ERRORS, ScoreStatus.SKIPPED: SKIPPED}
 
+INVALID_OUTPUT = "invalid_output"
+"""A score's error code when the model's output is not a JSON value."""
 
-def describe(exc: BaseException) -> str:
-    """An exception as a score's error text; the platform's errors keep their code as
-    ``[code] message`` so the rendezvous can read it."""
-    text = str(exc) if isinstance(exc, RendezvousError) else f"{type(exc).__name__}: {exc}"
-    return text[:MAX_ERROR_CHARS]
+
+def describe(exc: BaseException) -> ErrorBody:
+    """An exception as a score's error: the platform's errors keep their code (the
+    rendezvous reads it, e.g. a client error's); anything else is a ``model_error``
+    naming the exception's type."""
+    if isinstance(exc, RendezvousError):
+        code, text = exc.code, exc.message
+    else:
+        code, text = MODEL_ERROR, f"{type(exc).__name__}: {exc}"
+    return ErrorBody(code=code, message=text[:MAX_ERROR_CHARS])
 
 
 class ModelWorker:
@@ -104,7 +119,7 @@ class ModelWorker:
             target = req.attributes.get(REPLAY_MODEL)
             if target is not None and target != self.spec.name:
                 continue  # a replay meant for another model only
-            if req.deadline_ms <= received and not self.score_expired:
+            if req.deadline_epoch_ms <= received and not self.score_expired:
                 timings = Timings(received_ms=received, started_ms=received, finished_ms=received)
                 self._emit(ctx, item.record, self._score(req, ScoreStatus.SKIPPED, timings))
             else:
@@ -140,9 +155,15 @@ class ModelWorker:
                     f"runtime returned {len(outputs)} outputs for {len(payloads)} requests"
                 )
         except Exception as exc:  # noqa: BLE001 - the stream edge: a model failure is a score
+            error = describe(exc)
             log.warning(
                 "model failed on a batch",
-                extra={"model": self.spec.name, "requests": len(payloads), "error": describe(exc)},
+                extra={
+                    "model": self.spec.name,
+                    "requests": len(payloads),
+                    "code": error.code,
+                    "error": error.message,
+                },
             )
             return [exc] * len(payloads)
         return outputs
@@ -156,7 +177,8 @@ class ModelWorker:
             return self._score(req, ScoreStatus.OK, timings, output=out)
         except ValidationError as exc:
             reason = f"the model's output is not valid JSON: {exc.errors()[0]['msg']}"
-            return self._score(req, ScoreStatus.ERROR, timings, error=reason)
+            error = ErrorBody(code=INVALID_OUTPUT, message=reason)
+            return self._score(req, ScoreStatus.ERROR, timings, error=error)
 
     def _score(
         self,
@@ -165,7 +187,7 @@ class ModelWorker:
         timings: Timings,
         *,
         output: JsonValue = None,
-        error: str | None = None,
+        error: ErrorBody | None = None,
     ) -> Score:
         return Score(
             request_id=req.request_id,

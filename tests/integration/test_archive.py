@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.archive.query import connect
-from services.archive.schema import KINDS, SCORES, to_table
+from services.archive.schema import to_table
 from services.archive.store import HOUR_MS, PartStore, hour_of
+from services.common.archive_files import KINDS, SCORES, connect
 from services.common.codec import encode, message_key
 from services.common.kafka import Consumer, Outbound, consumer_config
 from services.common.messages import Decision, Feedback, RequestEnvelope, ScoreStatus

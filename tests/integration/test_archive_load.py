@@ -9,7 +9,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from services.archive.query import connect
+from services.common.archive_files import connect
 from services.common.codec import decode
 from services.common.messages import Decision, RequestEnvelope, Score
 from services.common.settings import KafkaSettings

@@ -134,7 +134,7 @@ def test_the_light_image_carries_no_torch_and_runs_only_torch_free_commands() ->
         "import sys, importlib.util\n"
         f"for m in {sorted(modules)!r}: importlib.import_module(m + '.__main__' "
         "if importlib.util.find_spec(m).submodule_search_locations else m)\n"
-        "from services.workers.spec import load_spec\n"
+        "from services.common.spec import load_spec\n"
         "from services.workers.runtime import create_runtime\n"
         f"for f in {specs!r}:\n"
         "    s = load_spec(f); create_runtime(s.runtime, s.params).load()\n"

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from models.ood.data import load_split
-from services.archive.query import connect
+from services.common.archive_files import connect
 from services.common.settings import KafkaSettings
 from tests.integration.clinc import CLINC150
 from tests.integration.stack import (

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from services.archive.query import connect
+from services.common.archive_files import connect
 from services.common.codec import decode
 from services.common.messages import Reply
 from services.common.settings import KafkaSettings

@@ -106,7 +106,7 @@ def test_a_killed_replicas_open_requests_are_answered_once_by_the_survivor(
         produce_all(
             kafka_settings, [Outbound(topics.scores, message_key(s), encode(s)) for s in scores]
         )
-        until = max(r.deadline_ms for r in reqs) + 1000  # a stray answer would be out by then
+        until = max(r.deadline_epoch_ms for r in reqs) + 1000  # a stray answer would be out by then
         replies = [
             decode(r.value, Reply) for r in read_all_after(kafka_settings, topics.replies, until)
         ]

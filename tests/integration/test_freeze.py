@@ -62,7 +62,7 @@ def test_a_replica_woken_after_its_session_answers_nothing_twice(
                 break
             assert time.monotonic() < until, "the survivor never answered every request"
         second.send_signal(signal.SIGCONT)
-        stray_by = max(r.deadline_ms for r in reqs) + 2000  # the woken one's deadlines passed
+        stray_by = max(r.deadline_epoch_ms for r in reqs) + 2000  # the woken one's deadlines passed
         replies = [
             decode(r.value, Reply) for r in read_all_after(kafka_settings, topics.replies, stray_by)
         ]

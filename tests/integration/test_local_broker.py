@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.cli.localkafka import LocalBroker
+from services.devstack.broker import LocalBroker
 from tests.conftest import free_port_pair
 
 

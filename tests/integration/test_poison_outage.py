@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from services.cli.localkafka import LocalBroker
 from services.common.codec import decode, encode, message_key
 from services.common.kafka import (
     Admin,
@@ -26,6 +25,7 @@ from services.common.loop import Context, Inbound, StreamRunner
 from services.common.messages import RequestEnvelope
 from services.common.settings import KafkaSettings
 from services.common.topics import load_topics
+from services.devstack.broker import LocalBroker
 from tests.conftest import free_port_pair
 from tests.factories import request
 from tests.integration.kafka_io import produce_all, read_exactly

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from services.cli.stack import load_stack, ready
-from services.cli.supervision import ProcessState, read_state
+from services.devstack.stack import load_stack, ready
+from services.devstack.supervision import ProcessState, read_state
 
 REPO = Path(__file__).resolve().parents[2]
 APP = Path(__file__).with_name("supervised_app.py")

@@ -22,13 +22,13 @@ from pydantic import JsonValue
 from services.common.codec import decode, encode, message_key
 from services.common.kafka import Outbound, Record
 from services.common.loop import RunStats
-from services.common.messages import RequestEnvelope, ReturnAddress, Score, ScoreStatus
+from services.common.messages import ErrorBody, RequestEnvelope, ReturnAddress, Score, ScoreStatus
 from services.common.settings import KafkaSettings
+from services.common.spec import load_spec
 from services.common.topics import Topics
 from services.workers.runtime import create_runtime
 from services.workers.service import WorkerService, build_worker
 from services.workers.settings import WorkerSettings
-from services.workers.spec import load_spec
 from tests.factories import request
 from tests.integration.kafka_io import produce_all, read_exactly
 
@@ -76,7 +76,7 @@ def expired_request(payload: str) -> RequestEnvelope:
         payload=payload,
         return_address=ReturnAddress(topic="rdv.replies"),
         created_ms=now - 10_000,
-        deadline_ms=now - 5_000,
+        deadline_epoch_ms=now - 5_000,
         trace_id="t",
     )
 
@@ -190,10 +190,9 @@ def test_a_failing_model_answers_with_error_scores_before_the_deadline(
     worker(kafka_settings, topics, flaky).run(max_records=5, idle_timeout_s=60)
 
     scores = scores_of(read_exactly(kafka_settings, topics.scores, 5, timeout_s=20))
-    assert time.time() * 1000 < min(r.deadline_ms for r in reqs)  # nobody waited for it
-    assert {(s.model, s.status, s.error) for s in scores} == {
-        ("flaky", ScoreStatus.ERROR, "[prediction_failed] flaky fails every request on purpose")
-    }
+    assert time.time() * 1000 < min(r.deadline_epoch_ms for r in reqs)  # nobody waited for it
+    failed = ErrorBody(code="prediction_failed", message="flaky fails every request on purpose")
+    assert {(s.model, s.status, s.error) for s in scores} == {("flaky", ScoreStatus.ERROR, failed)}
     assert sorted(s.request_id for s in scores) == sorted(r.request_id for r in reqs)
 
 

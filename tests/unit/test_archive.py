@@ -13,25 +13,28 @@ import pyarrow.parquet as pq
 import pytest
 
 from services.archive.buffer import Limits, RecentKeys
-from services.archive.query import connect
-from services.archive.schema import DECISIONS, REQUESTS, SCORES, to_table
+from services.archive.schema import to_table
 from services.archive.service import Archive
 from services.archive.store import HOUR_MS, PartStore, hour_of, partition_dir
+from services.common.archive_files import DECISIONS, REQUESTS, SCORES, connect
 from services.common.codec import decode, encode
 from services.common.kafka import Record
 from services.common.loop import Context, Inbound, StreamRunner
 from services.common.messages import (
     DeadLetter,
     Decision,
+    ErrorBody,
     OodCheck,
     RequestEnvelope,
     ScoreStatus,
+    error_from_text,
 )
 from services.common.topics import Topics, load_topics
 from tests.factories import request, score_for
 from tests.unit.test_loop import FakeConsumer, FakeProducer
 
 NOW_MS = 1_764_158_400_000  # 2025-11-26T12:00:00Z, an hour boundary
+BOOM = ErrorBody(code="prediction_failed", message="boom")
 
 
 class FakeClock:
@@ -149,7 +152,7 @@ def test_every_field_is_queryable(topics: Topics, tmp_path: Path) -> None:
     )
     scores = [
         score_for(req, model="fast", output={"label": "x"}),
-        score_for(req, model="slow", status=ScoreStatus.ERROR, error="boom"),
+        score_for(req, model="slow", status=ScoreStatus.ERROR, error=BOOM),
         score_for(req, model="late", status=ScoreStatus.SKIPPED),
     ]
     ood = OodCheck(status="flagged", detector="ood", score=0.93)
@@ -175,8 +178,9 @@ def test_every_field_is_queryable(topics: Topics, tmp_path: Path) -> None:
     assert got == [
         ("fast", "ok", '{"label":"x"}', None),
         ("late", "skipped", None, None),
-        ("slow", "error", None, "boom"),
+        ("slow", "error", None, "[prediction_failed] boom"),  # one text column, as before
     ]
+    assert error_from_text(got[2][3]) == BOOM  # the code reads back
     dec = con.sql(
         "SELECT chosen_model, in_time, late, latencies_ms['slow'], policy_version, "
         "ood_status, ood_detector, ood_score FROM decisions"

@@ -14,9 +14,9 @@ from services.common.codec import decode, encode
 from services.common.kafka import Record
 from services.common.loop import Context, Inbound
 from services.common.messages import Delta, ReturnAddress, Score, ScoreStatus
+from services.common.spec import parse_inline
 from services.workers.chat import ChatWorker
 from services.workers.chat_runtime import ChatRuntime
-from services.workers.spec import parse_inline
 from tests.factories import request
 
 _offsets = itertools.count()
@@ -147,7 +147,7 @@ def test_a_failed_step_fails_its_requests_and_resets_the_engine_only() -> None:
         ("a", ScoreStatus.ERROR),
         ("b", ScoreStatus.ERROR),
     ]
-    assert all("the batch broke" in (s.error or "") for s in scores)
+    assert all(s.error is not None and "the batch broke" in s.error.message for s in scores)
     assert sorted(r.offset for r in ctx.releases) == sorted(i.record.offset for i in inbound)
     assert chat.resets == 1
     assert runtime.chat is chat  # the loaded model stays: no reload
@@ -166,7 +166,9 @@ def test_a_models_request_error_keeps_its_code_in_the_score() -> None:
 
     [score] = [decode(out.value, Score) for out, _ in ctx.emits]
     assert score.status is ScoreStatus.ERROR
-    assert (score.error or "").startswith("[prompt_too_long] the prompt has 9000 tokens")
+    assert score.error is not None
+    assert score.error.code == "prompt_too_long"
+    assert score.error.message.startswith("the prompt has 9000 tokens")
 
 
 def test_a_request_read_again_while_generating_is_held_not_failed() -> None:

@@ -21,12 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from services.cli import localkafka, stack, up
-from services.cli.localkafka import LocalBroker
 from services.cli.main import build_parser, main
-from services.cli.stack import ProcessSpec, load_stack, status
-from services.cli.supervision import ProcessState, write_state
 from services.common.errors import BrokerSetupError
+from services.devstack import broker as localkafka
+from services.devstack import stack, startup
+from services.devstack.broker import LocalBroker
+from services.devstack.stack import ProcessSpec, load_stack, status
+from services.devstack.supervision import ProcessState, write_state
 
 CLOSED = "127.0.0.1:1"  # nothing listens on port 1
 
@@ -436,15 +437,15 @@ def test_progress_says_what_a_starting_process_does(
     monkeypatch.setattr(stack, "RUN_DIR", tmp_path)
     spec = ProcessSpec(name="fast", command=["python", "-m", "x"], ready="http://127.0.0.1:1/")
     now = time.time()
-    assert up._doing(spec, None) == "waiting for the process before it"
-    assert up._doing(spec, now) == "starting the interpreter, importing"
+    assert startup.doing(spec, None) == "waiting for the process before it"
+    assert startup.doing(spec, now) == "starting the interpreter, importing"
     log = tmp_path / "fast.log"
     log.write_text(_log_line("model loaded", now - 600))  # an earlier run's line
-    assert up._doing(spec, now) == "starting the interpreter, importing"
+    assert startup.doing(spec, now) == "starting the interpreter, importing"
     log.write_text(log.read_text() + _log_line("ops server listening", now) + "not json\n")
-    assert up._doing(spec, now) == "loading the model"
+    assert startup.doing(spec, now) == "loading the model"
     log.write_text(log.read_text() + _log_line("GETPID " + "x" * 100, now))
-    assert up._doing(spec, now) == "last log: GETPID " + "x" * 50 + "..."
+    assert startup.doing(spec, now) == "last log: GETPID " + "x" * 50 + "..."
 
 
 def test_progress_names_the_gguf_conversion_while_the_cache_is_empty(
@@ -459,7 +460,7 @@ def test_progress_names_the_gguf_conversion_while_the_cache_is_empty(
     )
     now = time.time()
     (tmp_path / "chat.log").write_text(_log_line("ops server listening", now))
-    assert up._doing(spec, now) == "converting the GGUF weights: first start only"
+    assert startup.doing(spec, now) == "converting the GGUF weights: first start only"
     (cache / "0123").mkdir(parents=True)
     (cache / "0123" / "rendezvous-entry.json").write_text("{}")
-    assert up._doing(spec, now) == "loading the model"
+    assert startup.doing(spec, now) == "loading the model"

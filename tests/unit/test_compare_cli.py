@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from services.archive.schema import FEEDBACK, ROW_BUILDERS, to_table
+from services.archive.schema import ROW_BUILDERS, to_table
 from services.archive.store import PartStore, hour_of
 from services.cli.main import main
+from services.common.archive_files import FEEDBACK
 from services.common.errors import ConfigError
 from services.common.kafka import Record
 from services.common.messages import Feedback

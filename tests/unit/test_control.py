@@ -17,13 +17,13 @@ from services.common.errors import ConfigError
 from services.common.messages import ModelRegistration, PolicyEntry, Role
 from services.common.policy import parse_policy
 from services.common.settings import KafkaSettings
+from services.common.spec import load_spec
 from services.control.deployers import DockerConfig, DockerDeployer, container_env, effective_spec
 from services.control.errors import DeployError
 from services.control.policies import champion_of, mentions, promote, retire
 from services.control.state import ControlState, model_key, policy_key, policy_version_key
 from services.rendezvous.live import merged
 from services.workers.settings import WorkerSettings
-from services.workers.spec import load_spec
 from tests.factories import policy_doc
 
 REPO = Path(__file__).resolve().parents[2]

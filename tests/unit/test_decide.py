@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 
-from services.common.messages import ErrorBody, Role, ScoreStatus
-from services.common.policy import Policy, parse_policy
-from services.rendezvous.decide import (
+from services.common.arrivals import Arrived, RequestSnapshot
+from services.common.decide import (
     ALL_FAILED,
     CANARY,
     CHAMPION_IN_TIME,
@@ -25,12 +24,15 @@ from services.rendezvous.decide import (
     propensity,
     verdict_latencies,
 )
+from services.common.messages import ErrorBody, Role, ScoreStatus
+from services.common.policy import Policy, parse_policy
 from services.rendezvous.mailbox import Mailbox, MailboxStore
 from tests.factories import policy_doc, request, score_for
 
 A = 10_000.0  # monotonic ms at which the request reached the rendezvous
 OK, ERR, SKIP = ScoreStatus.OK, ScoreStatus.ERROR, ScoreStatus.SKIPPED
 DEFAULT_ERROR = ErrorBody(code="deadline_exceeded", message="no acceptable answer by the deadline")
+BOOM = ErrorBody(code="prediction_failed", message="boom")
 
 
 def _policy(**over: Any) -> Policy:
@@ -58,7 +60,7 @@ def _mailbox(
             model=model,
             status=status,
             output=f"{model}-out" if status is OK else None,
-            error="boom" if status is ERR else None,
+            error=BOOM if status is ERR else None,
         )
         if role:
             score = score.model_copy(update={"role": role[0]})
@@ -116,6 +118,28 @@ SCHEDULE: list[tuple[str, list[Arrival], float, tuple[str | None, str] | None]] 
 )
 def test_the_schedule(arrivals: list[Arrival], now: float, expected: Any) -> None:
     assert _pick(decide(_mailbox(arrivals), DEMO, A + now)) == expected
+
+
+def _snapshot(box: Mailbox) -> RequestSnapshot:
+    """The same request as a hand-built view (what compare's counterfactual builds)."""
+    scores = {
+        model: Arrived(a.status, a.at_ms, a.output, a.role, a.error)
+        for model, a in box.scores.items()
+    }
+    return RequestSnapshot(
+        box.request_id, box.arrived_ms, box.deadline_at_ms, scores, box.attributes, box.streams
+    )
+
+
+@pytest.mark.parametrize(
+    ("arrivals", "now", "expected"), [c[1:] for c in SCHEDULE], ids=[c[0] for c in SCHEDULE]
+)
+def test_a_hand_built_view_decides_as_the_mailbox(
+    arrivals: list[Arrival], now: float, expected: Any
+) -> None:
+    box = _mailbox(arrivals)
+    assert decide(_snapshot(box), DEMO, A + now) == decide(box, DEMO, A + now)
+    assert next_check(_snapshot(box), DEMO, A + now) == next_check(box, DEMO, A + now)
 
 
 SHORT_DEADLINE: list[tuple[str, list[Arrival], float, tuple[str | None, str] | None]] = [
@@ -256,11 +280,16 @@ CANARY_POLICY = _policy(canary={"model": "slow", "share": 0.05})
 STICKY_POLICY = _policy(canary={"model": "slow", "share": 0.3, "sticky_attribute": "user"})
 
 
+def _view(rid: str, attributes: dict[str, str] | None = None) -> RequestSnapshot:
+    """A request as the canary hash reads it: its id and attributes."""
+    return RequestSnapshot(rid, A, A + 1000, attributes=attributes or {})
+
+
 def _ids(policy: Policy, inside: bool, count: int = 3) -> list[str]:
     found = [
         rid
         for rid in (f"req-{i}" for i in range(10_000))
-        if in_canary(request(request_id=rid), policy) is inside
+        if in_canary(_view(rid), policy) is inside
     ]
     return found[:count]
 
@@ -269,7 +298,7 @@ def _ids(policy: Policy, inside: bool, count: int = 3) -> list[str]:
 def test_the_canary_share_is_binomial(share: float) -> None:
     policy = _policy(canary={"model": "slow", "share": share})
     n = 10_000
-    hits = sum(in_canary(request(request_id=f"id-{i}"), policy) for i in range(n))
+    hits = sum(in_canary(_view(f"id-{i}"), policy) for i in range(n))
     band = 4 * math.sqrt(n * share * (1 - share))
     assert abs(hits - n * share) <= band
 
@@ -278,26 +307,16 @@ def test_a_larger_share_keeps_the_earlier_canary_requests() -> None:
     small, large = (_policy(canary={"model": "slow", "share": s}) for s in (0.05, 0.2))
     inside = _ids(small, True, count=50)
     assert len(inside) == 50
-    assert all(in_canary(request(request_id=rid), large) for rid in inside)
+    assert all(in_canary(_view(rid), large) for rid in inside)
 
 
 def test_the_sticky_attribute_picks_the_branch() -> None:
     for user in (f"user-{u}" for u in range(200)):
         branches = {
-            in_canary(
-                request(request_id=f"{user}-{i}").model_copy(update={"attributes": {"user": user}}),
-                STICKY_POLICY,
-            )
-            for i in range(5)
+            in_canary(_view(f"{user}-{i}", {"user": user}), STICKY_POLICY) for i in range(5)
         }
         assert len(branches) == 1
-    users = [
-        in_canary(
-            request(request_id="same").model_copy(update={"attributes": {"user": f"u{u}"}}),
-            STICKY_POLICY,
-        )
-        for u in range(2000)
-    ]
+    users = [in_canary(_view("same", {"user": f"u{u}"}), STICKY_POLICY) for u in range(2000)]
     assert 0.25 < sum(users) / len(users) < 0.35  # by user, not by request id
 
 
@@ -350,12 +369,12 @@ def test_canary_decisions_and_propensities(
     assert _pick(verdict) == expected
     if verdict is not None:
         assert verdict.propensity == pytest.approx(weight)
-    assert propensity(request(request_id=rid), CANARY_POLICY) == pytest.approx(weight)
+    assert propensity(_view(rid), CANARY_POLICY) == pytest.approx(weight)
 
 
 def test_without_a_canary_the_propensity_is_one() -> None:
-    assert propensity(request(), DEMO) == 1.0
-    assert not in_canary(request(), DEMO)
+    assert propensity(_view("req-1"), DEMO) == 1.0
+    assert not in_canary(_view("req-1"), DEMO)
 
 
 def test_error_verdicts() -> None:
@@ -369,7 +388,7 @@ def test_error_verdicts() -> None:
     )
 
 
-def _errors_box(*errors: str) -> Mailbox:
+def _errors_box(*errors: ErrorBody) -> Mailbox:
     req = request(request_id="req-e")
     box = Mailbox(req, A, A + 1000)
     for i, text in enumerate(errors):
@@ -378,20 +397,34 @@ def _errors_box(*errors: str) -> Mailbox:
 
 
 def test_all_failed_on_the_same_client_error_answers_that_error() -> None:
-    box = _errors_box("[prompt_too_long] 5000 tokens", "[prompt_too_long] 5000 tokens")
+    too_long = ErrorBody(code="prompt_too_long", message="5000 tokens")
+    box = _errors_box(too_long, too_long)
     verdict = decide(box, _policy(models=["fast", "slow"]), A + 10)
     assert verdict is not None
     assert verdict.reason == ALL_FAILED
-    assert verdict.error == ErrorBody(
-        code="prompt_too_long", message="[prompt_too_long] 5000 tokens"
-    )
+    assert verdict.error == too_long
 
 
 def test_all_failed_for_other_reasons_says_so_and_names_each_failure() -> None:
-    box = _errors_box("[prompt_too_long] long", "RuntimeError: out of memory")
+    box = _errors_box(
+        ErrorBody(code="prompt_too_long", message="long"),
+        ErrorBody(code="model_error", message="RuntimeError: out of memory"),
+    )
     verdict = decide(box, _policy(models=["fast", "slow"]), A + 10)
     assert verdict is not None
     assert verdict.error is not None
     assert verdict.error.code == ALL_FAILED
     assert "out of memory" in verdict.error.message
     assert "fast" in verdict.error.message
+    assert "[prompt_too_long] long" in verdict.error.message
+
+
+def test_two_different_client_errors_are_not_one() -> None:
+    box = _errors_box(
+        ErrorBody(code="prompt_too_long", message="long"),
+        ErrorBody(code="invalid_request", message="bad temperature"),
+    )
+    verdict = decide(box, _policy(models=["fast", "slow"]), A + 10)
+    assert verdict is not None
+    assert verdict.error is not None
+    assert verdict.error.code == ALL_FAILED

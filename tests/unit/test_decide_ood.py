@@ -8,9 +8,8 @@ from typing import Any
 import pytest
 from pydantic import JsonValue
 
-from services.common.messages import OodCheck, Role, ScoreStatus
-from services.common.policy import Policy, parse_policy
-from services.rendezvous.decide import (
+from services.common.arrivals import Arrived
+from services.common.decide import (
     ALL_FAILED,
     CANARY,
     CHAMPION_IN_TIME,
@@ -21,6 +20,8 @@ from services.rendezvous.decide import (
     next_check,
     read_detector,
 )
+from services.common.messages import ErrorBody, OodCheck, Role, ScoreStatus
+from services.common.policy import Policy, parse_policy
 from services.rendezvous.mailbox import Mailbox
 from tests.factories import policy_doc, request, score_for
 
@@ -49,7 +50,7 @@ def _box(*arrivals: tuple[str, ScoreStatus, float, JsonValue]) -> Mailbox:
             model=model,
             status=status,
             output=output if status is OK else None,
-            error="boom" if status is ERR else None,
+            error=ErrorBody(code="prediction_failed", message="boom") if status is ERR else None,
         )
         if model == "ood":
             score = score.model_copy(update={"role": Role.DETECTOR})
@@ -201,5 +202,5 @@ def test_without_a_gate_verdicts_carry_no_finding() -> None:
     ],
 )
 def test_reading_the_detector(output: JsonValue, expected: OodCheck) -> None:
-    score = score_for(request(), model="ood", output=output)
-    assert read_detector(score) == expected
+    score = Arrived(ScoreStatus.OK, A, output, Role.DETECTOR)
+    assert read_detector("ood", score) == expected

@@ -10,21 +10,9 @@ from typing import Any
 import pytest
 from pydantic import JsonValue
 
+from services.common.arrivals import Grant, RequestSnapshot
 from services.common.codec import decode, encode
-from services.common.kafka import Record
-from services.common.loop import Context, Inbound
-from services.common.messages import (
-    Decision,
-    OodCheck,
-    Reply,
-    RequestEnvelope,
-    Role,
-    ScoreStatus,
-    StreamGrant,
-)
-from services.common.policy import Policy, parse_policy
-from services.common.topics import load_topics
-from services.rendezvous.decide import (
+from services.common.decide import (
     ALL_FAILED,
     CANARY,
     CHAMPION_IN_TIME,
@@ -35,12 +23,27 @@ from services.rendezvous.decide import (
     in_canary,
     stream_grant,
 )
-from services.rendezvous.mailbox import Grant, Mailbox, MailboxStore
+from services.common.kafka import Record
+from services.common.loop import Context, Inbound
+from services.common.messages import (
+    Decision,
+    ErrorBody,
+    OodCheck,
+    Reply,
+    RequestEnvelope,
+    Role,
+    ScoreStatus,
+    StreamGrant,
+)
+from services.common.policy import Policy, parse_policy
+from services.common.topics import load_topics
+from services.rendezvous.mailbox import Mailbox, MailboxStore
 from services.rendezvous.service import Rendezvous
 from tests.factories import policy_doc, request, score_for
 
 A = 10_000.0  # monotonic ms at which the request reached the rendezvous
 OK, ERR = ScoreStatus.OK, ScoreStatus.ERROR
+BOOM = ErrorBody(code="prediction_failed", message="boom")
 STREAM = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
 SAFE = {"text": "I can help with travel."}
 CLEAR = OodCheck(status="clear", detector="ood", score=3.0)
@@ -59,7 +62,7 @@ def _canary_policy() -> tuple[Policy, str]:
     """A policy with canary slow, and a request id that falls in its share."""
     policy = parse_policy(policy_doc(canary={"model": "slow", "share": 0.5}), "test")
     for n in itertools.count():
-        if in_canary(request(request_id=f"c{n}"), policy):
+        if in_canary(RequestSnapshot(f"c{n}", A, A + 1000), policy):
             return policy, f"c{n}"
     raise AssertionError("unreachable")
 
@@ -72,7 +75,7 @@ def _box(
     payload: JsonValue = STREAM,
     grant: Grant | None = None,
     request_id: str = "req-s",
-    error: str = "boom",
+    error: ErrorBody = BOOM,
 ) -> Mailbox:
     """Arrivals: (model, status, elapsed ms); ok outputs are the model's name, the
     detector "ood" reports ``{"is_ood": status is ERR}`` (ERR here means: flagged)."""
@@ -171,7 +174,7 @@ DECIDE_CASES: list[tuple[str, Policy, Mailbox, float, tuple[Any, ...] | None]] =
     (
         "a-client-error-stays-one",
         PLAIN,
-        _box(("fast", ERR, 50), grant=FAST, error="[prompt_too_long] 9000 tokens"),
+        _box(("fast", ERR, 50), grant=FAST, error=ErrorBody(code="prompt_too_long", message="9k")),
         50,
         (None, ALL_FAILED, None, "prompt_too_long"),
     ),

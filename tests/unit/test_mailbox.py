@@ -8,8 +8,9 @@ from collections import Counter
 
 import pytest
 
-from services.common.messages import RequestEnvelope, Score, ScoreStatus
-from services.rendezvous.mailbox import Handled, MailboxStore, Outcome, StoreLimits
+from services.common.arrivals import RequestView
+from services.common.messages import ErrorBody, RequestEnvelope, Role, Score, ScoreStatus
+from services.rendezvous.mailbox import Handled, Mailbox, MailboxStore, Outcome, StoreLimits
 from tests.factories import request, score_for
 
 NOW = 50_000.0  # monotonic ms
@@ -79,6 +80,24 @@ def test_duplicate_scores_keep_the_first() -> None:
     assert box.duplicates == 1
     assert box.refs == ["req", "s1", "s3"]
     assert store.counters.duplicate_scores == 1
+
+
+def test_a_mailbox_is_the_view_decide_reads_without_a_copy() -> None:
+    req = request({"stream": True}, request_id="r1").model_copy(update={"attributes": {"u": "7"}})
+    box = Mailbox(req, NOW, NOW + 1000)
+    failed = ErrorBody(code="prompt_too_long", message="long")
+    box.add(score_for(req, model="fast", status=ScoreStatus.ERROR, error=failed), NOW + 5)
+    view: RequestView = box
+    assert (view.request_id, dict(view.attributes), view.streams) == ("r1", {"u": "7"}, True)
+    assert view.scores is box.scores
+    arrival = view.scores["fast"]
+    assert (arrival.status, arrival.output, arrival.role) == (
+        ScoreStatus.ERROR,
+        None,
+        Role.CHAMPION,
+    )
+    assert (arrival.error, arrival.at_ms) == (failed, NOW + 5)
+    assert not Mailbox(request({"stream": False}), NOW, NOW + 1).streams
 
 
 def test_after_close_scores_are_late_and_requests_already_decided() -> None:

@@ -21,7 +21,9 @@ from services.common.codec import (
 )
 from services.common.errors import MessageError
 from services.common.messages import (
+    MODEL_ERROR,
     SCHEMA_VERSION,
+    SCORE_VERSION,
     BaseMessage,
     DeadLetter,
     Decision,
@@ -38,6 +40,7 @@ from services.common.messages import (
     ScoreStatus,
     StreamGrant,
     Timings,
+    error_from_text,
 )
 
 T0 = 1_700_000_000_000
@@ -49,7 +52,7 @@ def _request(**over: Any) -> RequestEnvelope:
         "endpoint": "fraud.v2",
         "payload": {"amount": 12.5, "items": [1, "two", None, True]},
         "return_address": ReturnAddress(topic="replies.gw-1", partition=3),
-        "deadline_ms": T0 + 50,
+        "deadline_epoch_ms": T0 + 50,
         "created_ms": T0,
         "trace_id": "trace-abc",
         "attributes": {"sticky": "user-7"},
@@ -154,7 +157,7 @@ def test_round_trip_every_kind(msg: BaseMessage) -> None:
     data = encode(msg)
     assert decode(data, type(msg)) == msg
     wire = json.loads(data)
-    assert wire["v"] == SCHEMA_VERSION
+    assert wire["v"] == (SCORE_VERSION if isinstance(msg, Score) else SCHEMA_VERSION)
     assert wire["kind"] == kind_of(type(msg))
     assert b'": ' not in data  # compact JSON: no space after separators
     assert b', "' not in data
@@ -165,6 +168,76 @@ def test_decoded_enums_and_nested_models_have_their_types() -> None:
     assert got.role is Role.CHALLENGER
     assert got.status is ScoreStatus.OK
     assert isinstance(got.timings, Timings)
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (
+            {"code": "prompt_too_long", "message": "9000 tokens"},
+            ErrorBody(code="prompt_too_long", message="9000 tokens"),
+        ),
+        (  # a Kafka-native worker of before typed errors: "[code] message"
+            "[prompt_too_long] 9000 tokens",
+            ErrorBody(code="prompt_too_long", message="9000 tokens"),
+        ),
+        (  # ... or plain text
+            "CUDA out of memory",
+            ErrorBody(code=MODEL_ERROR, message="CUDA out of memory"),
+        ),
+        ("[not a code] text", ErrorBody(code=MODEL_ERROR, message="[not a code] text")),
+        ("[bad_message]", ErrorBody(code="bad_message", message="")),
+    ],
+)
+def test_a_score_error_reads_the_typed_and_both_text_forms(error: Any, expected: ErrorBody) -> None:
+    wire = _wire(_score(), status="error", output=None, error=error)
+    got = decode(wire, Score)
+    assert got.error == expected
+    assert json.loads(encode(got))["error"] == expected.model_dump()  # written typed
+
+
+def test_a_score_error_text_is_parsed_as_on_the_wire() -> None:
+    assert error_from_text("[x.y-1] a\nb") == ErrorBody(code="x.y-1", message="a\nb")
+    assert _score(status=ScoreStatus.ERROR, error="boom").error == ErrorBody(
+        code=MODEL_ERROR, message="boom"
+    )
+
+
+def test_an_error_score_needs_an_error_code() -> None:
+    with pytest.raises(ValidationError, match="non-empty error"):
+        _score(status=ScoreStatus.ERROR, error=ErrorBody(code="", message="x"))
+    with pytest.raises(MessageError, match="error"):
+        decode(_wire(_score(), status="error", output=None, error={"message": "x"}), Score)
+
+
+V1_REQUEST = (
+    b'{"v": 1, "kind": "request", "request_id": "my-id-1", "endpoint": "demo",'
+    b' "payload": {"text": "hello"},'
+    b' "return_address": {"topic": "my.replies", "partition": null},'
+    b' "deadline_ms": 1767225600500, "created_ms": 1767225600000,'
+    b' "trace_id": "my-id-1", "attributes": {}}'
+)
+"""A request as a Kafka-native client writes it (README, "Kafka-native clients")."""
+
+
+def test_the_envelope_deadline_keeps_its_wire_name() -> None:
+    wire = json.loads(encode(_request()))
+    assert wire["deadline_ms"] == T0 + 50
+    assert "deadline_epoch_ms" not in wire
+    assert _request().model_dump()["deadline_ms"] == T0 + 50  # as dicts too
+
+
+def test_a_v1_request_with_deadline_ms_decodes() -> None:
+    got = decode(V1_REQUEST, RequestEnvelope)
+    assert (got.deadline_epoch_ms, got.created_ms) == (1767225600500, 1767225600000)
+    assert json.loads(encode(got)) == json.loads(V1_REQUEST)
+
+
+def test_the_wire_does_not_take_the_code_name_of_the_deadline() -> None:
+    wire = json.loads(V1_REQUEST)
+    wire["deadline_epoch_ms"] = wire.pop("deadline_ms")
+    with pytest.raises(MessageError, match="deadline_ms: Field required"):
+        decode(json.dumps(wire).encode(), RequestEnvelope)
 
 
 def test_unknown_fields_are_ignored() -> None:
@@ -218,12 +291,26 @@ def test_decode_rejects_malformed(data: bytes | None, fragment: str) -> None:
 
 @pytest.mark.parametrize("version", [0, 2, 99])
 def test_decode_rejects_unsupported_version(version: int) -> None:
-    assert version not in SUPPORTED_VERSIONS
     with pytest.raises(MessageError) as info:
         decode(_wire(_request(), v=version), RequestEnvelope)
     assert info.value.reason == "unsupported_version"
     assert f"version {version}" in info.value.message
     assert "supported: 1" in info.value.message
+
+
+def test_scores_are_written_as_v2_and_read_as_v1_or_v2() -> None:
+    assert SUPPORTED_VERSIONS == {SCHEMA_VERSION, SCORE_VERSION} == {1, 2}
+    failed = _score(
+        status=ScoreStatus.ERROR, output=None, error=ErrorBody(code="oom", message="out")
+    )
+    wire = json.loads(encode(failed))
+    assert (wire["v"], wire["error"]) == (2, {"code": "oom", "message": "out"})
+    v1 = json.dumps({**wire, "v": 1, "error": "[oom] out"}).encode()
+    assert decode(v1, Score).error == failed.error
+    with pytest.raises(MessageError) as info:
+        decode(json.dumps({**wire, "v": 3}).encode(), Score)
+    assert info.value.reason == "unsupported_version"
+    assert "supported: 1, 2" in info.value.message
 
 
 def test_validation_error_summary_is_short_and_does_not_echo_the_payload() -> None:
@@ -248,8 +335,8 @@ def test_deeply_nested_json_is_malformed_not_a_crash() -> None:
 @pytest.mark.parametrize(
     ("build", "fragment"),
     [
-        (lambda: _request(deadline_ms=T0), "deadline_ms"),
-        (lambda: _request(deadline_ms=T0 - 1), "deadline_ms"),
+        (lambda: _request(deadline_epoch_ms=T0), "deadline_ms"),
+        (lambda: _request(deadline_epoch_ms=T0 - 1), "deadline_ms"),
         (lambda: _request(endpoint="Has Space"), "endpoint"),
         (lambda: _request(endpoint="-leading"), "endpoint"),
         (lambda: _request(endpoint="x" * 65), "endpoint"),
@@ -298,7 +385,7 @@ def test_non_finite_floats_are_rejected() -> None:
 def test_models_are_frozen() -> None:
     req = _request()
     with pytest.raises(ValidationError):
-        req.deadline_ms = 0  # type: ignore[misc]
+        req.deadline_epoch_ms = 0  # type: ignore[misc]
 
 
 def test_zero_duration_timings_and_skipped_without_error_are_valid() -> None:

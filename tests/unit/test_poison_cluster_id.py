@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from services.cli.localkafka import _cluster_id
+from services.devstack.broker import _cluster_id
 
 
 def test_bytes_that_used_to_give_a_leading_dash_give_a_letter() -> None:

@@ -33,15 +33,15 @@ from services.common.messages import (
     StreamGrant,
 )
 from services.common.policy import parse_policy
+from services.common.spec import parse_inline
 from services.common.topics import Topics, load_topics
 from services.gateway.bus import BrokerHealth
+from services.gateway.kafka_bus import KafkaBus
 from services.gateway.pending import PendingReplies
-from services.gateway.replies import KafkaBus
 from services.rendezvous.mailbox import MailboxStore
 from services.rendezvous.service import Rendezvous
 from services.workers.runtime import ModelRuntime, Prediction
 from services.workers.service import decode_request
-from services.workers.spec import parse_inline
 from services.workers.worker import ModelWorker
 from tests.factories import policy_doc, request, score_for
 from tests.unit.test_loop import FakeConsumer, FakeProducer

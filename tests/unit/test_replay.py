@@ -50,7 +50,7 @@ def test_the_replayed_envelope_is_marked_with_a_fresh_id_and_deadline() -> None:
         model="chall",
     )
     assert env.request_id == "replay-x:orig-1"
-    assert (env.created_ms, env.deadline_ms) == (5000, 5800)
+    assert (env.created_ms, env.deadline_epoch_ms) == (5000, 5800)
     assert env.attributes == {REPLAY: "replay-x", REPLAY_OF: "orig-1", REPLAY_MODEL: "chall"}
     assert env.payload == {"messages": [{"role": "user", "content": "hi"}]}  # no stream
 

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from services.cli import stack
-from services.cli.stack import ProcessSpec
-from services.cli.supervise import Supervisor
-from services.cli.supervision import (
+from services.devstack import stack
+from services.devstack.stack import ProcessSpec
+from services.devstack.supervision import (
     Backoff,
     ProcessState,
     describe_exit,
@@ -24,6 +23,7 @@ from services.cli.supervision import (
     state_path,
     write_state,
 )
+from services.devstack.supervisor import Supervisor
 
 # --- back-off -----------------------------------------------------------------------
 

@@ -12,9 +12,9 @@ from pydantic import JsonValue
 from services.common.codec import decode, encode
 from services.common.kafka import Record
 from services.common.loop import Context, Inbound
-from services.common.messages import RequestEnvelope, Role, Score, ScoreStatus
+from services.common.messages import ErrorBody, RequestEnvelope, Role, Score, ScoreStatus
+from services.common.spec import ModelSpec, parse_inline
 from services.workers.runtime import ModelRuntime, Prediction, PredictionError
-from services.workers.spec import ModelSpec, parse_inline
 from services.workers.worker import ModelWorker
 from tests.factories import request
 
@@ -63,10 +63,16 @@ def worker(model: ModelRuntime, clock: StepClock | None = None, **kw: object) ->
     return ModelWorker(spec(), model, "scores", clock=clock or StepClock(), **kw)  # type: ignore[arg-type]
 
 
-def req(payload: JsonValue, *, endpoint: str = "demo", deadline_ms: float = NOW + 5000) -> Inbound:
+def req(
+    payload: JsonValue, *, endpoint: str = "demo", deadline_epoch_ms: float = NOW + 5000
+) -> Inbound:
     base = request(payload, endpoint=endpoint)
     env = RequestEnvelope.model_validate(
-        {**base.model_dump(), "created_ms": int(NOW) - 60_000, "deadline_ms": int(deadline_ms)}
+        {
+            **base.model_dump(),
+            "created_ms": int(NOW) - 60_000,
+            "deadline_ms": int(deadline_epoch_ms),
+        }
     )
     return Inbound(
         Record("rdv.requests", 0, next(_offsets), env.request_id.encode(), encode(env)), env
@@ -101,8 +107,8 @@ def test_each_request_gets_an_ok_score_keyed_by_request_id_with_its_source() -> 
 
 
 def test_expired_requests_are_skipped_without_predicting() -> None:
-    late, live = req("late", deadline_ms=NOW - 1), req("live")
-    at_deadline = req("edge", deadline_ms=NOW)  # "has passed" includes exactly now
+    late, live = req("late", deadline_epoch_ms=NOW - 1), req("live")
+    at_deadline = req("edge", deadline_epoch_ms=NOW)  # "has passed" includes exactly now
     model = Scripted()
 
     _, scores = run(worker(model), [late, live, at_deadline])
@@ -118,7 +124,7 @@ def test_expired_requests_are_skipped_without_predicting() -> None:
 
 def test_a_batch_of_only_expired_requests_never_calls_the_model() -> None:
     model = Scripted()
-    _, scores = run(worker(model), [req(1, deadline_ms=NOW - 100)])
+    _, scores = run(worker(model), [req(1, deadline_epoch_ms=NOW - 100)])
     assert model.batches == []
     assert [s.status for s in scores] == [ScoreStatus.SKIPPED]
 
@@ -126,12 +132,18 @@ def test_a_batch_of_only_expired_requests_never_calls_the_model() -> None:
 @pytest.mark.parametrize(
     ("raised", "expected"),
     [
-        (RuntimeError("CUDA out of memory"), "RuntimeError: CUDA out of memory"),
-        (PredictionError("weights missing"), "[prediction_failed] weights missing"),
+        (
+            RuntimeError("CUDA out of memory"),
+            ErrorBody(code="model_error", message="RuntimeError: CUDA out of memory"),
+        ),
+        (
+            PredictionError("weights missing"),
+            ErrorBody(code="prediction_failed", message="weights missing"),
+        ),
     ],
 )
 def test_a_failing_batch_gives_every_request_an_error_score(
-    raised: Exception, expected: str
+    raised: Exception, expected: ErrorBody
 ) -> None:
     batch = [req(1), req(2), req(3)]
 
@@ -154,19 +166,23 @@ def test_a_per_item_prediction_error_fails_only_that_request() -> None:
         (ScoreStatus.ERROR, None),
         (ScoreStatus.OK, "c"),
     ]
-    assert scores[1].error == "[prediction_failed] cannot score bad"
+    assert scores[1].error == ErrorBody(code="prediction_failed", message="cannot score bad")
 
 
 def test_a_runtime_returning_the_wrong_number_of_outputs_fails_the_batch() -> None:
     _, scores = run(worker(Scripted(lambda p: p[:1])), [req("a"), req("b")])
     assert {s.status for s in scores} == {ScoreStatus.ERROR}
-    assert "1 outputs for 2 requests" in (scores[0].error or "")
+    assert scores[0].error is not None
+    assert scores[0].error.code == "prediction_failed"
+    assert "1 outputs for 2 requests" in scores[0].error.message
 
 
 def test_an_output_that_is_not_json_becomes_an_error_score() -> None:
     _, scores = run(worker(Scripted(lambda p: [float("nan"), p[1]])), [req("a"), req("b")])
     assert [s.status for s in scores] == [ScoreStatus.ERROR, ScoreStatus.OK]
-    assert "not valid JSON" in (scores[0].error or "")
+    assert scores[0].error is not None
+    assert scores[0].error.code == "invalid_output"
+    assert "not valid JSON" in scores[0].error.message
 
 
 def test_requests_for_other_endpoints_are_ignored() -> None:
@@ -187,7 +203,7 @@ def test_a_model_serving_several_endpoints_scores_each_of_them() -> None:
 def test_timings_are_received_then_started_then_finished() -> None:
     clock = StepClock(step=10.0)
 
-    _, scores = run(worker(Scripted(), clock), [req(1), req(2), req(3, deadline_ms=NOW - 1)])
+    _, scores = run(worker(Scripted(), clock), [req(1), req(2), req(3, deadline_epoch_ms=NOW - 1)])
 
     received, started, finished = clock.readings
     assert received < started < finished
@@ -212,7 +228,7 @@ def test_counters_count_scores_by_outcome() -> None:
     w = ModelWorker(spec(name), model, "scores", clock=StepClock())
     before = {m: sample(f"rdv_worker_{m}_total", name) for m in ("scored", "errors", "skipped")}
 
-    run(w, [req("a"), req("bad"), req("b"), req("late", deadline_ms=NOW - 1)])
+    run(w, [req("a"), req("bad"), req("b"), req("late", deadline_epoch_ms=NOW - 1)])
 
     after = {m: sample(f"rdv_worker_{m}_total", name) for m in ("scored", "errors", "skipped")}
     assert {m: after[m] - before[m] for m in after} == {"scored": 2, "errors": 1, "skipped": 1}
@@ -267,7 +283,7 @@ def test_a_replay_for_another_model_is_not_scored() -> None:
 def test_a_backfilling_worker_scores_expired_requests() -> None:
     model = Scripted()
     w = ModelWorker(spec(), model, "scores", clock=StepClock(), score_expired=True)
-    _, scores = run(w, [req("old", deadline_ms=NOW - 1000), req("new")])
+    _, scores = run(w, [req("old", deadline_epoch_ms=NOW - 1000), req("new")])
     assert [(s.output, s.status) for s in scores] == [
         ("old", ScoreStatus.OK),
         ("new", ScoreStatus.OK),

@@ -8,17 +8,16 @@ import sys
 import pytest
 from pydantic import JsonValue
 
+from services.common import runtimes
 from services.common.errors import ConfigError
-from services.workers import runtime
+from services.common.runtimes import register_runtime, runtime_names
 from services.workers.chat_runtime import ChatRuntime
 from services.workers.runtime import (
     ModelRuntime,
     Prediction,
     PredictionError,
     create_runtime,
-    register_runtime,
     resolve_runtime,
-    runtime_names,
 )
 from services.workers.testmodels import EchoModel, FailingModel, LatencyModel
 
@@ -49,7 +48,7 @@ def test_a_runtime_can_be_named_as_module_and_class() -> None:
 
 
 def test_registering_a_runtime_imports_it_only_when_used(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime, "_RUNTIMES", dict(runtime._RUNTIMES))
+    monkeypatch.setattr(runtimes, "RUNTIMES", dict(runtimes.RUNTIMES))
     register_runtime("heavy", "tests.unit.not_a_module:Model")
     assert "heavy" in runtime_names()
     with pytest.raises(ConfigError, match="runtime 'heavy' cannot be imported"):

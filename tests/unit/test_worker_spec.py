@@ -8,7 +8,7 @@ import pytest
 
 from services.common.errors import ConfigError
 from services.common.messages import Role
-from services.workers.spec import BatchSpec, ModelSpec, load_spec, load_spec_file, parse_inline
+from services.common.spec import BatchSpec, ModelSpec, load_spec, load_spec_file, parse_inline
 
 SPECS = Path(__file__).resolve().parents[2] / "models" / "specs"
 

@@ -1,1 +1,2 @@
-"""HTTP routes: inference, and health/readiness/metrics."""
+"""HTTP routes: inference, feedback, health/readiness/metrics and the control API (the
+OpenAI-compatible API has its own package, services/gateway/openai/)."""

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints,
 
 from services.common.errors import ConfigError, RendezvousError
 from services.common.messages import Name, Role
+from services.common.spec import ModelSpec
 from services.control.changes import PolicyChange
 from services.control.errors import ControlConflictError, ControlNotFoundError
 from services.gateway.auth import AdminOnly
@@ -42,7 +43,6 @@ from services.gateway.errors import InvalidRequestError, error_response
 from services.gateway.keys import ApiKey
 from services.gateway.routes.infer import check_media_type, read_body
 from services.gateway.schemas import describe
-from services.workers.spec import ModelSpec
 
 log = logging.getLogger("rdv.gateway")
 router = APIRouter(prefix="/v1/control", dependencies=[AdminOnly])

@@ -11,14 +11,16 @@ from services.common.errors import RendezvousError
 from services.common.messages import Reply
 from services.gateway.deps import GatewayDep
 from services.gateway.errors import (
-    MODEL_HEADER,
-    REASON_HEADER,
-    REQUEST_ID_HEADER,
-    TRACE_HEADER,
     BodyTooLargeError,
     InvalidRequestError,
     UnsupportedMediaTypeError,
     error_response,
+)
+from services.gateway.headers import (
+    MODEL_HEADER,
+    REASON_HEADER,
+    REQUEST_ID_HEADER,
+    TRACE_HEADER,
     header_value,
     ood_headers,
 )

@@ -19,10 +19,10 @@ from services.common.codec import encode
 from services.common.messages import Delta, OodCheck, Reply, RequestEnvelope, StreamGrant
 from services.common.topics import Topics
 from services.gateway.app import build_app
+from services.gateway.openai.streaming import StreamedText
 from services.gateway.server import serving
 from services.gateway.service import Gateway
 from services.gateway.settings import GatewaySettings
-from services.gateway.streaming import StreamedText
 from tests.unit.gateway.fakes import FakeBus, failed, metric
 
 USER = [{"role": "user", "content": "What is the capital of France?"}]

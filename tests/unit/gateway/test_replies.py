@@ -19,10 +19,10 @@ from services.common.codec import encode
 from services.common.errors import DeliveryError, KafkaUnavailableError, MessageError
 from services.common.kafka import Outbound, Record
 from services.common.messages import Reply
-from services.gateway import replies
+from services.gateway import kafka_bus
 from services.gateway.bus import BrokerHealth
+from services.gateway.kafka_bus import KafkaBus
 from services.gateway.pending import PendingReplies
-from services.gateway.replies import KafkaBus
 from services.gateway.settings import DEFAULT_POLICIES, GatewaySettings
 
 
@@ -173,8 +173,8 @@ class FakeProducer:
 
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(replies, "RETRY_S", 0.01)
-    monkeypatch.setattr(replies, "PROBE_EVERY_S", 0.01)
+    monkeypatch.setattr(kafka_bus, "RETRY_S", 0.01)
+    monkeypatch.setattr(kafka_bus, "PROBE_EVERY_S", 0.01)
 
 
 def make_bus(

@@ -19,8 +19,8 @@ from dataclasses import asdict
 from typing import Any, Protocol
 
 from services.common.errors import RendezvousError
+from services.common.spec import ModelSpec
 from services.control.changes import Control
-from services.workers.spec import ModelSpec
 
 Json = dict[str, Any]
 

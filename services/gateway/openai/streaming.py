@@ -38,7 +38,7 @@ from services.gateway.metrics import (
     STREAM_MISMATCHES,
     STREAMS,
 )
-from services.gateway.openai_schemas import (
+from services.gateway.openai.schemas import (
     ChunkChoice,
     ChunkDelta,
     OpenAIChatChunk,

@@ -4,7 +4,7 @@ for a chat endpoint (``model`` names the endpoint, or a model on its roster); th
 rendezvous picks the answer as for any endpoint, and the response's ``model`` and the
 ``x-rdv-model`` / ``x-rdv-reason`` headers say which model answered and why; ``ood``
 (body) and ``x-rdv-ood`` say what the endpoint's OOD gate found, where it has one.
-``stream: true`` answers with server-sent events (services/gateway/streaming.py)."""
+``stream: true`` answers with server-sent events (streaming.py)."""
 
 from __future__ import annotations
 
@@ -23,18 +23,22 @@ from services.common.endpoints import EndpointSpec
 from services.common.errors import RendezvousError
 from services.gateway.deps import GatewayDep
 from services.gateway.errors import (
-    MODEL_HEADER,
-    REASON_HEADER,
-    REQUEST_ID_HEADER,
     InvalidRequestError,
     UnknownEndpointError,
     UnsupportedFeatureError,
     error_response,
+)
+from services.gateway.headers import (
+    DEADLINE_HEADER,
+    FINISH_HEADER,
+    MODEL_HEADER,
+    REASON_HEADER,
+    REQUEST_ID_HEADER,
     header_value,
     ood_headers,
 )
 from services.gateway.metrics import LATENCY, REQUESTS, UNKNOWN_ENDPOINT
-from services.gateway.openai_schemas import (
+from services.gateway.openai.schemas import (
     Choice,
     ChoiceMessage,
     ModelCard,
@@ -44,14 +48,12 @@ from services.gateway.openai_schemas import (
     Usage,
     chat_output,
 )
+from services.gateway.openai.streaming import ChatStream, EventStream
 from services.gateway.routes.infer import check_media_type, read_body
 from services.gateway.schemas import InferRequest
 from services.gateway.service import Gateway, new_request_id, trace_id_from
-from services.gateway.streaming import ChatStream, EventStream
 
 router = APIRouter()
-FINISH_HEADER = "x-rdv-finish-reason"
-DEADLINE_HEADER = "x-rdv-deadline-ms"
 DEFAULT_MAX_TOKENS = 128
 MAX_DEADLINE_DIGITS = 9  # far past any endpoint's deadline, which caps it anyway
 

@@ -1,4 +1,4 @@
-"""The local stack as processes: ``rdv up`` starts a supervisor (services.cli.supervise)
+"""The local stack as processes: ``rdv up`` starts a supervisor (services.devstack.supervisor)
 that runs what ``deploy/local/stack.yaml`` declares and restarts what exits; ``rdv down``
 stops the supervisor, then anything left. ``start``/``stop`` run one process without a
 supervisor (deployed models, benchmarks). State (pids, logs) lives in ``.rdv/run/``."""
@@ -18,8 +18,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from services.cli.supervision import read_state
 from services.common.errors import BrokerSetupError, ConfigError
+from services.devstack.supervision import read_state
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STACK_FILE = PROJECT_ROOT / "deploy" / "local" / "stack.yaml"
@@ -175,7 +175,7 @@ def supervisor_pid(run_dir: Path = RUN_DIR) -> int | None:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
         return None
-    return pid if b"services.cli.supervise" in cmdline and _alive(pid) else None
+    return pid if b"services.devstack.supervisor" in cmdline and _alive(pid) else None
 
 
 def start_supervisor(
@@ -188,7 +188,7 @@ def start_supervisor(
             [
                 sys.executable,
                 "-m",
-                "services.cli.supervise",
+                "services.devstack.supervisor",
                 "--stack",
                 str(stack_file),
                 "--run-dir",

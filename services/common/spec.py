@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, f
 from services.common.codec import summarise
 from services.common.errors import ConfigError
 from services.common.messages import ModelRegistration, Name, Role
-from services.workers.runtime import is_runtime_ref, runtime_names
+from services.common.runtimes import is_runtime_ref, runtime_names
 
 FILE_SUFFIXES = (".yaml", ".yml", ".json")
 _SPEC_KEYS = ("name", "version", "role")

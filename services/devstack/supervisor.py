@@ -1,4 +1,4 @@
-"""``python -m services.cli.supervise``: run the stack's processes and restart any that exits.
+"""``python -m services.devstack.supervisor``: run the stack's processes and restart any that exits.
 
 ``rdv up`` starts this process detached and waits for the stack's readiness URLs;
 ``rdv down`` sends it SIGTERM: it stops restarting, sends SIGTERM to every process at
@@ -12,7 +12,7 @@ A process that exits is started again after a back-off (``supervision.Backoff``:
 - ``supervisor.pid``, ``supervisor.log`` (this process's JSON log lines);
 - per process ``<name>.pid`` (the current pid, rewritten on each restart),
   ``<name>.log`` (its output, appended) and ``<name>.state.json`` (pid, status,
-  restarts, last exit and reason; the format is in ``services.cli.supervision``).
+  restarts, last exit and reason; the format is in ``services.devstack.supervision``).
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.cli import stack
-from services.cli.supervision import (
+from services.common.errors import ConfigError
+from services.common.logs import configure_logging
+from services.devstack import stack
+from services.devstack.supervision import (
     Backoff,
     ProcessState,
     describe_exit,
@@ -39,8 +41,6 @@ from services.cli.supervision import (
     write_atomic,
     write_state,
 )
-from services.common.errors import ConfigError
-from services.common.logs import configure_logging
 
 log = logging.getLogger("rdv.supervisor")
 TAIL_BYTES = 64 * 1024  # how much of a log is read for an exit's reason
@@ -273,7 +273,9 @@ def _drain(fd: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.cli.supervise", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m services.devstack.supervisor", description=__doc__
+    )
     parser.add_argument("--stack", type=Path, default=stack.STACK_FILE, help="the stack file")
     parser.add_argument("--run-dir", type=Path, default=stack.RUN_DIR, help="pids, logs, state")
     parser.add_argument("--start-timeout", type=float, default=300.0, help="seconds per start")

@@ -1,9 +1,13 @@
-"""The decision: a pure function of (mailbox, policy, now). No clock reads, no I/O.
+"""The decision: a pure function of (request, policy, now). No clock reads, no I/O.
 
-Time is elapsed monotonic ms since the mailbox opened. The effective deadline is the
-earlier of the request's own deadline and the policy's ``deadline_ms``. A decision at
-``now`` considers the scores that arrived by ``min(now, deadline)``, so a timer that
-fires a little late decides exactly as one that fired on time.
+The request is a ``services.common.arrivals.RequestView``: what decide reads of it (its
+id and attributes, whether it streams, its clock, its grant, the first score of each
+model and when it arrived). The rendezvous's ``Mailbox`` is one; ``rdv compare``'s
+counterfactual builds a ``RequestSnapshot``. Time is elapsed monotonic ms since the
+request arrived. The effective deadline is the earlier of the request's own deadline
+and the policy's ``deadline_ms``. A decision at ``now`` considers the scores that
+arrived by ``min(now, deadline)``, so a timer that fires a little late decides exactly
+as one that fired on time.
 
 Before the deadline (``decide`` may return None: wait):
 
@@ -34,7 +38,7 @@ once the OOD gate (if any) has cleared or stopped waiting, before the deadline: 
 canary for a request in the canary share (unless it already failed), else the most
 preferred model of the current stage that has not failed (later stages when every
 one of it has). A flagged request gets no grant: the gate's answer as usual. Once a
-request holds a grant (``Mailbox.grant``), ``decide`` answers with the granted
+request holds a grant (``RequestView.grant``), ``decide`` answers with the granted
 model's ok score whenever it arrives before the deadline (a deadline-cut partial
 answer included), with the all-failed answer when it fails, and with the default when
 it stays silent until the deadline; no other model's score can answer it. The verdict
@@ -58,16 +62,17 @@ Reasons (``Verdict.reason``):
   reported error or skipped: the all-failed answer; or a flagged request's fallback
   model failed: the default;
 - ``deadline_exceeded``: the default, because the deadline came with nothing acceptable;
-- ``overloaded``, ``no_policy``: verdicts the service gives without a mailbox
+- ``overloaded``, ``no_policy``: verdicts the service gives without a request view
   (``error_verdict``).
 
 A default answer has ``chosen_model`` None and carries the policy's ``default``
 (an error, or a configured output with ``error`` None). The all-failed answer has
 ``chosen_model`` None too: when every error among the failures has the same
-client-error code (``CLIENT_ERROR_CODES``: the input was at fault, e.g. a prompt too
-long for the context), that error; else the default when it is an output (a safe
-reply); else an ``all_failed`` error naming each model's failure, whatever error the
-default names.
+client-error code (``services.common.errors.CLIENT_ERROR_CODES``: the input was at
+fault, e.g. a prompt too long for the context), that error (the first failure's code
+and message); else the default when it is an output (a safe reply); else an
+``all_failed`` error naming each model's failure (``[code] message``), whatever error
+the default names.
 
 Propensity (the probability of the branch that answered, for off-policy evaluation):
 1.0 when the policy has no canary; otherwise ``share`` for every verdict of a request
@@ -86,17 +91,10 @@ from dataclasses import dataclass, replace
 
 from pydantic import JsonValue
 
-from services.common.chat import wants_stream
-from services.common.messages import (
-    ErrorBody,
-    OodCheck,
-    RequestEnvelope,
-    Role,
-    Score,
-    ScoreStatus,
-)
+from services.common.arrivals import Arrival, Grant, RequestView
+from services.common.errors import CLIENT_ERROR_CODES
+from services.common.messages import ErrorBody, OodCheck, Role, ScoreStatus
 from services.common.policy import Policy, Stage
-from services.rendezvous.mailbox import Grant, Mailbox
 
 CHAMPION_IN_TIME = "champion_in_time"
 CANARY = "canary"
@@ -106,8 +104,6 @@ ALL_FAILED = "all_failed"
 DEADLINE_EXCEEDED = "deadline_exceeded"
 OVERLOADED = "overloaded"
 NO_POLICY = "no_policy"
-CLIENT_ERROR_CODES = frozenset({"prompt_too_long", "invalid_request", "request_too_large"})
-"""Model error codes that mean the input was at fault, not the model."""
 
 _NOT_BY_ANY = frozenset({Role.DETECTOR, Role.DECOY, Role.CANARY})
 _HASH_SPACE = float(2**64)
@@ -135,12 +131,12 @@ def error_verdict(reason: str, code: str, message: str) -> Verdict:
     return Verdict(None, reason, None, ErrorBody(code=code, message=message), 1.0)
 
 
-def deadline_at(mailbox: Mailbox, policy: Policy) -> float:
+def deadline_at(request: RequestView, policy: Policy) -> float:
     """Monotonic ms of the effective deadline (the request's, capped by the policy's)."""
-    return min(mailbox.deadline_at_ms, mailbox.arrived_ms + policy.deadline_ms)
+    return min(request.deadline_at_ms, request.arrived_ms + policy.deadline_ms)
 
 
-def in_canary(request: RequestEnvelope, policy: Policy) -> bool:
+def in_canary(request: RequestView, policy: Policy) -> bool:
     """Whether the request falls in the policy's canary share (False without a canary)."""
     canary = policy.canary
     if canary is None:
@@ -152,7 +148,7 @@ def in_canary(request: RequestEnvelope, policy: Policy) -> bool:
     return int.from_bytes(digest[:8], "big") / _HASH_SPACE < canary.share
 
 
-def propensity(request: RequestEnvelope, policy: Policy) -> float:
+def propensity(request: RequestView, policy: Policy) -> float:
     """The probability of the branch the request was routed through (see module doc)."""
     if policy.canary is None:
         return 1.0
@@ -160,50 +156,50 @@ def propensity(request: RequestEnvelope, policy: Policy) -> float:
     return share if in_canary(request, policy) else 1.0 - share
 
 
-def decide(mailbox: Mailbox, policy: Policy, now_ms: float) -> Verdict | None:
+def decide(request: RequestView, policy: Policy, now_ms: float) -> Verdict | None:
     """The verdict at ``now_ms``, or None to wait (never None at or past the deadline)."""
-    dead = deadline_at(mailbox, policy)
+    dead = deadline_at(request, policy)
     final = now_ms >= dead
     cut = min(now_ms, dead)
-    seen = {m: a.score for m, a in mailbox.scores.items() if a.at_ms <= cut}
-    weight = propensity(mailbox.request, policy)
-    if mailbox.grant is not None:
-        return _granted(mailbox, policy, mailbox.grant, seen, cut=cut, final=final, weight=weight)
-    check = ood_check(policy, seen, cut - mailbox.arrived_ms, final)
+    seen = {m: a for m, a in request.scores.items() if a.at_ms <= cut}
+    weight = propensity(request, policy)
+    if request.grant is not None:
+        return _granted(request, policy, request.grant, seen, cut=cut, final=final, weight=weight)
+    check = ood_check(policy, seen, cut - request.arrived_ms, final)
     if check is WAIT:
         return None
     if check is not None and check.status == "flagged":
         return _flagged(policy, check, seen, final, weight)
-    verdict = _schedule(mailbox, policy, seen, cut=cut, final=final, weight=weight)
+    verdict = _schedule(request, policy, seen, cut=cut, final=final, weight=weight)
     return verdict if verdict is None or check is None else replace(verdict, ood=check)
 
 
-def stream_grant(mailbox: Mailbox, policy: Policy, now_ms: float) -> Grant | None:
+def stream_grant(request: RequestView, policy: Policy, now_ms: float) -> Grant | None:
     """The grant of a streaming request that has none yet, once it can be made (see the
     module doc); None for a request that does not stream, is granted already, must
     wait for its OOD gate, was flagged, is at its deadline, or has no model left."""
-    if mailbox.grant is not None or not wants_stream(mailbox.request.payload):
+    if request.grant is not None or not request.streams:
         return None
-    dead = deadline_at(mailbox, policy)
+    dead = deadline_at(request, policy)
     if now_ms >= dead:
         return None
-    seen = {m: a.score for m, a in mailbox.scores.items() if a.at_ms <= now_ms}
-    check = ood_check(policy, seen, now_ms - mailbox.arrived_ms, final=False)
+    seen = {m: a for m, a in request.scores.items() if a.at_ms <= now_ms}
+    check = ood_check(policy, seen, now_ms - request.arrived_ms, final=False)
     if check is WAIT or (check is not None and check.status == "flagged"):
         return None
-    model = _stream_model(mailbox, policy, seen, now_ms)
+    model = _stream_model(request, policy, seen, now_ms)
     return None if model is None else Grant(model, check)
 
 
 def _stream_model(
-    mailbox: Mailbox, policy: Policy, seen: dict[str, Score], now_ms: float
+    request: RequestView, policy: Policy, seen: dict[str, Arrival], now_ms: float
 ) -> str | None:
     """The canary (canary share) or the most preferred model of the current stage that
     has not failed; None when no stage has one left."""
-    canary = policy.canary.model if policy.canary and in_canary(mailbox.request, policy) else None
+    canary = policy.canary.model if policy.canary and in_canary(request, policy) else None
     if canary is not None and (canary not in seen or seen[canary].status is ScoreStatus.OK):
         return canary
-    bounds = _bounds(mailbox, policy, deadline_at(mailbox, policy))
+    bounds = _bounds(request, policy, deadline_at(request, policy))
     first = next(i for i, b in enumerate(bounds) if b > now_ms)
     detector = policy.ood.detector if policy.ood is not None else None
     for stage in policy.stages[first:]:
@@ -219,10 +215,10 @@ def _stream_model(
 
 
 def _granted(
-    mailbox: Mailbox,
+    request: RequestView,
     policy: Policy,
     grant: Grant,
-    seen: dict[str, Score],
+    seen: dict[str, Arrival],
     *,
     cut: float,
     final: bool,
@@ -235,17 +231,19 @@ def _granted(
     elif score.status is not ScoreStatus.OK:
         verdict = _all_failed(policy, {grant.model: score}, weight)
     else:
-        reason = _granted_reason(mailbox, policy, grant.model, cut, final)
+        reason = _granted_reason(request, policy, grant.model, cut, final)
         verdict = Verdict(grant.model, reason, score.output, None, weight)
     return None if verdict is None else replace(verdict, ood=grant.ood)
 
 
-def _granted_reason(mailbox: Mailbox, policy: Policy, model: str, cut: float, final: bool) -> str:
+def _granted_reason(
+    request: RequestView, policy: Policy, model: str, cut: float, final: bool
+) -> str:
     """The reason of the granted model's answer (see the module doc)."""
     canary = policy.canary
-    if canary is not None and canary.model == model and in_canary(mailbox.request, policy):
+    if canary is not None and canary.model == model and in_canary(request, policy):
         return CANARY
-    bounds = _bounds(mailbox, policy, deadline_at(mailbox, policy))
+    bounds = _bounds(request, policy, deadline_at(request, policy))
     first = len(bounds) - 1 if final else next(i for i, b in enumerate(bounds) if b > cut)
     accepting = [
         i for i, stage in enumerate(policy.stages) if stage.accept == "any" or model in stage.accept
@@ -260,7 +258,7 @@ WAIT = OodCheck(status="unknown", detector="")
 
 
 def ood_check(
-    policy: Policy, seen: dict[str, Score], elapsed_ms: float, final: bool
+    policy: Policy, seen: dict[str, Arrival], elapsed_ms: float, final: bool
 ) -> OodCheck | None:
     """The OOD gate's finding from the scores seen ``elapsed_ms`` after arrival: None
     without a gate, ``WAIT`` while the detector may still report in time."""
@@ -272,27 +270,27 @@ def ood_check(
         if elapsed_ms < gate.wait_ms and not final:
             return WAIT
         return OodCheck(status="unknown", detector=gate.detector)
-    return read_detector(score)
+    return read_detector(gate.detector, score)
 
 
-def read_detector(score: Score) -> OodCheck:
+def read_detector(detector: str, score: Arrival) -> OodCheck:
     """A detector's score as a finding: ``is_ood`` flags; anything unreadable is unknown."""
     out = score.output
     flag = out.get("is_ood") if isinstance(out, dict) else None
     if score.status is not ScoreStatus.OK or not isinstance(flag, bool):
-        return OodCheck(status="unknown", detector=score.model)
+        return OodCheck(status="unknown", detector=detector)
     assert isinstance(out, dict)
     raw = out.get("ood_score")
     value = float(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else None
     return OodCheck(
         status="flagged" if flag else "clear",
-        detector=score.model,
+        detector=detector,
         score=value if value is not None and math.isfinite(value) else None,
     )
 
 
 def _flagged(
-    policy: Policy, check: OodCheck, seen: dict[str, Score], final: bool, weight: float
+    policy: Policy, check: OodCheck, seen: dict[str, Arrival], final: bool, weight: float
 ) -> Verdict | None:
     """A flagged request: the safe reply, or the fallback model's answer when it has one."""
     assert policy.ood is not None
@@ -309,17 +307,17 @@ def _flagged(
 
 
 def _schedule(
-    mailbox: Mailbox,
+    request: RequestView,
     policy: Policy,
-    seen: dict[str, Score],
+    seen: dict[str, Arrival],
     *,
     cut: float,
     final: bool,
     weight: float,
 ) -> Verdict | None:
     """Steps 1 and 2 of the module doc (and the deadline rule)."""
-    bounds = _bounds(mailbox, policy, deadline_at(mailbox, policy))
-    canary = policy.canary.model if policy.canary and in_canary(mailbox.request, policy) else None
+    bounds = _bounds(request, policy, deadline_at(request, policy))
+    canary = policy.canary.model if policy.canary and in_canary(request, policy) else None
     if canary is not None:
         score = seen.get(canary)
         if score is not None and score.status is ScoreStatus.OK:
@@ -332,7 +330,7 @@ def _schedule(
         pick = _pick(policy, stage, seen)
         if pick is not None:
             reason = CHAMPION_IN_TIME if index == 0 else fallback_reason(index)
-            return Verdict(pick.model, reason, pick.output, None, weight)
+            return Verdict(pick[0], reason, pick[1].output, None, weight)
         if not _exhausted(policy, stage, seen):
             return _default(policy, DEADLINE_EXCEEDED, weight) if final else None
     if canary is not None and canary not in seen:
@@ -340,77 +338,78 @@ def _schedule(
     return _all_failed(policy, seen, weight)
 
 
-def next_check(mailbox: Mailbox, policy: Policy, now_ms: float) -> float:
+def next_check(request: RequestView, policy: Policy, now_ms: float) -> float:
     """Monotonic ms at which the verdict can next change without a new score: the next
     stage boundary after ``now_ms``, or the deadline (returned once it has passed)."""
-    dead = deadline_at(mailbox, policy)
-    bounds = _bounds(mailbox, policy, dead)
+    dead = deadline_at(request, policy)
+    bounds = _bounds(request, policy, dead)
     if policy.ood is not None:  # the end of the gate's wait
-        bounds = sorted([*bounds, min(mailbox.arrived_ms + policy.ood.wait_ms, dead)])
+        bounds = sorted([*bounds, min(request.arrived_ms + policy.ood.wait_ms, dead)])
     return next((b for b in bounds if b > now_ms), dead)
 
 
-def verdict_latencies(mailbox: Mailbox) -> dict[str, float]:
-    """Per model: when its score reached the mailbox minus when the request did."""
-    return {m: a.at_ms - mailbox.arrived_ms for m, a in mailbox.scores.items()}
+def verdict_latencies(request: RequestView) -> dict[str, float]:
+    """Per model: when its score arrived minus when the request did."""
+    return {m: a.at_ms - request.arrived_ms for m, a in request.scores.items()}
 
 
 def in_time_and_late(
-    mailbox: Mailbox, policy: Policy, now_ms: float
+    request: RequestView, policy: Policy, now_ms: float
 ) -> tuple[list[str], list[str]]:
     """For a Decision made at ``now_ms``: the models whose scores the decision considered
     (arrival order), and the rest, sorted: roster models without a score yet and scores
     that arrived after the deadline."""
-    cut = min(now_ms, deadline_at(mailbox, policy))
-    in_time = [m for m, a in mailbox.scores.items() if a.at_ms <= cut]
-    late = (set(policy.models) | set(mailbox.scores)) - set(in_time)
+    cut = min(now_ms, deadline_at(request, policy))
+    in_time = [m for m, a in request.scores.items() if a.at_ms <= cut]
+    late = (set(policy.models) | set(request.scores)) - set(in_time)
     return in_time, sorted(late)
 
 
-def _bounds(mailbox: Mailbox, policy: Policy, dead: float) -> list[float]:
+def _bounds(request: RequestView, policy: Policy, dead: float) -> list[float]:
     """Monotonic end of each stage (the last ends at the deadline)."""
-    start = mailbox.arrived_ms
+    start = request.arrived_ms
     return [
         dead if s.until_ms == "deadline" else min(start + s.until_ms, dead) for s in policy.stages
     ]
 
 
-def _candidates(policy: Policy, stage: Stage, seen: dict[str, Score]) -> list[str]:
+def _candidates(policy: Policy, stage: Stage, seen: dict[str, Arrival]) -> list[str]:
     if stage.accept != "any":
         return list(stage.accept)
     return list(policy.models) if policy.models else list(seen)
 
 
-def _pick(policy: Policy, stage: Stage, seen: dict[str, Score]) -> Score | None:
-    """The most preferred acceptable ok score of a stage, if any arrived."""
+def _pick(policy: Policy, stage: Stage, seen: dict[str, Arrival]) -> tuple[str, Arrival] | None:
+    """The most preferred acceptable ok score of a stage (and its model), if any arrived."""
     for model in _candidates(policy, stage, seen):
         score = seen.get(model)
         if score is None or score.status is not ScoreStatus.OK:
             continue
         if stage.accept == "any" and score.role in _NOT_BY_ANY:
             continue
-        return score
+        return model, score
     return None
 
 
-def _exhausted(policy: Policy, stage: Stage, seen: dict[str, Score]) -> bool:
+def _exhausted(policy: Policy, stage: Stage, seen: dict[str, Arrival]) -> bool:
     """True when no model of the stage can still give an acceptable answer."""
     if stage.accept == "any" and not policy.models:
         return False  # any model at all may still answer
     return all(model in seen for model in _candidates(policy, stage, seen))
 
 
-def _all_failed(policy: Policy, seen: dict[str, Score], weight: float) -> Verdict:
+def _all_failed(policy: Policy, seen: dict[str, Arrival], weight: float) -> Verdict:
     """Every model that could answer failed. When they all refused the input itself
     for one reason (a prompt too long for the context), that is the answer: a client
     error. Otherwise the configured safe reply, or an ``all_failed`` error."""
-    errors = [s.error or "" for s in seen.values() if s.status is ScoreStatus.ERROR]
-    codes = {_error_code(e) for e in errors}
-    if errors and len(codes) == 1 and (code := codes.pop()) in CLIENT_ERROR_CODES:
-        return Verdict(None, ALL_FAILED, None, ErrorBody(code=code, message=errors[0]), weight)
+    failures = [s.error for s in seen.values() if s.status is ScoreStatus.ERROR]
+    codes = {e.code if e is not None else "" for e in failures}
+    first = failures[0] if failures else None
+    if first is not None and len(codes) == 1 and first.code in CLIENT_ERROR_CODES:
+        return Verdict(None, ALL_FAILED, None, first, weight)
     if policy.default.error is None:
         return _default(policy, ALL_FAILED, weight)
-    detail = "; ".join(sorted(f"{m}: {s.error or s.status.value}" for m, s in seen.items()))
+    detail = "; ".join(sorted(f"{m}: {_describe(s)}" for m, s in seen.items()))
     return Verdict(
         None,
         ALL_FAILED,
@@ -420,9 +419,10 @@ def _all_failed(policy: Policy, seen: dict[str, Score], weight: float) -> Verdic
     )
 
 
-def _error_code(error: str) -> str:
-    """The code of a score's error text written as ``[code] message``."""
-    return error[1 : error.index("]")] if error.startswith("[") and "]" in error else ""
+def _describe(score: Arrival) -> str:
+    """A failed score for the all-failed message: ``[code] message``, or its status."""
+    error = score.error
+    return score.status.value if error is None else f"[{error.code}] {error.message}"
 
 
 def _default(policy: Policy, reason: str, weight: float) -> Verdict:

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible chat API: its routes, wire schemas and streamed completions."""
