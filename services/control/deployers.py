@@ -124,7 +124,7 @@ class ProcessDeployer:
 @dataclass(frozen=True)
 class DockerConfig:
     """Where the docker deployer runs a worker: by default beside the shipped compose
-    stack (docker-compose.yml), checked against that file by tests/unit/test_control.py."""
+    stack (docker-compose.yml), checked against that file by tests/unit/control/test_control.py."""
 
     project: str = COMPOSE_PROJECT
     """The compose project: its network is ``<project>_default``, its volumes

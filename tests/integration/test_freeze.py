@@ -6,7 +6,7 @@ This passes on the code before the freeze rule for records too (two runs): here 
 scores are written during the freeze, and the revocation reached the woken replica
 before them. The race that rule closes (records fetched before the freeze, handled
 on waking) cannot be timed from outside the process; its regression test is the unit
-test with a fake clock in tests/unit/test_readback.py."""
+test with a fake clock in tests/unit/rendezvous/test_readback.py."""
 
 from __future__ import annotations
 

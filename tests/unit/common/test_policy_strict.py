@@ -15,7 +15,7 @@ from services.common.messages import PolicyEntry
 from services.common.policy import MAX_DEADLINE_MS, load_policies, policy_from_entry
 from tests.factories import policy_doc
 
-POLICIES = Path(__file__).resolve().parents[2] / "deploy" / "policies"
+POLICIES = Path(__file__).resolve().parents[3] / "deploy" / "policies"
 GATE = {"detector": "ood", "wait_ms": 200, "when_flagged": {"output": "no"}}
 
 

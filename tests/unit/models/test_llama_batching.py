@@ -17,7 +17,7 @@ from models.llama import (
     RequestTooLargeError,
     SamplingParams,
 )
-from tests.unit.test_llama_chat import CONTEXT, tiny_model
+from tests.unit.models.test_llama_chat import CONTEXT, tiny_model
 
 PROMPTS = [[5, 6, 7], list(range(10, 40)), [33] * 12, [99, 4, 8, 15, 16, 23, 42], [70]]
 GREEDY = SamplingParams(max_tokens=16)

@@ -13,7 +13,7 @@ from services.common.policy import parse_policy
 from services.compare.counterfactual import replay_decision, would_choose
 from services.compare.paired import Window, paired_figures
 from services.compare.report import Report
-from tests.unit.compare_tables import Archive
+from tests.unit.compare.compare_tables import Archive
 
 CHAT = parse_policy(
     {
@@ -75,7 +75,7 @@ def test_latency_quantiles_match_the_known_distribution() -> None:
 
 def test_the_window_filters_by_endpoint_and_time() -> None:
     con = _run().connect()
-    from tests.unit.compare_tables import T0  # noqa: PLC0415 - the archive's epoch
+    from tests.unit.compare.compare_tables import T0  # noqa: PLC0415 - the archive's epoch
 
     later = paired_figures(con, Window("champ", "chall", since_ms=T0 + 10_000))
     assert later.paired == 1000

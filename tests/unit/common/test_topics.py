@@ -11,7 +11,7 @@ import yaml
 from services.common.errors import ConfigError
 from services.common.topics import DEFAULT_FILE, ROLES, TopicFile, Topics, load_topics
 
-REPO_FILE = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "topics.yaml"
+REPO_FILE = Path(__file__).resolve().parents[3] / "deploy" / "kafka" / "topics.yaml"
 
 
 def _valid() -> dict[str, Any]:

@@ -8,7 +8,7 @@ import pytest
 
 from services.workers.__main__ import build_parser, configure, main
 
-SPECS = Path(__file__).resolve().parents[2] / "models" / "specs"
+SPECS = Path(__file__).resolve().parents[3] / "models" / "specs"
 
 
 @pytest.fixture(autouse=True)

@@ -44,7 +44,7 @@ from services.workers.runtime import ModelRuntime, Prediction
 from services.workers.service import decode_request
 from services.workers.worker import ModelWorker
 from tests.factories import policy_doc, request, score_for
-from tests.unit.test_loop import FakeConsumer, FakeProducer
+from tests.unit.common.test_loop import FakeConsumer, FakeProducer
 
 TOPICS: Topics = load_topics(prefix="unit.")
 MISSING_TOPIC = "unit.no.such.topic"

@@ -20,7 +20,7 @@ from services.common.loop import Context, Inbound
 from services.common.messages import DeadLetter
 from services.common.redact import REDACTED, redact, register_secret, sensitive_name
 from services.common.settings import KafkaSettings
-from tests.unit.test_loop import Scorer, make, rec, req
+from tests.unit.common.test_loop import Scorer, make, rec, req
 
 PASSWORD = "Sasl-pa55word-9d41e"  # a test value, checked never to leak
 

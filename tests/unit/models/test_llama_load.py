@@ -25,9 +25,9 @@ from models.llama import (
     loader,
 )
 from models.llama import cache as cache_module
-from tests.unit.test_llama_chat import tiny_model, tiny_tokenizer
+from tests.unit.models.test_llama_chat import tiny_model, tiny_tokenizer
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture

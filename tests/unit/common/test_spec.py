@@ -10,7 +10,7 @@ from services.common.errors import ConfigError
 from services.common.messages import Role
 from services.common.spec import BatchSpec, ModelSpec, load_spec, load_spec_file, parse_inline
 
-SPECS = Path(__file__).resolve().parents[2] / "models" / "specs"
+SPECS = Path(__file__).resolve().parents[3] / "models" / "specs"
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ from services.rendezvous.live import merged
 from services.workers.settings import WorkerSettings
 from tests.factories import policy_doc
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _reg(name: str, role: Role = Role.CHALLENGER) -> ModelRegistration:

@@ -18,7 +18,7 @@ from services.common.topics import load_topics
 from services.rendezvous.mailbox import MailboxStore, Outcome, StoreLimits
 from services.rendezvous.service import POLICY_FAILED, Rendezvous
 from tests.factories import policy_doc, request, score_for
-from tests.unit.test_loop import FakeConsumer, FakeProducer
+from tests.unit.common.test_loop import FakeConsumer, FakeProducer
 
 TOPICS = load_topics(prefix="unit.")
 FAST = parse_policy(

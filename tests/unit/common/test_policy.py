@@ -16,7 +16,7 @@ from services.common.messages import ErrorBody, PolicyEntry
 from services.common.policy import Policy, load_policies, parse_policy, policy_from_entry
 from tests.factories import policy_doc
 
-POLICIES = Path(__file__).resolve().parents[2] / "deploy" / "policies"
+POLICIES = Path(__file__).resolve().parents[3] / "deploy" / "policies"
 
 
 _doc = policy_doc

@@ -31,7 +31,7 @@ from services.common.messages import (
 )
 from services.common.topics import Topics, load_topics
 from tests.factories import request, score_for
-from tests.unit.test_loop import FakeConsumer, FakeProducer
+from tests.unit.common.test_loop import FakeConsumer, FakeProducer
 
 NOW_MS = 1_764_158_400_000  # 2025-11-26T12:00:00Z, an hour boundary
 BOOM = ErrorBody(code="prediction_failed", message="boom")

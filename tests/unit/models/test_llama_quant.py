@@ -8,7 +8,7 @@ from torch import nn
 
 from models.llama import BatchEngine, LoadConfig, SamplingParams
 from models.llama.quant import Int8Linear, quantize_int8
-from tests.unit.test_llama_chat import tiny_model
+from tests.unit.models.test_llama_chat import tiny_model
 
 
 def test_few_rows_use_int8_weights_close_to_the_bfloat16_layer() -> None:
