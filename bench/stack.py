@@ -3,6 +3,7 @@ the broker named by RDV_KAFKA_BOOTSTRAP or a local one started (and stopped) her
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import statistics
@@ -12,6 +13,7 @@ import uuid
 from pathlib import Path
 from types import TracebackType
 
+from bench.cost import STATS_CONFIG, CostMeter
 from services.common.codec import decode
 from services.common.errors import MessageError
 from services.common.kafka import Admin, admin_config, consumer_config, read_since
@@ -50,9 +52,19 @@ class BenchStack:
     """Broker, topics, policy file; workers and front (rendezvous, gateway) on demand."""
 
     def __init__(
-        self, policy_yaml: str, *, max_in_flight: int = 256, max_loop_lag_ms: float | None = None
+        self,
+        policy_yaml: str,
+        *,
+        max_in_flight: int = 256,
+        max_loop_lag_ms: float | None = None,
+        env: dict[str, str] | None = None,
+        jvm_options: list[str] | None = None,
     ) -> None:
-        """``max_loop_lag_ms``: the gateway's shedding limit; None leaves its default."""
+        """``max_loop_lag_ms``: the gateway's shedding limit; None leaves its default.
+        ``env``: more environment for every process (RDV_KAFKA_CLIENT_CONFIG's entries
+        are merged into the bench's); ``jvm_options``: the broker's GC flags."""
+        self.extra_env = dict(env or {})
+        self.jvm_options = jvm_options
         self._tmp = tempfile.TemporaryDirectory(prefix="rdv-bench-")
         self.dir = Path(self._tmp.name)
         self.policy = self.dir / "policy.yaml"
@@ -70,7 +82,9 @@ class BenchStack:
             port = free_port()
             while _taken(port + 1):
                 port = free_port()
-            self.broker = LocalBroker(port=port, state_dir=self.dir / "kafka")
+            self.broker = LocalBroker(
+                port=port, state_dir=self.dir / "kafka", jvm_options=self.jvm_options
+            )
             self.broker.start()
             bootstrap = self.broker.bootstrap
         self.kafka = KafkaSettings(
@@ -78,6 +92,11 @@ class BenchStack:
         )
         self.topics = load_topics(prefix=self.kafka.topic_prefix)
         self.topics.ensure(Admin(admin_config(self.kafka)))
+        client_config = (
+            json.loads(os.environ.get("RDV_KAFKA_CLIENT_CONFIG") or "{}")
+            | STATS_CONFIG
+            | json.loads(self.extra_env.pop("RDV_KAFKA_CLIENT_CONFIG", "{}"))
+        )
         self.env = {
             **os.environ,
             "RDV_KAFKA_BOOTSTRAP": bootstrap,
@@ -87,6 +106,10 @@ class BenchStack:
             "RDV_RENDEZVOUS_LOG_LEVEL": "WARNING",
             "RDV_WORKER_LOG_LEVEL": "WARNING",
             "RDV_GATEWAY_LOG_LEVEL": "WARNING",
+            # the Kafka request counts, reported often (bench.cost); the user's own
+            # client settings, if any, still apply
+            "RDV_KAFKA_CLIENT_CONFIG": json.dumps(client_config),
+            **self.extra_env,
         }
         return self
 
@@ -149,6 +172,14 @@ class BenchStack:
                 ready=f"http://127.0.0.1:{self.gateway_port}/readyz",
             )
         )
+
+    def meter(self) -> CostMeter:
+        """Readings of every process started here and of the broker (when started here)."""
+        pids = {name: int((self.dir / f"{name}.pid").read_text()) for name in self.specs}
+        if self.broker is not None and (pid := self.broker.pid()) is not None:
+            pids["broker"] = pid
+        urls = {n: s.ready.replace("/readyz", "/metrics") for n, s in self.specs.items()}
+        return CostMeter(pids, urls)
 
     @staticmethod
     def clock_mark() -> int:

@@ -5,11 +5,16 @@ rendezvous, three echo models, each its own process) against an in-process basel
     python -m bench.stream_overhead            # about 3 minutes
     python -m bench.stream_overhead --quick    # a smoke run, about 1 minute
 
-Reports the latency the stream path adds at 200 req/s (p50, p99, p99.9), the highest
-rate held with p99 under 100 ms, where the time goes (per hop, from the records'
-own timestamps), and the share of answers within deadline + 10 ms with a champion
-slow on 20% of requests and at twice the sustainable rate. The last line printed is
-one JSON object with every figure.
+Reports, each against the baseline measured in the same run: what a request costs at
+100 and 200 req/s (CPU-ms per request of each process and in total, from /proc; the
+Kafka requests the processes' clients sent per HTTP request, by type, from librdkafka's
+statistics: bench.cost) and the latency the stream path adds (p50, p99, p99.9); where
+the time goes (per hop, from the records' own timestamps); rising rate steps from 50
+req/s with their cost, the highest held with p99 under 100 ms for both; and the share
+of answers within deadline + 10 ms with a champion slow on 20% of requests and at
+twice the sustainable rate. The broker's JVM is warmed first (30 s at 200 req/s,
+printed per 5 s window). The machine (CPU, flags, cores, steal) is printed first and
+last; the last line printed is one JSON object with every figure.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bench.chaos_report import cpu_times, machine
+from bench.cost import STATS_INTERVAL_MS, CostMeter, per_request, settle_kafka_counts
 from bench.loadgen import Run, measure, quantile, summary
 from bench.stack import BODY, DEADLINE_MS, ECHO, ECHO_MODELS, POLICY, BenchStack, free_port
 from services.devstack.stack import ProcessSpec, start, stop
@@ -50,7 +57,8 @@ def line(name: str, run: Run) -> str:
 
 
 @contextmanager
-def baseline_server() -> Iterator[int]:
+def baseline_server() -> Iterator[tuple[int, int]]:
+    """The in-process baseline's port and pid."""
     port = free_port()
     spec = ProcessSpec(
         name="baseline",
@@ -58,11 +66,55 @@ def baseline_server() -> Iterator[int]:
         ready=f"http://127.0.0.1:{port}/readyz",
     )
     with tempfile.TemporaryDirectory() as run_dir:
-        start(spec, dict(os.environ), Path(run_dir))
+        pid, _ = start(spec, dict(os.environ), Path(run_dir))
         try:
-            yield port
+            yield port, pid
         finally:
             stop(spec, Path(run_dir))
+
+
+def costed(meter: CostMeter, port: int, rate: float, duration_s: float) -> tuple[Run, dict]:
+    """One open-loop run and what it cost (bench.cost): CPU-ms and Kafka requests per
+    request sent."""
+    cpu0, kafka0 = meter.cpu(), meter.kafka()
+    run = measure("127.0.0.1", port, "/v1/infer/bench", BODY, rate=rate, duration_s=duration_s)
+    cpu1 = meter.cpu()
+    if meter.metrics:
+        settle_kafka_counts()
+    return run, per_request(cpu0, cpu1, kafka0, meter.kafka(), len(run.results))
+
+
+def warm_up(meter: CostMeter, port: int, seconds: float) -> list[float]:
+    """Load the stream path at 200 req/s in 5 s windows until ``seconds`` have passed:
+    a fresh broker JVM compiles its hot paths (JIT) in the first seconds, which would
+    otherwise count as the cost of the first step. Returns the total CPU-ms per request
+    of each window, so the report shows it settling."""
+    windows = []
+    for _ in range(max(1, round(seconds / 5))):
+        _, cost = costed(meter, port, 200, 5.0)
+        windows.append(float(cost["cpu_ms"]["total"]))  # type: ignore[index]
+    return windows
+
+
+def steps(meter: CostMeter, port: int, rates: list[int], step_dur: float) -> list[dict]:
+    """Rising rates until one is not held (all 200s, p99 < 100 ms) after one that was."""
+    out: list[dict] = []
+    held_any = False
+    for rate in rates:
+        run, cost = costed(meter, port, rate, step_dur)
+        s = summary(run)
+        held = s["ok_share"] == 1.0 and s["p99"] < 100
+        out.append({"rate": rate, **s, "held": held, "cost": cost})
+        print(line(f"step {'held' if held else 'NOT held'}", run), _cost_line(cost))
+        if held:
+            held_any = True
+        elif held_any:
+            break
+    return out
+
+
+def highest_held(rows: list[dict]) -> float:
+    return max((float(r["rate"]) for r in rows if r["held"]), default=0.0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,59 +124,69 @@ def main(argv: list[str] | None = None) -> int:
     dur = 4.0 if args.quick else 10.0
     repeats = 1 if args.quick else 3
     step_dur = 3.0 if args.quick else 5.0
-    rates = [200, 400, 600] if args.quick else [200, 300, 400, 500, 600, 800, 1000, 1200]
+    warm_s = 10.0 if args.quick else 30.0
+    rates = (
+        [50, 100, 200, 400]
+        if args.quick
+        else [50, 100, 150, 200, 300, 400, 500, 600, 800, 1000, 1200, 1600, 2000]
+    )
+    steal0 = cpu_times()
+    print("machine:", json.dumps(machine()))
     out: dict[str, object] = {
         "deadline_ms": DEADLINE_MS,
         "quick": args.quick,
         "gateway_max_in_flight": 256,  # other gateway settings: their defaults
-        "repeats_at_200": repeats,
+        "repeats": repeats,
+        "kafka_stats_interval_ms": STATS_INTERVAL_MS,
     }
 
     with (
-        baseline_server() as base_port,
+        baseline_server() as (base_port, base_pid),
         BenchStack(POLICY, max_in_flight=256) as stack,
     ):
         stack.start_workers(ECHO_MODELS)
         stack.start_front()
         gw = stack.gateway_port
-        for port in (base_port, gw):  # warm both (connections, caches, consumer groups)
-            measure("127.0.0.1", port, "/v1/infer/bench", BODY, rate=200, duration_s=2)
+        meter, base_meter = stack.meter(), CostMeter({"baseline": base_pid}, {})
+        measure("127.0.0.1", base_port, "/v1/infer/bench", BODY, rate=200, duration_s=2)
+        windows = warm_up(meter, gw, warm_s)
+        out["warmup_cpu_ms_per_request"] = windows
+        print(f"warm-up at 200 req/s, total CPU-ms per request per 5 s window: {windows}")
 
-        # baseline and stream alternate, `repeats` times: each quantile is the median
-        # over the repeats, so one noisy moment on a shared machine does not decide it
-        bases, streams, hops = [], [], []
-        for _ in range(repeats):
-            bases.append(
-                measure("127.0.0.1", base_port, "/v1/infer/bench", BODY, rate=200, duration_s=dur)
+        # baseline and stream alternate, `repeats` times at each rate: each figure is the
+        # median over the repeats, so one noisy moment on a shared machine does not decide
+        for rate in (100, 200):
+            bases, streams, hops = [], [], []
+            for _ in range(repeats):
+                bases.append(costed(base_meter, base_port, rate, dur))
+                mark = stack.clock_mark()
+                streams.append(costed(meter, gw, rate, dur))
+                hops.append(stack.hops(since_ms=mark))
+                print(line("baseline (in-process)", bases[-1][0]), _cost_line(bases[-1][1]))
+                print(line("stream (full stack)", streams[-1][0]), _cost_line(streams[-1][1]))
+            b, s = _median_summary([r for r, _ in bases]), _median_summary([r for r, _ in streams])
+            b_cost, s_cost = (
+                _median_cost([c for _, c in bases]),
+                _median_cost([c for _, c in streams]),
             )
-            mark = stack.clock_mark()
-            streams.append(
-                measure("127.0.0.1", gw, "/v1/infer/bench", BODY, rate=200, duration_s=dur)
-            )
-            hops.append(stack.hops(since_ms=mark))
-            print(line("baseline (in-process)", bases[-1]))
-            print(line("stream (full stack)", streams[-1]))
-        b, s = _median_summary(bases), _median_summary(streams)
-        out["baseline_200"] = b
-        out["stream_200"] = s
-        out["added_ms"] = {k: s[k] - b[k] for k in ("p50", "p99", "p999")}
-        out["hops_ms"] = {k: statistics.median(h[k] for h in hops) for k in hops[0]}
-        print("where the time goes (medians, ms):", json.dumps(out["hops_ms"]))
+            out[f"at_{rate}"] = {
+                "baseline": {**b, "cost": b_cost},
+                "stream": {**s, "cost": s_cost},
+                "added_ms": {k: s[k] - b[k] for k in ("p50", "p99", "p999")},
+                "cpu_ratio_to_baseline": round(
+                    s_cost["cpu_ms"]["total"] / max(b_cost["cpu_ms"]["total"], 1e-9), 2
+                ),
+                "hops_ms": {k: statistics.median(h[k] for h in hops) for k in hops[0]},
+            }
+            print(f"at {rate} req/s (medians):", json.dumps(out[f"at_{rate}"]))
 
-        best = 0.0
-        steps = []
-        for rate in rates:
-            run = measure("127.0.0.1", gw, "/v1/infer/bench", BODY, rate=rate, duration_s=step_dur)
-            s = summary(run)
-            held = s["ok_share"] == 1.0 and s["p99"] < 100
-            steps.append({"rate": rate, **s, "held": held})
-            print(line(f"step {'held' if held else 'NOT held'}", run))
-            if held:
-                best = float(rate)
-            elif best:
-                break
-        out["steps"] = steps
+        base_steps = steps(base_meter, base_port, rates, step_dur)
+        stream_steps = steps(meter, gw, rates, step_dur)
+        out["baseline_steps"], out["steps"] = base_steps, stream_steps
+        best, base_best = highest_held(stream_steps), highest_held(base_steps)
         out["max_rate_p99_under_100ms"] = best
+        out["baseline_max_rate_p99_under_100ms"] = base_best
+        out["held_ratio_to_baseline"] = round(best / base_best, 3) if base_best else None
 
         stack.start_workers({"champ": SLOW_CHAMP})
         slow = measure("127.0.0.1", gw, "/v1/infer/bench", BODY, rate=200, duration_s=dur)
@@ -149,8 +211,25 @@ def main(argv: list[str] | None = None) -> int:
             "shed_p99_ms": quantile(shed, 0.99),
             **summary(over),
         }
+    out["machine"] = machine(steal0)  # with the CPU share stolen during the run
+    print("machine:", json.dumps(out["machine"]))
     print(json.dumps(out, default=str))
     return 0
+
+
+def _cost_line(cost: dict) -> str:
+    kafka = cost["kafka_requests"]
+    text = f"CPU {cost['cpu_ms']['total']:.2f} ms/req"
+    return text + (f", Kafka {kafka['total']:.1f} req/req" if kafka["total"] else "")
+
+
+def _median_cost(costs: list[dict]) -> dict:
+    """Per figure, the median over the repeats."""
+    first = costs[0]
+    return {
+        part: {k: statistics.median(c[part].get(k, 0.0) for c in costs) for k in first[part]}
+        for part in ("cpu_ms", "kafka_requests", "kafka_requests_by_process")
+    }
 
 
 def _median_summary(runs: list[Run]) -> dict[str, float]:

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,6 +159,10 @@ def _cluster_id(raw: bytes | None = None) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
+JVM_OPTIONS = ("-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20")
+"""The broker JVM's GC flags unless RDV_KAFKA_JVM_OPTS or ``jvm_options`` say otherwise."""
+
+
 def _port_in_use(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
@@ -166,11 +171,21 @@ def _port_in_use(port: int) -> bool:
 class LocalBroker:
     """One broker process on 127.0.0.1:``port`` with its state under ``state_dir``."""
 
-    def __init__(self, port: int = 9092, state_dir: Path | None = None, heap_mb: int = 768) -> None:
+    def __init__(
+        self,
+        port: int = 9092,
+        state_dir: Path | None = None,
+        heap_mb: int = 768,
+        jvm_options: Sequence[str] | None = None,
+    ) -> None:
+        """``jvm_options``: the JVM's GC and compiler flags (the heap is ``heap_mb``);
+        default $RDV_KAFKA_JVM_OPTS (space-separated) or JVM_OPTIONS."""
         self.port = port
         self.controller_port = port + 1
         self.state_dir = state_dir or PROJECT_ROOT / ".rdv" / f"kafka-{port}"
         self.heap_mb = heap_mb
+        env_options = os.environ.get("RDV_KAFKA_JVM_OPTS", "").split()
+        self.jvm_options = list(jvm_options or env_options or JVM_OPTIONS)
         self._proc: subprocess.Popen[bytes] | None = None  # set when started by this object
 
     @property
@@ -246,8 +261,7 @@ class LocalBroker:
             java,
             f"-Xms{self.heap_mb // 2}m",
             f"-Xmx{self.heap_mb}m",
-            "-XX:+UseG1GC",
-            "-XX:MaxGCPauseMillis=20",
+            *self.jvm_options,
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={LOG_CONFIG}",
             "-cp",

@@ -11,11 +11,12 @@ from services.common.codec import decode
 from services.common.kafka import (
     Consumer,
     Producer,
+    batched_fetch,
     consumer_config,
     producer_config,
 )
 from services.common.loop import RunStats, StreamRunner
-from services.common.messages import RequestEnvelope
+from services.common.messages import RequestEnvelope, Role
 from services.common.settings import KafkaSettings
 from services.common.spec import ModelSpec
 from services.common.topics import Topics
@@ -111,6 +112,23 @@ class WorkerService:
             self.model.unload()
 
 
+OFF_ANSWER_PATH = frozenset({Role.CANARY, Role.DECOY})
+"""Roles whose scores never answer a client (docs/architecture.md, "Roles"): they may
+read and write in batches (WorkerSettings.off_path_wait_ms)."""
+
+
+def client_overrides(
+    spec: ModelSpec, settings: WorkerSettings
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The worker's own consumer and producer properties: where a new group starts, and
+    batched reads and writes for a model off the answer path."""
+    reading: dict[str, str] = {"auto.offset.reset": settings.auto_offset_reset}
+    if spec.role not in OFF_ANSWER_PATH or settings.off_path_wait_ms == 0:
+        return reading, {}
+    linger_ms = settings.off_path_wait_ms // 10
+    return reading | batched_fetch(settings.off_path_wait_ms), {"linger.ms": str(linger_ms)}
+
+
 def build_worker(
     *,
     kafka: KafkaSettings,
@@ -122,19 +140,15 @@ def build_worker(
     """A worker whose consumer group is ``<topic prefix>rdv.model.<name>``: every model
     sees every request; replicas of one model share its partitions."""
     client_id = f"rdv-worker-{spec.name}"
+    reading, writing = client_overrides(spec, settings)
     consumer = Consumer(
-        consumer_config(
-            kafka,
-            kafka.topic_prefix + spec.group_id,
-            client_id,
-            {"auto.offset.reset": settings.auto_offset_reset},
-        )
+        consumer_config(kafka, kafka.topic_prefix + spec.group_id, client_id, reading)
     )
     return WorkerService(
         spec=spec,
         model=model,
         consumer=consumer,
-        producer=Producer(producer_config(kafka, client_id)),
+        producer=Producer(producer_config(kafka, client_id) | writing),
         topics=topics,
         settings=settings,
     )

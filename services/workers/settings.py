@@ -38,6 +38,13 @@ class WorkerSettings(BaseSettings):
     challenger backfilling from the requests topic (with auto_offset_reset "earliest")
     to be compared on past traffic. Its late scores answer nobody."""
 
+    off_path_wait_ms: int = Field(default=500, ge=0, le=5000)
+    """A model whose answers never answer a client (role canary or decoy) reads requests
+    in batches: the broker answers its fetch when 64 KiB have arrived or after this
+    long, and its scores leave in batches too (lingering up to a tenth of it). Fewer
+    Kafka requests and fewer wake-ups per request; its scores arrive up to this much
+    later, which nobody waits for. 0: read and write at once, as answering models do."""
+
     startup_timeout_s: float = Field(default=30.0, gt=0)
     """How long to wait for the broker to create and confirm the topics at start."""
 

@@ -1,7 +1,8 @@
 """The one package that owns ``confluent_kafka``; nothing else imports it.
 
 ``config`` merges client settings in a fixed order and pins what delivery depends on,
-``clients`` has the producer and the consumer, ``admin`` the cluster-level calls.
+``clients`` has the producer and the consumer, ``admin`` the cluster-level calls,
+``stats`` the Kafka requests each client sent (librdkafka's statistics, as a metric).
 """
 
 from services.common.kafka.admin import (
@@ -22,6 +23,7 @@ from services.common.kafka.config import (
     PRODUCER_DEFAULTS,
     PRODUCER_PINNED,
     admin_config,
+    batched_fetch,
     consumer_config,
     is_permanent,
     merge_config,
@@ -43,6 +45,7 @@ __all__ = [
     "Reader",
     "Record",
     "admin_config",
+    "batched_fetch",
     "committed_offsets",
     "consumer_config",
     "is_permanent",

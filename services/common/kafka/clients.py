@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import confluent_kafka
 
 from services.common.errors import BackpressureError, KafkaUnavailableError, ProduceError
+from services.common.kafka.stats import stats_callback
 
 log = logging.getLogger("rdv.kafka")
 CLIENT_LOG = logging.getLogger("rdv.librdkafka")
@@ -71,6 +72,7 @@ class Producer:
     def __init__(self, config: Mapping[str, str], on_error: ErrorHook | None = None) -> None:
         self._producer = confluent_kafka.Producer(
             {**config, "error_cb": _error_cb(on_error), "logger": CLIENT_LOG}
+            | stats_callback(config)
         )
 
     def produce(
@@ -159,6 +161,7 @@ class Consumer:
     def __init__(self, config: Mapping[str, str], on_error: ErrorHook | None = None) -> None:
         self._consumer = confluent_kafka.Consumer(
             {**config, "error_cb": _error_cb(on_error), "logger": CLIENT_LOG}
+            | stats_callback(config)
         )
         self._assigned: set[tuple[str, int]] = set()
         self._fresh: set[tuple[str, int]] = set()

@@ -26,6 +26,11 @@ CLIENT_DEFAULTS: dict[str, str] = {
     "retry.backoff.ms": "100",
     "retry.backoff.max.ms": "500",
 }
+STATS_DEFAULTS: dict[str, str] = {
+    # librdkafka's statistics every 5 s: the requests each client sends the broker, as
+    # rdv_kafka_requests_total (services.common.kafka.stats). 0 turns them off.
+    "statistics.interval.ms": "5000",
+}
 PRODUCER_DEFAULTS: dict[str, str] = {
     "linger.ms": "0",  # send at once; batches still form while requests are in flight
     "socket.nagle.disable": "true",
@@ -56,6 +61,16 @@ CONSUMER_DEFAULTS: dict[str, str] = {
     "partition.assignment.strategy": "range",
 }
 CONSUMER_PINNED: dict[str, str] = {"enable.auto.offset.store": "false"}
+BATCH_FETCH_BYTES = 65536
+
+
+def batched_fetch(wait_ms: int) -> dict[str, str]:
+    """Consumer properties for a reader off the answer path: the broker answers its fetch
+    once BATCH_FETCH_BYTES have arrived or ``wait_ms`` has passed, so the reader sends
+    one fetch per interval under light load instead of one per record."""
+    return {"fetch.min.bytes": str(BATCH_FETCH_BYTES), "fetch.wait.max.ms": str(wait_ms)}
+
+
 CLASSIC_ONLY = ("session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy")
 """Consumer properties of the classic group protocol. With ``group.protocol=consumer``
 (KIP-848) the broker owns them (group.consumer.* broker and group configs) and
@@ -103,6 +118,7 @@ def producer_config(settings: KafkaSettings, client_id: str) -> dict[str, str]:
     base = {"bootstrap.servers": settings.bootstrap, "client.id": client_id}
     return merge_config(
         CLIENT_DEFAULTS,
+        STATS_DEFAULTS,
         PRODUCER_DEFAULTS,
         base,
         settings.security_config(),
@@ -133,7 +149,7 @@ def consumer_config(
                     "broker's group.consumer.* settings govern the group"
                 )
         defaults["group.remote.assignor"] = "range"
-    return merge_config(CLIENT_DEFAULTS, defaults, *layers, pinned=CONSUMER_PINNED)
+    return merge_config(CLIENT_DEFAULTS, STATS_DEFAULTS, defaults, *layers, pinned=CONSUMER_PINNED)
 
 
 def admin_config(settings: KafkaSettings) -> dict[str, str]:

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from services.common.spec import load_spec
 from services.workers.__main__ import build_parser, configure, main
+from services.workers.service import client_overrides
+from services.workers.settings import WorkerSettings
 
 SPECS = Path(__file__).resolve().parents[3] / "models" / "specs"
 
@@ -82,3 +85,29 @@ def test_flags_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
     assert (flagged.spec.name, flagged.settings.ops_port) == ("fast", 0)
     assert flagged.topics.requests == "p.rdv.requests"
     assert not flagged.model.ready  # built, not loaded: loading waits for the broker
+
+
+@pytest.mark.parametrize(
+    ("role", "batched"),
+    [
+        ("champion", False),
+        ("challenger", False),
+        ("detector", False),
+        ("canary", True),
+        ("decoy", True),
+    ],
+)
+def test_only_models_off_the_answer_path_read_and_write_in_batches(
+    role: str, batched: bool
+) -> None:
+    spec = load_spec(f"echo:name=m,role={role},endpoints=demo")
+    reading, writing = client_overrides(spec, WorkerSettings(off_path_wait_ms=400))
+    assert reading["auto.offset.reset"] == "latest"
+    if batched:
+        assert (reading["fetch.wait.max.ms"], reading["fetch.min.bytes"]) == ("400", "65536")
+        assert writing == {"linger.ms": "40"}
+    else:
+        assert "fetch.wait.max.ms" not in reading
+        assert writing == {}
+    off = client_overrides(spec, WorkerSettings(off_path_wait_ms=0))
+    assert off == ({"auto.offset.reset": "latest"}, {})

@@ -1,0 +1,105 @@
+"""What each request costs: CPU-ms per request of each process (utime + stime from
+/proc, read at the start and end of a load window) and the Kafka requests the
+processes' clients sent per HTTP request (``rdv_kafka_requests_total`` from each
+process's /metrics: librdkafka's own counts, by request type).
+
+librdkafka reports its counts every ``statistics.interval.ms`` (the benches set
+``STATS_INTERVAL_MS``), so the second Kafka reading waits ``KAFKA_SETTLE_S`` after the
+window: those idle seconds' requests (heartbeats, empty fetches) count too, a small
+overstatement, said where the figures are printed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.request
+from dataclasses import dataclass
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")  # the unit of /proc/<pid>/stat's utime and stime
+STATS_INTERVAL_MS = 500
+KAFKA_SETTLE_S = 2.5 * STATS_INTERVAL_MS / 1000
+"""How long after a window the Kafka counts are read: two reports and a margin."""
+STATS_CONFIG = {"statistics.interval.ms": str(STATS_INTERVAL_MS)}
+"""What the benches add to RDV_KAFKA_CLIENT_CONFIG for the processes they start."""
+
+
+def cpu_ms(pid: int) -> float:
+    """CPU time (user + system) the process has used, in ms; NaN once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) * 1000.0 / CLK_TCK
+
+
+def kafka_requests(metrics_url: str) -> dict[str, float]:
+    """Request type -> count over every client of one process (its /metrics)."""
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("rdv_kafka_requests_total{"):
+            continue
+        labels, _, value = line.rpartition(" ")
+        request = labels.split('request="', 1)[1].split('"', 1)[0]
+        out[request] = out.get(request, 0.0) + float(value)
+    return out
+
+
+@dataclass
+class Reading:
+    cpu: dict[str, float]  # process -> CPU ms so far
+    kafka: dict[str, dict[str, float]]  # process -> request type -> count so far
+
+
+class CostMeter:
+    """Readings of a set of processes: CPU by pid, Kafka requests by metrics URL."""
+
+    def __init__(self, pids: dict[str, int], metrics: dict[str, str]) -> None:
+        self.pids = pids
+        self.metrics = metrics
+
+    def cpu(self) -> dict[str, float]:
+        return {name: cpu_ms(pid) for name, pid in self.pids.items()}
+
+    def kafka(self) -> dict[str, dict[str, float]]:
+        return {name: kafka_requests(url) for name, url in self.metrics.items()}
+
+
+def per_request(
+    cpu_before: dict[str, float],
+    cpu_after: dict[str, float],
+    kafka_before: dict[str, dict[str, float]],
+    kafka_after: dict[str, dict[str, float]],
+    answered: int,
+) -> dict[str, object]:
+    """CPU-ms per request by process and in total, Kafka requests per request by type and
+    in total (and by process), for ``answered`` HTTP requests."""
+    n = max(answered, 1)
+    cpu = {name: round((cpu_after[name] - cpu_before[name]) / n, 3) for name in cpu_before}
+    by_type: dict[str, float] = {}
+    by_process: dict[str, float] = {}
+    for name, after in kafka_after.items():
+        before = kafka_before.get(name, {})
+        for request, count in after.items():
+            delta = count - before.get(request, 0.0)
+            by_type[request] = by_type.get(request, 0.0) + delta
+            by_process[name] = by_process.get(name, 0.0) + delta
+    return {
+        "cpu_ms": {**cpu, "total": round(sum(cpu.values()), 3)},
+        "kafka_requests": {
+            **{k: round(v / n, 2) for k, v in sorted(by_type.items()) if v},
+            "total": round(sum(by_type.values()) / n, 2),
+        },
+        "kafka_requests_by_process": {k: round(v / n, 2) for k, v in sorted(by_process.items())},
+    }
+
+
+def settle_kafka_counts() -> None:
+    """Wait until every client has reported its counts for the window just ended."""
+    time.sleep(KAFKA_SETTLE_S)  # librdkafka reports on its own interval: no event to wait on

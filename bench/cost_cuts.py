@@ -1,0 +1,107 @@
+"""Cost cuts, each measured against today's settings in the same run: the
+stream_overhead stack (broker, gateway, rendezvous, three echo models: champion,
+challenger and a canary) at one steady rate, once per variant, each variant on a fresh
+stack whose broker JVM is warmed first; the first variant runs again at the end to show
+how far the machine drifted meanwhile.
+
+    python -m bench.cost_cuts                 # about 7 minutes
+    python -m bench.cost_cuts --quick         # a smoke run
+
+Per variant: CPU-ms per request of each process and in total, Kafka requests per
+request (bench.cost), p50 and p99 latency. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from dataclasses import dataclass, field
+
+from bench.chaos_report import cpu_times, machine
+from bench.cost import STATS_INTERVAL_MS
+from bench.loadgen import summary
+from bench.stack import ECHO_MODELS, POLICY, BenchStack
+from bench.stream_overhead import costed, warm_up
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    env: dict[str, str] = field(default_factory=dict)
+    jvm: list[str] | None = None
+
+
+TODAY = Variant("today", {"RDV_WORKER_OFF_PATH_WAIT_MS": "0"})
+VARIANTS = (
+    TODAY,
+    Variant("canary reads in batches", {}),
+    Variant(
+        "+ idle fetches every 500 ms",
+        {"RDV_KAFKA_CLIENT_CONFIG": json.dumps({"fetch.wait.max.ms": "500"})},
+    ),
+    Variant(
+        "+ broker ParallelGC",
+        {"RDV_KAFKA_CLIENT_CONFIG": json.dumps({"fetch.wait.max.ms": "500"})},
+        ["-XX:+UseParallelGC"],
+    ),
+)
+
+
+def run_variant(variant: Variant, rate: float, seconds: float, repeats: int, warm_s: float) -> dict:
+    with BenchStack(POLICY, env=variant.env, jvm_options=variant.jvm) as stack:
+        stack.start_workers(ECHO_MODELS)
+        stack.start_front()
+        meter = stack.meter()
+        warm_up(meter, stack.gateway_port, warm_s)
+        runs = [costed(meter, stack.gateway_port, rate, seconds) for _ in range(repeats)]
+    sums = [summary(r) for r, _ in runs]
+    costs = [c for _, c in runs]
+    row = {
+        "variant": variant.name,
+        "p50": statistics.median(s["p50"] for s in sums),
+        "p99": statistics.median(s["p99"] for s in sums),
+        "ok_share": min(s["ok_share"] for s in sums),
+        "cpu_ms": _median(costs, "cpu_ms"),
+        "kafka_requests": _median(costs, "kafka_requests"),
+        "kafka_requests_by_process": _median(costs, "kafka_requests_by_process"),
+    }
+    print(
+        f"{variant.name:<30} CPU {row['cpu_ms']['total']:6.2f} ms/req "
+        f"(broker {row['cpu_ms'].get('broker', float('nan')):5.2f})  "
+        f"Kafka {row['kafka_requests']['total']:5.2f} req/req  "
+        f"p50 {row['p50']:6.2f}  p99 {row['p99']:7.2f} ms  ok {row['ok_share']:.3f}",
+        flush=True,
+    )
+    return row
+
+
+def _median(costs: list[dict], part: str) -> dict[str, float]:
+    keys = sorted({k for c in costs for k in c[part]})
+    return {k: round(statistics.median(c[part].get(k, 0.0) for c in costs), 3) for k in keys}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.cost_cuts")
+    parser.add_argument("--quick", action="store_true", help="short runs (a smoke test)")
+    parser.add_argument("--rate", type=float, default=100.0)
+    args = parser.parse_args(argv)
+    seconds, repeats, warm_s = (4.0, 1, 5.0) if args.quick else (10.0, 3, 20.0)
+    steal0 = cpu_times()
+    print("machine:", json.dumps(machine()), flush=True)
+    rows = [run_variant(v, args.rate, seconds, repeats, warm_s) for v in (*VARIANTS, TODAY)]
+    out = {
+        "rate": args.rate,
+        "seconds": seconds,
+        "repeats": repeats,
+        "kafka_stats_interval_ms": STATS_INTERVAL_MS,
+        "variants": rows,
+        "machine": machine(steal0),
+    }
+    print(json.dumps(out, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
