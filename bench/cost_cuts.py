@@ -4,7 +4,7 @@ challenger and a canary) at one steady rate, once per variant, each variant on a
 stack whose broker JVM is warmed first; the first variant runs again at the end to show
 how far the machine drifted meanwhile.
 
-    python -m bench.cost_cuts                 # about 7 minutes
+    python -m bench.cost_cuts                 # about 10 minutes
     python -m bench.cost_cuts --quick         # a smoke run
 
 Per variant: CPU-ms per request of each process and in total, Kafka requests per
@@ -42,19 +42,21 @@ VARIANTS = (
         {"RDV_KAFKA_CLIENT_CONFIG": json.dumps({"fetch.wait.max.ms": "500"})},
     ),
     Variant(
-        "+ broker ParallelGC",
+        "+ broker SerialGC",
         {"RDV_KAFKA_CLIENT_CONFIG": json.dumps({"fetch.wait.max.ms": "500"})},
-        ["-XX:+UseParallelGC"],
+        ["-XX:+UseSerialGC"],
     ),
 )
 
 
-def run_variant(variant: Variant, rate: float, seconds: float, repeats: int, warm_s: float) -> dict:
+def run_variant(
+    variant: Variant, rate: float, seconds: float, repeats: int, warm_s: tuple[float, float]
+) -> dict:
     with BenchStack(POLICY, env=variant.env, jvm_options=variant.jvm) as stack:
         stack.start_workers(ECHO_MODELS)
         stack.start_front()
         meter = stack.meter()
-        warm_up(meter, stack.gateway_port, warm_s)
+        warm_up(meter, stack.gateway_port, *warm_s)
         runs = [costed(meter, stack.gateway_port, rate, seconds) for _ in range(repeats)]
     sums = [summary(r) for r, _ in runs]
     costs = [c for _, c in runs]
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke test)")
     parser.add_argument("--rate", type=float, default=100.0)
     args = parser.parse_args(argv)
-    seconds, repeats, warm_s = (4.0, 1, 5.0) if args.quick else (10.0, 3, 20.0)
+    seconds, repeats, warm_s = (4.0, 1, (5.0, 10.0)) if args.quick else (10.0, 3, (45.0, 150.0))
     steal0 = cpu_times()
     print("machine:", json.dumps(machine()), flush=True)
     rows = [run_variant(v, args.rate, seconds, repeats, warm_s) for v in (*VARIANTS, TODAY)]

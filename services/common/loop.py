@@ -240,6 +240,8 @@ class StreamRunner:
         batch_linger_s: float = 0.0,
         busy: Callable[[], bool] | None = None,
         metadata_timeout_s: float = 2.0,
+        until_due: Callable[[], float | None] | None = None,
+        idle_poll_s: float | None = None,
     ) -> None:
         self.service = service
         self._consumer = consumer
@@ -255,6 +257,11 @@ class StreamRunner:
         self._on_revoke = on_revoke
         self._linger_s = batch_linger_s
         self._busy = busy  # True while the processor has work of its own (generation)
+        # Seconds until the processor's next timer (None: none); with it, a turn waits for
+        # records until then (at most idle_poll_s), not poll_timeout_s: an idle loop does
+        # not wake hundreds of times a second, and a timer fires when due.
+        self._until_due = until_due
+        self._idle_poll_s = poll_timeout_s if idle_poll_s is None else idle_poll_s
         self._failed: list[_Failed] = []  # delivery failures not classified yet
         self._metadata_timeout_s = metadata_timeout_s
         self._metadata_down_until = 0.0  # monotonic: the cluster did not answer lately
@@ -306,7 +313,7 @@ class StreamRunner:
         self.last_turn = time.monotonic()
         busy = self._busy is not None and self._busy()
         records = self._consumer.consume(
-            max_records, 0.0 if busy else self._poll_timeout_s, 0.0 if busy else self._linger_s
+            max_records, 0.0 if busy else self._wait_s(), 0.0 if busy else self._linger_s
         )
         if self._on_revoke is not None and (gone := self._consumer.take_revoked()):
             self._tracker.retain(self._consumer.assignment)
@@ -333,6 +340,13 @@ class StreamRunner:
         self._apply(ctx)
         self._settle()
         return bool(records)
+
+    def _wait_s(self) -> float:
+        """How long this turn waits for the first record."""
+        if self._until_due is None:
+            return self._poll_timeout_s
+        due = self._until_due()
+        return self._idle_poll_s if due is None else max(0.0, min(due, self._idle_poll_s))
 
     def _process(self, batch: list[Inbound]) -> None:
         ctx = Context()

@@ -376,6 +376,12 @@ class MailboxStore:
             self._heap = [e for e in self._heap if self._current(e)]
             heapq.heapify(self._heap)
 
+    def next_due_ms(self) -> float | None:
+        """When ``due`` next returns a mailbox (monotonic ms); None when none is scheduled."""
+        while self._heap and not self._current(self._heap[0]):
+            heapq.heappop(self._heap)
+        return self._heap[0][0] if self._heap else None
+
     def due(self, now_ms: float) -> list[Mailbox]:
         """Open mailboxes whose check time has come, earliest first. They are no longer
         scheduled: the caller decides and closes each, or schedules it again."""

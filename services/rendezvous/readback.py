@@ -132,6 +132,17 @@ class ExactlyOnce:
             return
         self._handle(self._take_deferred(ctx) + list(batch), ctx)
 
+    def until_due_s(self) -> float | None:
+        """Seconds until ``tick`` has work: the end of a wait after a freeze, else the
+        rendezvous's next timer (None: none)."""
+        quiet = (self._quiet_until - self._clock()) / 1000.0
+        if quiet > 0:
+            return quiet
+        if self._deferred:
+            return 0.0
+        inner = getattr(self.inner, "until_due_s", None)
+        return None if inner is None else inner()
+
     def tick(self, now_ms: float, ctx: Context) -> None:
         if not self._awake():
             return

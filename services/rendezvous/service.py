@@ -101,6 +101,11 @@ class Rendezvous:
                 else:
                     self._on_score(item.message, item.record, ctx, now)
 
+    def until_due_s(self) -> float | None:
+        """Seconds until an open mailbox must be decided; None while none is open."""
+        due = self.store.next_due_ms()
+        return None if due is None else max(0.0, (due - self._clock()) / 1000.0)
+
     def tick(self, now_ms: float, ctx: Context) -> None:
         now = self._clock()
         for mailbox in self.store.due(now):

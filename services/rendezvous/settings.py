@@ -61,9 +61,10 @@ class RendezvousSettings(BaseSettings):
     batch_size: int = Field(default=256, ge=1, le=10_000)
     """Most records handled per loop turn."""
 
-    poll_ms: float = Field(default=2.0, gt=0, le=100)
-    """Longest wait for records in one turn: timers (stage boundaries, deadlines) fire
-    at most this late."""
+    idle_poll_ms: float = Field(default=100.0, gt=0, le=1000)
+    """Longest wait for records while no mailbox is due sooner: timers (stage
+    boundaries, deadlines) fire when due; an idle rendezvous wakes this often (shutdown,
+    orphan expiry and gauges happen at most this late)."""
 
     max_open: int = Field(default=100_000, ge=1)
     """Open mailboxes at most; a request beyond that is answered at once (overloaded)."""

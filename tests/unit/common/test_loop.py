@@ -440,3 +440,47 @@ def test_best_effort_outputs_hold_no_offset_and_their_failures_are_only_counted(
 
     assert consumer.stored == {("in", 0): 2}
     assert lost() == before + 2
+
+
+class WaitRecorder(FakeConsumer):
+    def __init__(self) -> None:
+        super().__init__([])
+        self.waits: list[float] = []
+
+    def consume(self, max_records: int, timeout_s: float, linger_s: float = 0.0) -> list[Record]:
+        self.waits.append(timeout_s)
+        return []
+
+
+def test_a_turn_waits_until_the_processors_next_timer_at_most_the_idle_poll() -> None:
+    consumer = WaitRecorder()
+    due: list[float | None] = [None, 0.03, 5.0, -1.0]
+    loop = StreamRunner(
+        service="unit",
+        consumer=consumer,  # type: ignore[arg-type]
+        producer=FakeProducer(),  # type: ignore[arg-type]
+        decoders={"in": lambda b: decode(b, RequestEnvelope)},
+        processor=Scorer(),
+        dead_letter_topic="dlq",
+        poll_timeout_s=0.002,
+        until_due=lambda: due.pop(0),
+        idle_poll_s=0.25,
+    )
+    for _ in range(4):
+        loop._turn(10)
+    assert consumer.waits == [0.25, 0.03, 0.25, 0.0]
+
+
+def test_without_a_timer_hook_a_turn_waits_the_poll_timeout() -> None:
+    consumer = WaitRecorder()
+    loop = StreamRunner(
+        service="unit",
+        consumer=consumer,  # type: ignore[arg-type]
+        producer=FakeProducer(),  # type: ignore[arg-type]
+        decoders={"in": lambda b: decode(b, RequestEnvelope)},
+        processor=Scorer(),
+        dead_letter_topic="dlq",
+        poll_timeout_s=0.02,
+    )
+    loop._turn(10)
+    assert consumer.waits == [0.02]

@@ -242,8 +242,10 @@ def test_due_returns_each_mailbox_once_at_its_latest_schedule() -> None:
     store.schedule(b1, NOW + 100)
     store.schedule(b1, NOW + 200)  # replaces NOW + 100
     store.close("r2", NOW)
+    assert store.next_due_ms() == NOW + 200  # the replaced and the closed entries skipped
     assert store.due(NOW + 150) == []
     assert store.due(NOW + 300) == [b1, b0]
+    assert store.next_due_ms() is None
     assert (b0.next_check_ms, b1.next_check_ms) == (None, None)
     assert store.due(NOW + 5000) == []  # popped: the caller decides or schedules again
     with pytest.raises(ValueError, match="not open"):

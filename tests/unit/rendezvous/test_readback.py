@@ -132,10 +132,15 @@ def test_after_a_freeze_longer_than_the_session_deadline_decisions_wait() -> Non
 
     assert tick_at(0) == 1
     assert tick_at(1000) == 1  # a short gap: business as usual
+    assert once.until_due_s() is None  # the inner processor has no timer hook
     assert tick_at(11_000) == 0  # woke after 10 s: wait for the group's verdict
+    assert once.until_due_s() == 1.5  # the loop sleeps through the wait, not spins
     assert tick_at(12_000) == 0
+    assert once.until_due_s() == 0.5
     assert tick_at(12_600) == 1  # one session later: the revocation had its chance
     assert inner.ticks == 3
+    inner.until_due_s = lambda: 0.04  # type: ignore[attr-defined]
+    assert once.until_due_s() == 0.04  # awake: the rendezvous's own next timer
 
 
 class AnswersEachRecord:
