@@ -15,7 +15,7 @@ from types import TracebackType
 
 from bench.cost import STATS_CONFIG, CostMeter
 from services.common.codec import decode
-from services.common.errors import MessageError
+from services.common.errors import BrokerSetupError, MessageError
 from services.common.kafka import Admin, admin_config, consumer_config, read_since
 from services.common.messages import Decision, RequestEnvelope, Score
 from services.common.settings import KafkaSettings
@@ -79,13 +79,7 @@ class BenchStack:
     def __enter__(self) -> BenchStack:
         bootstrap = os.environ.get("RDV_KAFKA_BOOTSTRAP")
         if not bootstrap:
-            port = free_port()
-            while _taken(port + 1):
-                port = free_port()
-            self.broker = LocalBroker(
-                port=port, state_dir=self.dir / "kafka", jvm_options=self.jvm_options
-            )
-            self.broker.start()
+            self.broker = self._start_broker()
             bootstrap = self.broker.bootstrap
         self.kafka = KafkaSettings(
             bootstrap=bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:8]}."
@@ -121,6 +115,26 @@ class BenchStack:
         if self.broker is not None:
             self.broker.stop()
         self._tmp.cleanup()
+
+    def _start_broker(self, attempts: int = 3) -> LocalBroker:
+        """A broker on a free pair of ports; another process may take a port between
+        our probe and the broker's bind, so a failed start is tried on fresh ports."""
+        for attempt in range(1, attempts + 1):
+            port = free_port()
+            while _taken(port + 1):
+                port = free_port()
+            broker = LocalBroker(
+                port=port, state_dir=self.dir / f"kafka-{port}", jvm_options=self.jvm_options
+            )
+            try:
+                broker.start()
+            except BrokerSetupError:
+                broker.stop()
+                if attempt == attempts:
+                    raise
+                continue
+            return broker
+        raise AssertionError("unreachable")
 
     def _run(self, spec: ProcessSpec) -> None:
         if spec.name in self.specs:
