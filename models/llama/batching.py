@@ -32,7 +32,7 @@ from transformers import LlamaForCausalLM
 from models.llama import generate
 from models.llama.config import EngineConfig, SamplingParams
 from models.llama.errors import InvalidRequestError, PromptTooLongError, RequestTooLargeError
-from models.llama.sampling import choose, make_generator
+from models.llama.sampling import TokenLogprob, choose, logprob_of, make_generator, penalise
 
 FinishReason = Literal["stop", "length", "deadline"]
 Decoder = Callable[[Sequence[int]], str]
@@ -57,6 +57,8 @@ class GenerationResult:
     ttft_s: float | None
     duration_s: float
     tokens_per_s: float
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    """Per generated token (an end-of-sequence token left out) when the request asked."""
 
 
 @dataclass
@@ -69,6 +71,7 @@ class _Sequence:
     submitted_at: float
     generator: torch.Generator | None
     tokens: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
     text: str | None = None
     decoded: tuple[int, str] = (0, "")  # (token count, their decoding): decoded once
     admitted_at: float | None = None
@@ -217,10 +220,14 @@ class BatchEngine:
         self, seqs: list[_Sequence], logits: torch.Tensor, batch: generate.PaddedBatch
     ) -> None:
         """Choose each row's next token, record it, and check its stop conditions."""
-        tokens = choose(logits, [s.params for s in seqs], [s.generator for s in seqs])
+        params = [s.params for s in seqs]
+        logits = penalise(logits, params, [s.tokens for s in seqs])
+        tokens = choose(logits, params, [s.generator for s in seqs])
         batch.next_ids = torch.tensor(tokens, dtype=torch.long, device=batch.mask.device)
         now = self._clock()
-        for seq, token in zip(seqs, tokens, strict=True):
+        for row, (seq, token) in enumerate(zip(seqs, tokens, strict=True)):
+            if seq.params.logprobs is not None and token not in self._eos:
+                seq.logprobs.append(logprob_of(logits[row], token, seq.params.logprobs))
             self._append(seq, token, now)
 
     def _append(self, seq: _Sequence, token: int, now: float) -> None:
@@ -304,4 +311,5 @@ class BatchEngine:
             ttft_s=None if seq.first_token_at is None else seq.first_token_at - seq.submitted_at,
             duration_s=finished - seq.submitted_at,
             tokens_per_s=len(seq.tokens) / active if active > 0 else 0.0,
+            logprobs=tuple(seq.logprobs) if seq.params.logprobs is not None else None,
         )

@@ -30,7 +30,8 @@ class Message(TypedDict):
 
 
 ChatParams = SamplingParams
-"""``max_tokens``, ``temperature`` (0: greedy), ``top_p``, ``stop``, ``seed``."""
+"""``max_tokens``, ``temperature`` (0: greedy), ``top_p``, ``stop``, ``seed``, the
+penalties and ``logprobs``."""
 
 ChatResult = GenerationResult
 """``text``, ``finish_reason`` and the usage and timing figures of one answer."""
@@ -89,6 +90,11 @@ class ChatModel:
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=True))
+
+    def token_text(self, token_id: int) -> str:
+        """One token's text, special tokens included (a token holding part of a
+        multi-byte character decodes as U+FFFD)."""
+        return str(self.tokenizer.decode([token_id]))
 
     def submit(
         self,

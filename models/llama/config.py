@@ -9,6 +9,9 @@ from typing import Literal
 
 from models.llama.errors import InvalidRequestError
 
+MAX_PENALTY = 2.0  # frequency and presence penalties, as OpenAI bounds them
+MAX_TOP_LOGPROBS = 20
+
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Quantize = Literal["none", "int8"]
 
@@ -53,7 +56,11 @@ class SamplingParams:
 
     ``temperature`` 0 is greedy decoding (``top_p`` and ``seed`` are then unused);
     ``stop`` strings end the completion, which is cut before the first one found;
-    ``seed`` makes sampling repeatable (``None``: a fresh random seed).
+    ``seed`` makes sampling repeatable (``None``: a fresh random seed);
+    ``frequency_penalty`` / ``presence_penalty`` lower a token's logit by its count in
+    the completion so far times the first, plus the second once it occurred (OpenAI's
+    definition, greedy decoding included); ``logprobs`` (None: off) records each
+    generated token's log-probability and that many likeliest alternatives.
     """
 
     max_tokens: int = 256
@@ -61,6 +68,9 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -73,10 +83,20 @@ class SamplingParams:
             raise InvalidRequestError("stop strings must not be empty")
         if self.seed is not None and not -(2**63) <= self.seed < 2**64:
             raise InvalidRequestError(f"seed must be in [-2**63, 2**64), not {self.seed}")
+        for name in ("frequency_penalty", "presence_penalty"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and -MAX_PENALTY <= value <= MAX_PENALTY):
+                raise InvalidRequestError(f"{name} must be in [-2, 2], not {value}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidRequestError(f"logprobs must be in [0, 20], not {self.logprobs}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @property
+    def penalised(self) -> bool:
+        return bool(self.frequency_penalty or self.presence_penalty)
 
 
 @dataclass(frozen=True)

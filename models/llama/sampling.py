@@ -1,8 +1,10 @@
-"""Next-token choice per row: greedy, or temperature + nucleus (top-p) sampling."""
+"""Next-token choice per row: greedy, or temperature + nucleus (top-p) sampling, after
+the repetition penalties; and the chosen tokens' log-probabilities."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -45,3 +47,43 @@ def choose(
         if g is not None:
             tokens[row] = sample_row(logits[row], p, g)
     return tokens
+
+
+@torch.inference_mode()
+def penalise(
+    logits: torch.Tensor, params: Sequence[SamplingParams], histories: Sequence[Sequence[int]]
+) -> torch.Tensor:
+    """``logits`` (B, vocab) with each penalised row lowered by its completion so far:
+    ``count * frequency_penalty + (count > 0) * presence_penalty``; the same tensor
+    when no row asks for a penalty."""
+    rows = [r for r, p in enumerate(params) if p.penalised and histories[r]]
+    if not rows:
+        return logits
+    out = logits.float().clone()
+    vocab = out.shape[-1]
+    for row in rows:
+        p = params[row]
+        counts = torch.bincount(torch.tensor(histories[row]), minlength=vocab)[:vocab].float()
+        out[row] -= counts * p.frequency_penalty + (counts > 0).float() * p.presence_penalty
+    return out
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability and the ``k`` likeliest tokens' (id, logprob)
+    at its position, from the (penalised) logits before temperature and top-p."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]
+
+
+@torch.inference_mode()
+def logprob_of(logits: torch.Tensor, token: int, k: int) -> TokenLogprob:
+    """The log-probability of ``token`` under ``logits`` (vocab,) and the top ``k``."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    pairs: tuple[tuple[int, float], ...] = ()
+    if k:
+        top = logp.topk(k)
+        pairs = tuple(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+    return TokenLogprob(token_id=token, logprob=float(logp[token]), top=pairs)

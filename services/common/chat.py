@@ -33,6 +33,23 @@ class ChatPayload(BaseModel):
     stream: bool = False
     """The client streams the answer: the model sends Delta records to the return
     address as it generates (the gateway leaves the field out when false)."""
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    """Lower a token's logit by ``count * frequency_penalty + (count > 0) *
+    presence_penalty`` (its count in the answer so far), as OpenAI defines them."""
+    logprobs: bool = False
+    top_logprobs: int = Field(default=0, ge=0, le=20)
+    """With ``logprobs``: each answer token's log-probability and this many likeliest
+    alternatives at its position."""
+
+    def to_wire(self) -> dict[str, JsonValue]:
+        """The payload as JSON, the fields left at their default that older chat
+        workers do not know (stream, penalties, logprobs) left out."""
+        newer = {"stream", "frequency_penalty", "presence_penalty", "logprobs", "top_logprobs"}
+        defaults = {
+            name for name in newer if getattr(self, name) == type(self).model_fields[name].default
+        }
+        return self.model_dump(exclude=defaults)
 
 
 def wants_stream(payload: JsonValue) -> bool:
@@ -51,6 +68,23 @@ class ChatUsage(BaseModel):
     completion_tokens: int = Field(ge=0)
 
 
+class TopLogprob(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    token: str
+    logprob: float
+
+
+class TokenLogprob(BaseModel):
+    """One answer token's log-probability and the likeliest tokens at its position."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    token: str
+    logprob: float
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
 class ChatOutput(BaseModel):
     """A chat model's answer (Score.output): the text, why it ended, and its costs."""
 
@@ -62,3 +96,5 @@ class ChatOutput(BaseModel):
     usage: ChatUsage
     ttft_ms: float | None = None
     tokens_per_s: float | None = None
+    logprobs: list[TokenLogprob] | None = None
+    """Per answer token, when the request asked for ``logprobs``."""

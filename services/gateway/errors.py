@@ -1,6 +1,7 @@
 """The HTTP edge of the error tree: gateway errors, and the ONE function that maps any
 error (the platform's tree, HTTP problems, the unexpected) to a status and a JSON body
-``{"error": {"code", "message"}}`` (plus ``ood`` when an OOD gate looked at the request)."""
+``{"error": {"code", "message"[, "param"]}}`` (plus ``ood`` when an OOD gate looked at
+the request)."""
 
 from __future__ import annotations
 
@@ -59,9 +60,13 @@ class InvalidRequestError(RendezvousError):
 
 class UnsupportedFeatureError(RendezvousError):
     """A valid request for something this gateway does not do (yet), e.g. ``n > 1``
-    chat choices."""
+    chat choices; ``param`` names the request parameter, as OpenAI's errors do."""
 
     code = "unsupported"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class OverloadedError(RendezvousError):
@@ -184,7 +189,10 @@ def error_body(exc: Exception) -> tuple[HTTPStatus, dict[str, object]]:
     """The status and JSON body ``error_response`` gives ``exc`` (also what a streamed
     completion's ``error`` event carries)."""
     status, code, message = _classify(exc)
-    body: dict[str, object] = {"error": {"code": code, "message": message}}
+    error: dict[str, object] = {"code": code, "message": message}
+    if isinstance(exc, UnsupportedFeatureError) and exc.param is not None:
+        error["param"] = exc.param
+    body: dict[str, object] = {"error": error}
     if isinstance(exc, ReplyError) and exc.ood is not None:
         body["ood"] = exc.ood.model_dump()
     return status, body

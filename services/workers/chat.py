@@ -42,7 +42,6 @@ from services.workers.chat_runtime import (
     ChatRuntime,
     failure,
     messages,
-    output_of,
     parse_payload,
 )
 from services.workers.metrics import (
@@ -150,7 +149,7 @@ class ChatWorker(ModelWorker):
             timings = Timings(
                 received_ms=received, started_ms=started, finished_ms=max(finished, started)
             )
-            self._emit(ctx, record, self._result(req, output_of(result), timings))
+            self._emit(ctx, record, self._result(req, self.model.output(result), timings))
             self._release(ctx, req.request_id, record)
         if self._streams:
             for request_id, text in self.model.chat.partial_texts(self._streams).items():

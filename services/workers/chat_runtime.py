@@ -8,11 +8,12 @@ form (one static batch), for scripts and the generic worker.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
-from services.common.chat import ChatOutput, ChatPayload, ChatUsage
+from services.common.chat import ChatOutput, ChatPayload, ChatUsage, TokenLogprob, TopLogprob
 from services.common.codec import summarise
 from services.common.errors import ConfigError
 from services.workers.runtime import ModelRuntime, Params, Prediction, PredictionError, parse_params
@@ -93,7 +94,14 @@ class ChatRuntime(ModelRuntime):
             top_p=payload.top_p,
             stop=tuple(payload.stop),
             seed=payload.seed,
+            frequency_penalty=payload.frequency_penalty,
+            presence_penalty=payload.presence_penalty,
+            logprobs=payload.top_logprobs if payload.logprobs else None,
         )
+
+    def output(self, result: Any) -> JsonValue:
+        """A finished generation as the chat output contract."""
+        return output_of(result, self.chat.token_text)
 
     def predict_batch(self, payloads: list[JsonValue]) -> list[Prediction]:
         out: list[Prediction] = []
@@ -101,7 +109,7 @@ class ChatRuntime(ModelRuntime):
             try:
                 req = parse_payload(payload)
                 [result] = self.chat.generate([messages(req)], self.sampling(req))
-                out.append(output_of(result))
+                out.append(self.output(result))
             except Exception as exc:
                 error = failure(exc)
                 if not isinstance(error, PredictionError):
@@ -134,8 +142,19 @@ def messages(payload: ChatPayload) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in payload.messages]
 
 
-def output_of(result: Any) -> JsonValue:
-    """A models.llama GenerationResult as the chat output contract."""
+def output_of(result: Any, token_text: Callable[[int], str]) -> JsonValue:
+    """A models.llama GenerationResult as the chat output contract; ``token_text``
+    names a token id (for log-probabilities)."""
+    logprobs = None
+    if result.logprobs is not None:
+        logprobs = [
+            TokenLogprob(
+                token=token_text(entry.token_id),
+                logprob=entry.logprob,
+                top_logprobs=[TopLogprob(token=token_text(t), logprob=lp) for t, lp in entry.top],
+            )
+            for entry in result.logprobs
+        ]
     out = ChatOutput(
         text=result.text,
         finish_reason=result.finish_reason,
@@ -144,5 +163,6 @@ def output_of(result: Any) -> JsonValue:
         ),
         ttft_ms=None if result.ttft_s is None else result.ttft_s * 1000.0,
         tokens_per_s=result.tokens_per_s,
+        logprobs=logprobs,
     )
-    return out.model_dump()
+    return out.model_dump(exclude={"logprobs"} if logprobs is None else None)

@@ -38,6 +38,7 @@ from services.gateway.headers import (
     ood_headers,
 )
 from services.gateway.metrics import LATENCY, REQUESTS, UNKNOWN_ENDPOINT
+from services.gateway.openai.params import chat_messages, refuse_unsupported
 from services.gateway.openai.schemas import (
     Choice,
     ChoiceMessage,
@@ -47,6 +48,7 @@ from services.gateway.openai.schemas import (
     OpenAIChatResponse,
     Usage,
     chat_output,
+    choice_logprobs,
 )
 from services.gateway.openai.streaming import ChatStream, EventStream
 from services.gateway.routes.infer import check_media_type, read_body
@@ -105,7 +107,13 @@ async def complete(
         id=f"chatcmpl-{request_id}",
         created=int(time.time()),
         model=reply.model or spec.endpoint,
-        choices=[Choice(message=ChoiceMessage(content=out.text), finish_reason=finish)],
+        choices=[
+            Choice(
+                message=ChoiceMessage(content=out.text),
+                finish_reason=finish,
+                logprobs=choice_logprobs(out),
+            )
+        ],
         usage=Usage(
             prompt_tokens=out.usage.prompt_tokens,
             completion_tokens=out.usage.completion_tokens,
@@ -187,8 +195,16 @@ def parse_chat(body: bytes) -> OpenAIChatRequest:
         req = OpenAIChatRequest.model_validate_json(body)
     except ValidationError as exc:
         raise InvalidRequestError(summarise(exc, root="body")) from None
-    if req.n != 1:
-        raise UnsupportedFeatureError("n > 1 is not supported; ask once per completion")
+    refuse_unsupported(req.model_extra or {})
+    if req.n not in (None, 1):
+        raise UnsupportedFeatureError("n > 1 is not supported; ask once per completion", param="n")
+    if req.top_logprobs and not req.logprobs:
+        raise InvalidRequestError("body.top_logprobs: needs logprobs: true")
+    if req.logprobs and req.stream:
+        raise UnsupportedFeatureError(
+            "logprobs with stream: true is not supported yet; ask without streaming",
+            param="logprobs",
+        )
     return req
 
 
@@ -208,21 +224,29 @@ def to_infer_request(req: OpenAIChatRequest, deadline: str | None = None) -> Inf
     deadline_ms = None if deadline is None else parse_deadline(deadline)
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     try:
-        payload = ChatPayload(
-            messages=req.messages,
-            max_tokens=req.max_completion_tokens or req.max_tokens or DEFAULT_MAX_TOKENS,
-            temperature=req.temperature,
-            top_p=req.top_p,
-            stop=stop,
-            seed=req.seed,
-            stream=req.stream,
+        payload = ChatPayload.model_validate(
+            {
+                "messages": chat_messages(req.messages),
+                "max_tokens": req.max_completion_tokens or req.max_tokens or DEFAULT_MAX_TOKENS,
+                "temperature": 1.0 if req.temperature is None else req.temperature,
+                "top_p": 1.0 if req.top_p is None else req.top_p,
+                "stop": stop,
+                "seed": req.seed,
+                "stream": bool(req.stream),
+                "frequency_penalty": req.frequency_penalty or 0.0,
+                "presence_penalty": req.presence_penalty or 0.0,
+                "logprobs": bool(req.logprobs),
+                "top_logprobs": req.top_logprobs or 0,
+            }
         )
     except ValidationError as exc:
         raise InvalidRequestError(summarise(exc, root="body")) from None
-    attributes = {"user": req.user} if req.user else {}
-    # stream left out when false: payloads stay as older chat workers know them
-    inputs = payload.model_dump(exclude=None if req.stream else {"stream"})
-    return InferRequest(inputs=inputs, attributes=attributes, deadline_ms=deadline_ms)
+    attributes = {
+        name: value
+        for name, value in (("user", req.user), ("safety_identifier", req.safety_identifier))
+        if value
+    }
+    return InferRequest(inputs=payload.to_wire(), attributes=attributes, deadline_ms=deadline_ms)
 
 
 def parse_deadline(value: str) -> int:

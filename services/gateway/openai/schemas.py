@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, ValidationError
 
-from services.common.chat import ChatMessage, ChatOutput
+from services.common.chat import ChatOutput
 from services.common.codec import summarise
 from services.common.errors import MessageError
 from services.common.messages import OodCheck
@@ -19,25 +19,42 @@ class StreamOptions(BaseModel):
     """Send a last chunk with the usage (and no choices) before ``[DONE]``."""
 
 
-class OpenAIChatRequest(BaseModel):
-    """``POST /v1/chat/completions``. Unknown fields are ignored, as OpenAI's own API
-    ignores fields a model does not use; fields we cannot honour are refused."""
+class OpenAIMessage(BaseModel):
+    """One message as OpenAI clients send it; ``content`` a string or text parts.
+    Other fields (``name``, ``tool_calls``, ...) are checked by ``params.py``."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    role: str
+    content: str | list[dict[str, JsonValue]] | None = None
+
+
+class OpenAIChatRequest(BaseModel):
+    """``POST /v1/chat/completions``. The fields here are honoured; any other OpenAI
+    parameter is refused (a 400 naming it) unless it asks for nothing (``params.py``)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     model: str = Field(min_length=1, max_length=128)
     """An endpoint name (e.g. ``chat``) or a model on an endpoint's roster."""
-    messages: list[ChatMessage] = Field(min_length=1, max_length=256)
+    messages: list[OpenAIMessage] = Field(min_length=1, max_length=256)
     max_tokens: int | None = Field(default=None, ge=1, le=4096)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=4096)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    """None: 1, OpenAI's default."""
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     seed: int | None = None
-    n: int = Field(default=1, ge=1)
-    stream: bool = False
+    n: int | None = Field(default=None, ge=1)
+    stream: bool | None = None
     stream_options: StreamOptions | None = None
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     user: Annotated[str, StringConstraints(max_length=256)] | None = None
+    safety_identifier: Annotated[str, StringConstraints(max_length=256)] | None = None
+    """Like ``user``: recorded as the request's attribute of that name."""
 
 
 class ChoiceMessage(BaseModel):
@@ -45,10 +62,26 @@ class ChoiceMessage(BaseModel):
     content: str
 
 
+class LogprobAlternative(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class LogprobEntry(LogprobAlternative):
+    top_logprobs: list[LogprobAlternative]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[LogprobEntry] | None
+    refusal: None = None
+
+
 class Choice(BaseModel):
     index: int = 0
     message: ChoiceMessage
     finish_reason: Literal["stop", "length"]
+    logprobs: ChoiceLogprobs | None = None
 
 
 class Usage(BaseModel):
@@ -119,3 +152,30 @@ def chat_output(output: object) -> ChatOutput:
         raise MessageError(
             f"the model's answer is not a chat completion: {summarise(exc)}"
         ) from None
+
+
+def choice_logprobs(out: ChatOutput) -> ChoiceLogprobs | None:
+    """The answer's log-probabilities in OpenAI's shape; None when the answer has none
+    (it did not ask, or no model generated it, e.g. an OOD gate's safe reply)."""
+    if out.logprobs is None:
+        return None
+    return ChoiceLogprobs(
+        content=[
+            LogprobEntry(
+                token=t.token,
+                logprob=t.logprob,
+                bytes=token_bytes(t.token),
+                top_logprobs=[
+                    LogprobAlternative(token=a.token, logprob=a.logprob, bytes=token_bytes(a.token))
+                    for a in t.top_logprobs
+                ],
+            )
+            for t in out.logprobs
+        ]
+    )
+
+
+def token_bytes(token: str) -> list[int] | None:
+    """A token's UTF-8 bytes; None for a token that holds part of a character (its
+    text is U+FFFD, its own bytes are not known here)."""
+    return None if "\ufffd" in token else list(token.encode("utf-8"))

@@ -43,6 +43,9 @@ class ScriptedChat:
     def partial_texts(self, request_ids: Collection[str]) -> dict[str, str]:
         return {r: self.script[r][self.steps - 1] for r in self.running if r in request_ids}
 
+    def token_text(self, token_id: int) -> str:
+        return f"<{token_id}>"
+
 
 def _result(request_id: str, text: str) -> GenerationResult:
     return GenerationResult(request_id, text, (1, 2), "stop", 5, 2, 0.01, 0.1, 20.0)
