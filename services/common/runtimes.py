@@ -11,6 +11,7 @@ RUNTIMES: dict[str, str] = {
     "llama-chat": "services.workers.chat_runtime:ChatRuntime",
     "ood": "services.workers.ood_runtime:OodRuntime",
     "lexicon": "services.workers.canary_runtime:LexiconRuntime",
+    "embed": "services.workers.embed_runtime:EmbedRuntime",
 }
 
 

@@ -17,6 +17,7 @@ from services.control.changes import Control
 from services.gateway.auth import install_security
 from services.gateway.bus import Bus
 from services.gateway.errors import install_error_handlers
+from services.gateway.openai import embeddings as openai_embeddings
 from services.gateway.openai import routes as openai_routes
 from services.gateway.pending import PendingReplies
 from services.gateway.routes import control as control_routes
@@ -88,6 +89,7 @@ def build_app(
     install_security(app, settings)  # API keys and rate limits (services/gateway/auth.py)
     app.include_router(infer.router)
     app.include_router(openai_routes.router)
+    app.include_router(openai_embeddings.router)
     app.include_router(feedback.router)
     app.include_router(health.router)
     app.include_router(control_routes.router)

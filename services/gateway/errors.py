@@ -64,7 +64,7 @@ class UnsupportedFeatureError(RendezvousError):
 
     code = "unsupported"
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
 

@@ -27,8 +27,30 @@ def test_the_openai_client_gets_the_real_models_answer(launch_stack: Launch) -> 
             max_tokens=24,
         )
         models = [m.id for m in client.models.list()]
+        scored = client.chat.completions.create(
+            model="chat",
+            messages=FRANCE,  # type: ignore[arg-type]
+            temperature=0,
+            max_tokens=8,
+            logprobs=True,
+            top_logprobs=2,
+            presence_penalty=0.5,
+        )
     finally:
         client.close()
+
+    # the model's own log-probabilities, one per answer token, greedy = the likeliest
+    logprobs = scored.choices[0].logprobs
+    assert logprobs is not None
+    assert logprobs.content is not None
+    assert scored.usage is not None
+    eos = 1 if scored.choices[0].finish_reason == "stop" else 0  # the end token has none
+    assert len(logprobs.content) == scored.usage.completion_tokens - eos
+    for entry in logprobs.content:
+        assert len(entry.top_logprobs) == 2
+        assert entry.logprob <= 0
+        assert entry.top_logprobs[0].logprob == entry.logprob
+    assert "".join(e.token for e in logprobs.content) == scored.choices[0].message.content
 
     assert "Paris" in (resp.choices[0].message.content or "")
     assert resp.model == "smol"

@@ -26,7 +26,7 @@ def test_help_documents_the_inline_form(capsys: pytest.CaptureFixture[str]) -> N
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "echo:name=fast,role=champion,endpoints=demo,latency_ms=2" in out
-    assert "Runtimes: echo, failing, latency" in out
+    assert "Runtimes: echo, embed, failing, latency" in out
 
 
 @pytest.mark.parametrize(
