@@ -13,7 +13,7 @@ in a ``ChatModel``, whose ``submit``/``step`` the worker drives::
 
 from models.llama.batching import BatchEngine, FinishReason, GenerationResult
 from models.llama.chat import ChatModel, ChatParams, ChatResult, Message, Role, build
-from models.llama.config import EngineConfig, LoadConfig, SamplingParams
+from models.llama.config import EngineConfig, GrammarSpec, LoadConfig, SamplingParams
 from models.llama.errors import (
     CorruptCacheError,
     InvalidRequestError,
@@ -35,6 +35,7 @@ __all__ = [
     "EngineConfig",
     "FinishReason",
     "GenerationResult",
+    "GrammarSpec",
     "InvalidRequestError",
     "LlamaError",
     "LoadConfig",

@@ -24,18 +24,29 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from transformers import LlamaForCausalLM
 
 from models.llama import generate
-from models.llama.config import EngineConfig, SamplingParams
+from models.llama.config import EngineConfig, GrammarSpec, SamplingParams
 from models.llama.errors import InvalidRequestError, PromptTooLongError, RequestTooLargeError
 from models.llama.sampling import TokenLogprob, choose, logprob_of, make_generator, penalise
 
 FinishReason = Literal["stop", "length", "deadline"]
 Decoder = Callable[[Sequence[int]], str]
+
+
+class TokenConstraint(Protocol):
+    """One request's grammar (models.llama.grammar.Constraint)."""
+
+    def mask(self, logits: torch.Tensor, remaining: int | None = None) -> torch.Tensor: ...
+
+    def accept(self, token: int) -> None: ...
+
+
+Constrain = Callable[[GrammarSpec], TokenConstraint]
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,7 @@ class _Sequence:
     deadline: float | None
     submitted_at: float
     generator: torch.Generator | None
+    constraint: TokenConstraint | None = None
     tokens: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     text: str | None = None
@@ -94,9 +106,11 @@ class BatchEngine:
         eos_token_ids: Collection[int] = (),
         pad_token_id: int = 0,
         decode: Decoder | None = None,
+        constrain: Constrain | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.model = model
+        self._constrain = constrain
         self.config = config or EngineConfig()
         self.context_window = int(model.config.max_position_embeddings)
         self._eos = frozenset(eos_token_ids)
@@ -155,6 +169,7 @@ class BatchEngine:
             deadline=deadline,
             submitted_at=self._clock(),
             generator=make_generator(params),
+            constraint=self._constraint(params),
         )
         if seq.reserved_tokens > self.config.max_batch_tokens:
             raise RequestTooLargeError(
@@ -163,6 +178,13 @@ class BatchEngine:
             )
         self._waiting.append(seq)
         return seq.request_id
+
+    def _constraint(self, params: SamplingParams) -> TokenConstraint | None:
+        if params.grammar is None:
+            return None
+        if self._constrain is None:
+            raise InvalidRequestError("this engine cannot hold answers to a grammar")
+        return self._constrain(params.grammar)
 
     def step(self) -> list[GenerationResult]:
         """One decode step for the running batch plus admission; the requests it finished."""
@@ -222,12 +244,14 @@ class BatchEngine:
         """Choose each row's next token, record it, and check its stop conditions."""
         params = [s.params for s in seqs]
         logits = penalise(logits, params, [s.tokens for s in seqs])
-        tokens = choose(logits, params, [s.generator for s in seqs])
+        tokens = choose(_masked(logits, seqs), params, [s.generator for s in seqs])
         batch.next_ids = torch.tensor(tokens, dtype=torch.long, device=batch.mask.device)
         now = self._clock()
         for row, (seq, token) in enumerate(zip(seqs, tokens, strict=True)):
             if seq.params.logprobs is not None and token not in self._eos:
                 seq.logprobs.append(logprob_of(logits[row], token, seq.params.logprobs))
+            if seq.constraint is not None:
+                seq.constraint.accept(token)
             self._append(seq, token, now)
 
     def _append(self, seq: _Sequence, token: int, now: float) -> None:
@@ -313,3 +337,18 @@ class BatchEngine:
             tokens_per_s=len(seq.tokens) / active if active > 0 else 0.0,
             logprobs=tuple(seq.logprobs) if seq.params.logprobs is not None else None,
         )
+
+
+def _masked(logits: torch.Tensor, seqs: Sequence[_Sequence]) -> torch.Tensor:
+    """``logits`` (B, vocab) with each constrained row masked to what its grammar allows
+    next (log-probabilities are reported from the unmasked rows)."""
+    rows = [row for row, seq in enumerate(seqs) if seq.constraint is not None]
+    if not rows:
+        return logits
+    out = logits.float().clone()
+    for row in rows:
+        constraint = seqs[row].constraint
+        assert constraint is not None
+        seq = seqs[row]
+        out[row] = constraint.mask(logits[row], seq.max_tokens - len(seq.tokens))
+    return out

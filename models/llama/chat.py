@@ -14,8 +14,9 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Literal, TypedDict
 
 from models.llama.batching import BatchEngine, FinishReason, GenerationResult
-from models.llama.config import EngineConfig, LoadConfig, SamplingParams
+from models.llama.config import EngineConfig, GrammarSpec, LoadConfig, SamplingParams
 from models.llama.errors import InvalidRequestError, ModelLoadError
+from models.llama.grammar import Constraint, Grammars
 from models.llama.loader import LoadedModel, load
 
 Role = Literal["system", "user", "assistant"]
@@ -63,8 +64,18 @@ class ChatModel:
             eos_token_ids=eos,
             pad_token_id=int(pad),
             decode=self.decode,
+            constrain=self._constraint,
             clock=clock,
         )
+        self._eos = eos
+        self._grammars: Grammars | None = None
+
+    def _constraint(self, spec: GrammarSpec) -> Constraint:
+        """A request's grammar; the tokenizer's grammar tables are built on first use."""
+        if self._grammars is None:
+            vocab = int(self.loaded.model.config.vocab_size)
+            self._grammars = Grammars(self.tokenizer, vocab, self._eos)
+        return self._grammars.constraint(spec)
 
     @property
     def context_window(self) -> int:

@@ -51,6 +51,19 @@ class LoadConfig:
 
 
 @dataclass(frozen=True)
+class GrammarSpec:
+    """What the answer must be: ``json_object`` (any JSON object) or ``json_schema``
+    (a document valid for ``schema``, a JSON schema as a JSON string)."""
+
+    kind: Literal["json_object", "json_schema"]
+    schema: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.kind == "json_schema") != (self.schema is not None):
+            raise InvalidRequestError("a json_schema grammar needs a schema, json_object none")
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """Per-request generation parameters.
 
@@ -60,7 +73,8 @@ class SamplingParams:
     ``frequency_penalty`` / ``presence_penalty`` lower a token's logit by its count in
     the completion so far times the first, plus the second once it occurred (OpenAI's
     definition, greedy decoding included); ``logprobs`` (None: off) records each
-    generated token's log-probability and that many likeliest alternatives.
+    generated token's log-probability and that many likeliest alternatives;
+    ``grammar`` holds the answer to JSON (models.llama.grammar).
     """
 
     max_tokens: int = 256
@@ -71,6 +85,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     logprobs: int | None = None
+    grammar: GrammarSpec | None = None
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:

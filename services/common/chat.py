@@ -18,6 +18,14 @@ class ChatMessage(BaseModel):
     content: str = Field(max_length=200_000)
 
 
+class OutputFormat(BaseModel):
+    """The answer must be a JSON document: any object, or one valid for ``json_schema``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    json_schema: dict[str, JsonValue] | None = None
+
+
 class ChatPayload(BaseModel):
     """A chat request as models receive it (RequestEnvelope.payload)."""
 
@@ -42,10 +50,21 @@ class ChatPayload(BaseModel):
     """With ``logprobs``: each answer token's log-probability and this many likeliest
     alternatives at its position."""
 
+    output_format: OutputFormat | None = None
+    """Hold the answer to JSON (constrained decoding): OpenAI's ``response_format``,
+    and the arguments of a forced tool call."""
+
     def to_wire(self) -> dict[str, JsonValue]:
         """The payload as JSON, the fields left at their default that older chat
-        workers do not know (stream, penalties, logprobs) left out."""
-        newer = {"stream", "frequency_penalty", "presence_penalty", "logprobs", "top_logprobs"}
+        workers do not know (stream, penalties, logprobs, output format) left out."""
+        newer = {
+            "stream",
+            "frequency_penalty",
+            "presence_penalty",
+            "logprobs",
+            "top_logprobs",
+            "output_format",
+        }
         defaults = {
             name for name in newer if getattr(self, name) == type(self).model_fields[name].default
         }

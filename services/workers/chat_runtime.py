@@ -8,6 +8,7 @@ form (one static batch), for scripts and the generic worker.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -85,9 +86,13 @@ class ChatRuntime(ModelRuntime):
 
     def sampling(self, payload: ChatPayload) -> Any:
         """The engine's sampling parameters for a request (with the token cap)."""
-        from models.llama.config import SamplingParams  # noqa: PLC0415
+        from models.llama.config import GrammarSpec, SamplingParams  # noqa: PLC0415
 
         cap = self.config.max_tokens_cap
+        grammar = None
+        if (form := payload.output_format) is not None:
+            schema = None if form.json_schema is None else json.dumps(form.json_schema)
+            grammar = GrammarSpec("json_object" if schema is None else "json_schema", schema)
         return SamplingParams(
             max_tokens=min(payload.max_tokens, cap) if cap else payload.max_tokens,
             temperature=payload.temperature,
@@ -97,6 +102,7 @@ class ChatRuntime(ModelRuntime):
             frequency_penalty=payload.frequency_penalty,
             presence_penalty=payload.presence_penalty,
             logprobs=payload.top_logprobs if payload.logprobs else None,
+            grammar=grammar,
         )
 
     def output(self, result: Any) -> JsonValue:

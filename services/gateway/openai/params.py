@@ -1,5 +1,5 @@
 """OpenAI chat parameters this gateway does not honour: each is accepted only at the
-value that asks for nothing (e.g. ``tools: []``, ``logit_bias: {}``), otherwise refused
+value that asks for nothing (e.g. ``logit_bias: {}``, ``store: false``), otherwise refused
 with a 400 that names it; a parameter OpenAI's API does not define is refused too.
 The parameters the gateway honours are the fields of ``OpenAIChatRequest``; messages
 become the chat contract's here, with the same rule for their fields."""
@@ -33,10 +33,6 @@ def _null(value: object) -> bool:
     return value is None
 
 
-def _text_format(value: object) -> bool:
-    return value is None or value == {"type": "text"}
-
-
 def _text_only(value: object) -> bool:
     return value is None or value == ["text"]
 
@@ -56,10 +52,6 @@ def _no_tool_call(value: object) -> bool:
 # parameter -> whether a value asks for nothing this gateway would have to do
 NEUTRAL: Mapping[str, Callable[[object], bool]] = {
     "logit_bias": _empty,
-    "response_format": _text_format,
-    "tools": _empty,
-    "tool_choice": _no_tool_call,  # with no tools, "auto" can call none
-    "parallel_tool_calls": lambda v: True,  # with no tools there is nothing to run at once
     "functions": _empty,
     "function_call": _no_tool_call,
     "modalities": _text_only,

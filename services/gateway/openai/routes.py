@@ -16,9 +16,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
-from services.common.chat import ChatPayload
+from services.common.chat import ChatOutput, ChatPayload, OutputFormat
 from services.common.clock import mono_ms
 from services.common.codec import summarise
+from services.common.decide import OOD_SAFE_REPLY
 from services.common.endpoints import EndpointSpec
 from services.common.errors import RendezvousError
 from services.gateway.deps import GatewayDep
@@ -42,15 +43,19 @@ from services.gateway.openai.params import chat_messages, refuse_unsupported
 from services.gateway.openai.schemas import (
     Choice,
     ChoiceMessage,
+    FinishReason,
+    FunctionCall,
     ModelCard,
     ModelList,
     OpenAIChatRequest,
     OpenAIChatResponse,
+    ToolCall,
     Usage,
     chat_output,
     choice_logprobs,
 )
 from services.gateway.openai.streaming import ChatStream, EventStream
+from services.gateway.openai.tools import ToolPlan, output_plan
 from services.gateway.routes.infer import check_media_type, read_body
 from services.gateway.schemas import InferRequest
 from services.gateway.service import Gateway, new_request_id, trace_id_from
@@ -79,13 +84,20 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
         spec = resolve(gateway, req.model)
         label = spec.endpoint
         request_id = new_request_id()
-        inputs = to_infer_request(req, request.headers.get(DEADLINE_HEADER))
+        form, plan = output_plan(req.response_format, req.tools, req.tool_choice)
+        if plan is not None and req.stream and not plan.forced:
+            raise UnsupportedFeatureError(
+                'a stream with tool_choice "required" over several tools is not supported; '
+                "name the function",
+                "stream",
+            )
+        inputs = to_infer_request(req, request.headers.get(DEADLINE_HEADER), form, plan)
         trace_id = trace_id_from(request.headers, default=request_id)
         if req.stream:
-            stream_from = ChatStreamStart(request_id, trace_id, started, req)
+            stream_from = ChatStreamStart(request_id, trace_id, started, req, plan)
             response = await stream(gateway, spec, inputs, stream_from)
         else:
-            response = await complete(gateway, spec, inputs, request_id, trace_id)
+            response = await complete(gateway, spec, inputs, request_id, trace_id, plan=plan)
     except RendezvousError as exc:
         response = error_response(
             exc, request_id=request_id, retry_after_s=gateway.settings.retry_after_s
@@ -97,23 +109,22 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
 
 
 async def complete(
-    gateway: Gateway, spec: EndpointSpec, inputs: InferRequest, request_id: str, trace_id: str
+    gateway: Gateway,
+    spec: EndpointSpec,
+    inputs: InferRequest,
+    request_id: str,
+    trace_id: str,
+    *,
+    plan: ToolPlan | None = None,
 ) -> Response:
     """The whole completion at once (``stream: false``)."""
     reply = await gateway.infer(spec, inputs, request_id=request_id, trace_id=trace_id)
     out = chat_output(reply.output)
-    finish = "stop" if out.finish_reason == "stop" else "length"
     body = OpenAIChatResponse(
         id=f"chatcmpl-{request_id}",
         created=int(time.time()),
         model=reply.model or spec.endpoint,
-        choices=[
-            Choice(
-                message=ChoiceMessage(content=out.text),
-                finish_reason=finish,
-                logprobs=choice_logprobs(out),
-            )
-        ],
+        choices=[choice_of(out, tool_for(plan, reply.reason), request_id)],
         usage=Usage(
             prompt_tokens=out.usage.prompt_tokens,
             completion_tokens=out.usage.completion_tokens,
@@ -133,6 +144,31 @@ async def complete(
     )
 
 
+def tool_for(plan: ToolPlan | None, reason: str) -> ToolPlan | None:
+    """The tool call an answer makes: none when the OOD gate's safe reply answered."""
+    return None if reason == OOD_SAFE_REPLY else plan
+
+
+def choice_of(out: ChatOutput, plan: ToolPlan | None, request_id: str) -> Choice:
+    """The answer as a choice: a tool call when one was asked for and the answer holds
+    a whole one, else text."""
+    finish: FinishReason = "stop" if out.finish_reason == "stop" else "length"
+    call = plan.call(out.text) if plan is not None else None
+    if call is None:
+        message = ChoiceMessage(content=out.text)
+    else:
+        function = FunctionCall(name=call[0], arguments=call[1])
+        message = ChoiceMessage(
+            content=None, tool_calls=[ToolCall(id=call_id(request_id), function=function)]
+        )
+        finish = "tool_calls" if finish == "stop" else finish
+    return Choice(message=message, finish_reason=finish, logprobs=choice_logprobs(out))
+
+
+def call_id(request_id: str) -> str:
+    return f"call_{request_id[:24]}"
+
+
 @dataclass(frozen=True)
 class ChatStreamStart:
     """A streaming request's ids, start time and parameters."""
@@ -141,6 +177,7 @@ class ChatStreamStart:
     trace_id: str
     started_ms: float
     req: OpenAIChatRequest
+    plan: ToolPlan | None = None
 
 
 async def stream(
@@ -163,6 +200,7 @@ async def stream(
             deadline_ms=deadline_ms,
             started_ms=start.started_ms,
             include_usage=bool(req.stream_options and req.stream_options.include_usage),
+            tool=None if start.plan is None else (start.plan.tools[0].name, call_id(request_id)),
         )
         await chat.start()
         close = partial(gateway.pending.close, request_id)  # also if the events never start
@@ -218,7 +256,12 @@ def resolve(gateway: Gateway, model: str) -> EndpointSpec:
     raise UnknownEndpointError(f"model {model!r} is not served here; GET /v1/models lists them")
 
 
-def to_infer_request(req: OpenAIChatRequest, deadline: str | None = None) -> InferRequest:
+def to_infer_request(
+    req: OpenAIChatRequest,
+    deadline: str | None = None,
+    form: OutputFormat | None = None,
+    plan: ToolPlan | None = None,
+) -> InferRequest:
     """The envelope's inputs; ``deadline`` is the optional x-rdv-deadline-ms header
     (relative ms, capped at the endpoint's deadline like /v1/infer's deadline_ms)."""
     deadline_ms = None if deadline is None else parse_deadline(deadline)
@@ -226,7 +269,7 @@ def to_infer_request(req: OpenAIChatRequest, deadline: str | None = None) -> Inf
     try:
         payload = ChatPayload.model_validate(
             {
-                "messages": chat_messages(req.messages),
+                "messages": with_hint(chat_messages(req.messages), plan),
                 "max_tokens": req.max_completion_tokens or req.max_tokens or DEFAULT_MAX_TOKENS,
                 "temperature": 1.0 if req.temperature is None else req.temperature,
                 "top_p": 1.0 if req.top_p is None else req.top_p,
@@ -237,6 +280,7 @@ def to_infer_request(req: OpenAIChatRequest, deadline: str | None = None) -> Inf
                 "presence_penalty": req.presence_penalty or 0.0,
                 "logprobs": bool(req.logprobs),
                 "top_logprobs": req.top_logprobs or 0,
+                "output_format": form,
             }
         )
     except ValidationError as exc:
@@ -247,6 +291,16 @@ def to_infer_request(req: OpenAIChatRequest, deadline: str | None = None) -> Inf
         if value
     }
     return InferRequest(inputs=payload.to_wire(), attributes=attributes, deadline_ms=deadline_ms)
+
+
+def with_hint(messages: list[dict[str, str]], plan: ToolPlan | None) -> list[dict[str, str]]:
+    """The conversation with the tool call's hint leading its system message."""
+    if plan is None:
+        return messages
+    if messages and messages[0]["role"] == "system":
+        first = {"role": "system", "content": f"{plan.hint()}\n\n{messages[0]['content']}"}
+        return [first, *messages[1:]]
+    return [{"role": "system", "content": plan.hint()}, *messages]
 
 
 def parse_deadline(value: str) -> int:

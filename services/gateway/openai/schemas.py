@@ -52,14 +52,39 @@ class OpenAIChatRequest(BaseModel):
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    response_format: JsonValue = None
+    tools: JsonValue = None
+    tool_choice: JsonValue = None
+    """response_format, tools and tool_choice: see tools.py."""
+    parallel_tool_calls: bool | None = None
+    """At most one call is made, which fits either value."""
     user: Annotated[str, StringConstraints(max_length=256)] | None = None
     safety_identifier: Annotated[str, StringConstraints(max_length=256)] | None = None
     """Like ``user``: recorded as the request's attribute of that name."""
 
 
+class FunctionCall(BaseModel):
+    name: str | None = None
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ToolCallDelta(BaseModel):
+    index: int = 0
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCall
+
+
 class ChoiceMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class LogprobAlternative(BaseModel):
@@ -77,10 +102,13 @@ class ChoiceLogprobs(BaseModel):
     refusal: None = None
 
 
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
 class Choice(BaseModel):
     index: int = 0
     message: ChoiceMessage
-    finish_reason: Literal["stop", "length"]
+    finish_reason: FinishReason
     logprobs: ChoiceLogprobs | None = None
 
 
@@ -103,12 +131,13 @@ class OpenAIChatResponse(BaseModel):
 class ChunkDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: ChunkDelta
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
 
 
 class StreamEnd(BaseModel):

@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from services.common.decide import OOD_SAFE_REPLY
 from services.common.errors import RendezvousError
 from services.common.messages import Delta, Reply, StreamGrant
 from services.gateway.errors import NoAnswerError, ReplyError, error_body
@@ -41,8 +42,11 @@ from services.gateway.metrics import (
 from services.gateway.openai.schemas import (
     ChunkChoice,
     ChunkDelta,
+    FinishReason,
+    FunctionCall,
     OpenAIChatChunk,
     StreamEnd,
+    ToolCallDelta,
     Usage,
     chat_output,
 )
@@ -119,6 +123,7 @@ class ChatStream:
         deadline_ms: int,
         started_ms: float,
         include_usage: bool,
+        tool: tuple[str, str] | None = None,
     ) -> None:
         self._gateway = gateway
         self._inbox = inbox
@@ -128,6 +133,7 @@ class ChatStream:
         self._deadline_ms = deadline_ms
         self._started_ms = started_ms
         self._include_usage = include_usage
+        self._tool = tool  # (function name, call id): the text streams as its arguments
         self._created = int(time.time())
         self.text = StreamedText()
         self.reply: Reply | None = None
@@ -159,11 +165,13 @@ class ChatStream:
         """The server-sent events, until the reply (or an error, or the deadline)."""
         outcome = "disconnected"
         try:
-            yield self._chunk(ChunkDelta(role="assistant", content=self._ready), first=True)
+            if self.reply is not None and self.reply.reason == OOD_SAFE_REPLY:
+                self._tool = None  # the gate's safe reply is text, not a call
+            yield self._chunk(self._delta(self._ready, first=True), first=True)
             while self.reply is None:
                 for item in await self._take():
                     if text := self._take_in(item):
-                        yield self._chunk(ChunkDelta(content=text))
+                        yield self._chunk(self._delta(text))
             if self.reply.error is not None:
                 raise _reply_error(self.reply)
             for event in self._ending(self.reply):
@@ -214,8 +222,10 @@ class ChatStream:
                     "answer_chars": len(out.text),
                 },
             )
-        events = [self._chunk(ChunkDelta(content=rest))] if rest else []
-        finish: Literal["stop", "length"] = "stop" if out.finish_reason == "stop" else "length"
+        events = [self._chunk(self._delta(rest))] if rest else []
+        finish: FinishReason = "stop" if out.finish_reason == "stop" else "length"
+        if finish == "stop" and self._tool is not None:
+            finish = "tool_calls"
         end = StreamEnd(model=reply.model, reason=reply.reason, finish_reason=out.finish_reason)
         events.append(self._chunk(ChunkDelta(), finish=finish, end=end))
         if self._include_usage:
@@ -228,12 +238,26 @@ class ChatStream:
         events.append(DONE)
         return events
 
+    def _delta(self, text: str, *, first: bool = False) -> ChunkDelta:
+        """``text`` as content, or as the tool call's arguments (the first chunk names
+        the call)."""
+        role: Literal["assistant"] | None = "assistant" if first else None
+        if self._tool is None:
+            return ChunkDelta(role=role, content=text)
+        name, call_id = self._tool
+        call = ToolCallDelta(
+            id=call_id if first else None,
+            type="function" if first else None,
+            function=FunctionCall(name=name if first else None, arguments=text),
+        )
+        return ChunkDelta(role=role, tool_calls=[call])
+
     def _chunk(
         self,
         delta: ChunkDelta,
         *,
         first: bool = False,
-        finish: Literal["stop", "length"] | None = None,
+        finish: FinishReason | None = None,
         end: StreamEnd | None = None,
     ) -> str:
         choice = ChunkChoice(delta=delta, finish_reason=finish)

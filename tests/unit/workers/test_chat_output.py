@@ -3,6 +3,8 @@ text when the request asked, and no field at all when it did not."""
 
 from __future__ import annotations
 
+import json
+
 from models.llama.batching import GenerationResult
 from models.llama.sampling import TokenLogprob
 from services.common.chat import ChatOutput, ChatPayload
@@ -46,3 +48,17 @@ def test_the_payload_maps_to_the_engines_parameters() -> None:
     assert (params.max_tokens, params.frequency_penalty, params.presence_penalty) == (8, 0.5, 1.0)
     assert params.logprobs == 3
     assert runtime.sampling(payload.model_copy(update={"logprobs": False})).logprobs is None
+
+
+def test_an_output_format_becomes_the_engines_grammar() -> None:
+    runtime = ChatRuntime({})
+    base = {"messages": [{"role": "user", "content": "hi"}]}
+    assert runtime.sampling(ChatPayload.model_validate(base)).grammar is None
+    anything = runtime.sampling(ChatPayload.model_validate({**base, "output_format": {}}))
+    assert (anything.grammar.kind, anything.grammar.schema) == ("json_object", None)
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    held = runtime.sampling(
+        ChatPayload.model_validate({**base, "output_format": {"json_schema": schema}})
+    )
+    assert held.grammar.kind == "json_schema"
+    assert json.loads(held.grammar.schema) == schema
