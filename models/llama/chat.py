@@ -131,6 +131,32 @@ class ChatModel:
         """The answer so far of each running request named (``BatchEngine.partial_texts``)."""
         return self.engine.partial_texts(request_ids)
 
+    def submit_prompt(
+        self,
+        prompt: str,
+        params: ChatParams | None = None,
+        *,
+        deadline: float | None = None,
+        request_id: str | None = None,
+    ) -> str:
+        """Queue a raw prompt the model continues (no chat template; the tokenizer's
+        own special tokens, e.g. a BOS, are added as it adds them)."""
+        if not prompt:
+            raise InvalidRequestError("the prompt is empty")
+        ids = [int(t) for t in self.tokenizer.encode(prompt)]
+        return self.engine.submit(ids, params, deadline=deadline, request_id=request_id)
+
+    def collect(self, request_ids: Sequence[str]) -> list[ChatResult]:
+        """Step until the submitted requests named have finished; their results in that
+        order (other requests in the engine go on meanwhile)."""
+        wanted = set(request_ids)
+        results: dict[str, ChatResult] = {}
+        while wanted - results.keys():
+            if not self.engine.has_work:  # another caller collected them: cannot happen here
+                raise RuntimeError("the engine finished without answering every request")
+            results.update((r.request_id, r) for r in self.step() if r.request_id in wanted)
+        return [results[i] for i in request_ids]
+
     def generate(
         self,
         conversations: Sequence[Sequence[Message]],
@@ -139,14 +165,7 @@ class ChatModel:
         deadline: float | None = None,
     ) -> list[ChatResult]:
         """Answer the conversations together (blocking); results in the order given."""
-        ids = [self.submit(c, params, deadline=deadline) for c in conversations]
-        wanted = set(ids)
-        results: dict[str, ChatResult] = {}
-        while wanted - results.keys():
-            if not self.engine.has_work:  # another caller collected them: cannot happen here
-                raise RuntimeError("the engine finished without answering every conversation")
-            results.update((r.request_id, r) for r in self.step() if r.request_id in wanted)
-        return [results[i] for i in ids]
+        return self.collect([self.submit(c, params, deadline=deadline) for c in conversations])
 
 
 def build(config: LoadConfig | None = None, engine: EngineConfig | None = None) -> ChatModel:

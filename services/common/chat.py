@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 
 class ChatMessage(BaseModel):
@@ -27,11 +27,14 @@ class OutputFormat(BaseModel):
 
 
 class ChatPayload(BaseModel):
-    """A chat request as models receive it (RequestEnvelope.payload)."""
+    """A chat request as models receive it (RequestEnvelope.payload): a conversation
+    (``messages``, rendered with the model's chat template) or, for OpenAI's legacy
+    ``/v1/completions``, a raw ``prompt`` the model continues; exactly one of them."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    messages: list[ChatMessage] = Field(min_length=1, max_length=256)
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=256)
+    prompt: str | None = Field(default=None, min_length=1, max_length=200_000)
     max_tokens: int = Field(default=128, ge=1, le=4096)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     """0 means greedy decoding."""
@@ -54,10 +57,19 @@ class ChatPayload(BaseModel):
     """Hold the answer to JSON (constrained decoding): OpenAI's ``response_format``,
     and the arguments of a forced tool call."""
 
+    @model_validator(mode="after")
+    def _one_input(self) -> ChatPayload:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("give exactly one of messages and prompt")
+        return self
+
     def to_wire(self) -> dict[str, JsonValue]:
         """The payload as JSON, the fields left at their default that older chat
-        workers do not know (stream, penalties, logprobs, output format) left out."""
+        workers do not know (prompt, stream, penalties, logprobs, output format) left
+        out, and ``messages`` when a prompt stands in for it."""
         newer = {
+            "messages",
+            "prompt",
             "stream",
             "frequency_penalty",
             "presence_penalty",

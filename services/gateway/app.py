@@ -17,6 +17,7 @@ from services.control.changes import Control
 from services.gateway.auth import install_security
 from services.gateway.bus import Bus
 from services.gateway.errors import install_error_handlers
+from services.gateway.openai import completions as openai_completions
 from services.gateway.openai import embeddings as openai_embeddings
 from services.gateway.openai import routes as openai_routes
 from services.gateway.pending import PendingReplies
@@ -90,6 +91,7 @@ def build_app(
     app.include_router(infer.router)
     app.include_router(openai_routes.router)
     app.include_router(openai_embeddings.router)
+    app.include_router(openai_completions.router)
     app.include_router(feedback.router)
     app.include_router(health.router)
     app.include_router(control_routes.router)

@@ -41,8 +41,8 @@ from services.common.messages import (
 from services.workers.chat_runtime import (
     ChatRuntime,
     failure,
-    messages,
     parse_payload,
+    submit,
 )
 from services.workers.metrics import (
     BATCH_SIZE,
@@ -94,8 +94,9 @@ class ChatWorker(ModelWorker):
                 payload = parse_payload(req.payload)
                 left_ms = req.deadline_epoch_ms - started - self.model.config.deadline_margin_ms
                 expired = self.score_expired and left_ms <= 0  # a backfill: no deadline
-                self.model.chat.submit(
-                    messages(payload),
+                submit(
+                    self.model.chat,
+                    payload,
                     self.model.sampling(payload),
                     deadline=None if expired else time.monotonic() + left_ms / 1000.0,
                     request_id=req.request_id,

@@ -114,7 +114,8 @@ class ChatRuntime(ModelRuntime):
         for payload in payloads:  # one conversation each; the engine batches inside
             try:
                 req = parse_payload(payload)
-                [result] = self.chat.generate([messages(req)], self.sampling(req))
+                request_id = submit(self.chat, req, self.sampling(req))
+                [result] = self.chat.collect([request_id])
                 out.append(self.output(result))
             except Exception as exc:
                 error = failure(exc)
@@ -145,7 +146,15 @@ def parse_payload(payload: JsonValue) -> ChatPayload:
 
 
 def messages(payload: ChatPayload) -> list[dict[str, str]]:
-    return [{"role": m.role, "content": m.content} for m in payload.messages]
+    return [{"role": m.role, "content": m.content} for m in payload.messages or []]
+
+
+def submit(chat: Any, payload: ChatPayload, params: Any, **kw: Any) -> str:
+    """Queue one request on a models.llama ChatModel: its conversation, or its raw
+    prompt (a completion request)."""
+    if payload.prompt is not None:
+        return str(chat.submit_prompt(payload.prompt, params, **kw))
+    return str(chat.submit(messages(payload), params, **kw))
 
 
 def output_of(result: Any, token_text: Callable[[int], str]) -> JsonValue:

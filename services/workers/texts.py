@@ -11,6 +11,8 @@ def payload_text(payload: JsonValue, field: str) -> str | PredictionError:
     """The text to score in one payload, or why there is none."""
     if isinstance(payload, dict) and "messages" in payload and field not in payload:
         return last_user_turn(payload["messages"])
+    if isinstance(payload, dict) and "prompt" in payload and field not in payload:
+        field = "prompt"  # a completion request (services.common.chat): its raw prompt
     text = payload.get(field) if isinstance(payload, dict) else payload
     if not isinstance(text, str):
         return PredictionError(f"payload must be a string or an object with a string {field!r}")

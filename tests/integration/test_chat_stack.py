@@ -27,6 +27,9 @@ def test_the_openai_client_gets_the_real_models_answer(launch_stack: Launch) -> 
             max_tokens=24,
         )
         models = [m.id for m in client.models.list()]
+        continued = client.completions.create(
+            model="chat", prompt="The capital of France is", max_tokens=6, temperature=0
+        )
         scored = client.chat.completions.create(
             model="chat",
             messages=FRANCE,  # type: ignore[arg-type]
@@ -57,6 +60,9 @@ def test_the_openai_client_gets_the_real_models_answer(launch_stack: Launch) -> 
     assert resp.usage is not None
     assert resp.usage.completion_tokens > 0
     assert models == ["chat", "smol"]
+    assert continued.choices[0].text.strip()  # the raw prompt continued, no chat template
+    assert continued.usage is not None
+    assert continued.usage.prompt_tokens < resp.usage.prompt_tokens
     completion = stack.metric("smol", "rdv_worker_tokens_total", model="smol", kind="completion")
     assert completion >= resp.usage.completion_tokens
     assert stack.metric("smol", "rdv_worker_finished_total", model="smol", reason="stop") >= 1

@@ -144,3 +144,12 @@ def test_malformed_messages_are_refused(chat: ChatModel, messages: list[Message]
 def test_a_tokenizer_without_chat_template_is_refused() -> None:
     with pytest.raises(ModelLoadError, match="chat template"):
         ChatModel(tiny_loaded(chat_template=None))
+
+
+def test_a_raw_prompt_is_continued_without_the_chat_template(chat: ChatModel) -> None:
+    rid = chat.submit_prompt("Once upon", ChatParams(max_tokens=6))
+    [result] = chat.collect([rid])
+    assert result.prompt_tokens == len(chat.tokenizer.encode("Once upon"))
+    assert result.prompt_tokens < len(chat.encode(ask("Once upon")))
+    with pytest.raises(InvalidRequestError):
+        chat.submit_prompt("")

@@ -31,16 +31,18 @@ def test_the_shipped_lexicon_covers_in_scope_questions_better() -> None:
     assert in_scope > out_of_scope
 
 
-def test_the_runtime_scores_texts_and_chat_payloads(tmp_path: Path) -> None:
+def test_the_runtime_scores_texts_chat_and_completion_payloads(tmp_path: Path) -> None:
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("# lexicon v1\nhello\nworld\n")
     runtime = LexiconRuntime({"vocab": str(vocab)})
     runtime.load()
     chat = {"messages": [{"role": "user", "content": "hello there"}]}
-    out = runtime.predict_batch(["hello world", chat, {"text": 3}])
+    completion = {"prompt": "hello hello world again", "max_tokens": 5}
+    out = runtime.predict_batch(["hello world", chat, {"text": 3}, completion])
     assert out[0] == {"coverage": 1.0, "words": 2, "lexicon": "v1"}
     assert out[1] == {"coverage": 0.5, "words": 2, "lexicon": "v1"}
     assert isinstance(out[2], PredictionError)
+    assert out[3] == {"coverage": 0.75, "words": 4, "lexicon": "v1"}  # a completion's prompt
 
 
 def test_an_unusable_vocabulary_is_a_config_error(tmp_path: Path) -> None:

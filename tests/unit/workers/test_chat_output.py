@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+from pydantic import ValidationError
+
 from models.llama.batching import GenerationResult
 from models.llama.sampling import TokenLogprob
 from services.common.chat import ChatOutput, ChatPayload
@@ -62,3 +65,11 @@ def test_an_output_format_becomes_the_engines_grammar() -> None:
     )
     assert held.grammar.kind == "json_schema"
     assert json.loads(held.grammar.schema) == schema
+
+
+def test_a_payload_is_a_conversation_or_a_prompt_never_both() -> None:
+    turn = [{"role": "user", "content": "hi"}]
+    assert ChatPayload.model_validate({"prompt": "Once"}).to_wire()["prompt"] == "Once"
+    for bad in ({}, {"messages": turn, "prompt": "Once"}, {"prompt": ""}):
+        with pytest.raises(ValidationError):
+            ChatPayload.model_validate(bad)
