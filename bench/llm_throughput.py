@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from bench.chaos_report import cpu_times, machine
 from bench.loadgen import quantile
 from models.llama import ChatModel, ChatParams, EngineConfig, LoadConfig, load
 
@@ -79,6 +80,44 @@ def naive(chat: ChatModel, n: int, max_tokens: int) -> dict[str, float]:
         "requests": n,
         "tokens": tokens,
     }
+
+
+@torch.inference_mode()
+def static(chat: ChatModel, batch: int, max_tokens: int) -> dict[str, float]:
+    """transformers generate on one padded batch of ``batch`` requests (left padding),
+    what a transformers user tries after one at a time: every request waits for the
+    whole batch."""
+    model, tokenizer = chat.loaded.model, chat.tokenizer
+    prompts = [chat.encode(conversation(i)) for i in range(batch)]  # type: ignore[arg-type]
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    began = time.perf_counter()
+    out = model.generate(
+        ids,
+        attention_mask=mask,
+        max_new_tokens=max_tokens,
+        min_new_tokens=max_tokens,
+        do_sample=False,
+        pad_token_id=pad,
+    )
+    took = time.perf_counter() - began
+    tokens = int(out.shape[0] * (out.shape[1] - width))
+    return {"batch": batch, "tokens_per_s": tokens / took, "latency_s": took, "tokens": tokens}
+
+
+@torch.inference_mode()
+def matmul_roofline(dtype: torch.dtype, size: int = 1024, repeats: int = 8) -> float:
+    """This CPU's measured matrix-multiply rate (GFLOP/s) at ``dtype`` on the current
+    thread count: the physical limit a compute-bound decode step approaches."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    torch.nn.functional.linear(a, b)  # warm-up; linear: the kernel the model's layers use
+    began = time.perf_counter()
+    for _ in range(repeats):
+        torch.nn.functional.linear(a, b)
+    return 2 * size**3 * repeats / (time.perf_counter() - began) / 1e9
 
 
 def engine(
@@ -133,54 +172,106 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quantize", default="int8", help="engine weights: none or int8")
     args = parser.parse_args(argv)
+    steal0 = cpu_times()
+    print("machine:", json.dumps(machine()), flush=True)
     per_level = 2 if args.quick else 4  # requests per level = concurrency x this
     plain = load(LoadConfig(threads=args.threads))  # the default float32 model
     loaded = load(LoadConfig(threads=args.threads, dtype=args.dtype, quantize=args.quantize))
+    engine_dtype = loaded.report.dtype.removeprefix("torch.")
+    same = load(LoadConfig(threads=args.threads, dtype=engine_dtype))  # no int8: plain HF
     baseline = ChatModel(plain)  # its tokenizer and chat template only
+    matched = ChatModel(same)
     # the engine settings of models/specs/smol.yaml (max_batch_size, max_batch_tokens),
     # so the bench measures what the stack's chat champion runs
     chat = ChatModel(loaded, EngineConfig(max_batch_size=16, max_batch_tokens=32768))
     threads = torch.get_num_threads()
     print(
         f"model {loaded.report.source} loaded in {loaded.report.seconds:.1f} s "
-        f"(cache hit: {loaded.report.cache_hit}); torch threads {threads} for both; "
-        f"naive: {plain.report.dtype}; engine: {loaded.report.dtype}, "
+        f"(cache hit: {loaded.report.cache_hit}); torch threads {threads} for all; "
+        f"naive: {plain.report.dtype} and {same.report.dtype}; engine: {loaded.report.dtype}, "
         f"quantize {loaded.report.quantize}",
         file=sys.stderr,
     )
     engine(chat, 1, 1, 8)  # warm-up
     naive(baseline, 1, 8)
-    base = naive(baseline, 4 if args.quick else 8, args.max_tokens)
-    print(
-        f"naive generate   1 at a time  {base['tokens_per_s']:7.1f} tok/s  "
-        f"latency p50 {base['latency_p50_s']:.2f} s  ({plain.report.dtype}, threads {threads})"
-    )
+    naive(matched, 1, 8)
+    count = 4 if args.quick else 8
+    base = naive(baseline, count, args.max_tokens)
+    base_matched = naive(matched, count, args.max_tokens)
+    for label, r, dtype in (
+        ("naive generate", base, plain.report.dtype),
+        ("naive generate", base_matched, same.report.dtype),
+    ):
+        print(
+            f"{label}   1 at a time  {r['tokens_per_s']:7.1f} tok/s  "
+            f"latency p50 {r['latency_p50_s']:.2f} s  ({dtype}, threads {threads})"
+        )
+    statics = {}
+    for batch in (4, 16):
+        for name, model in (("float32", baseline), ("engine_precision", matched)):
+            r = static(model, batch, args.max_tokens)
+            statics[f"{name}_{batch}"] = r
+            print(
+                f"static batch {batch:>3} generate  {r['tokens_per_s']:7.1f} tok/s  "
+                f"(whole batch {r['latency_s']:.2f} s, {model.loaded.report.dtype})"
+            )
     levels = []
     for conc, burst in ((1, False), (4, False), (16, False), (16, True)):
         r = engine(chat, conc, conc * per_level, args.max_tokens, burst=burst)
         r["x_naive"] = r["tokens_per_s"] / base["tokens_per_s"]
+        r["x_naive_same_precision"] = r["tokens_per_s"] / base_matched["tokens_per_s"]
+        if conc > 1:
+            r["x_static_same_precision"] = (
+                r["tokens_per_s"] / statics[f"engine_precision_{conc}"]["tokens_per_s"]
+            )
         levels.append(r)
+        vs_static = (
+            f", {r['x_static_same_precision']:.1f}x static"
+            if "x_static_same_precision" in r
+            else ""
+        )
         print(
             f"engine  concurrency {conc:>3} {r['start']:>5}  {r['tokens_per_s']:7.1f} tok/s "
-            f"({r['x_naive']:.1f}x naive)  latency p50 {r['latency_p50_s']:.2f} s "
+            f"({r['x_naive']:.1f}x naive float32, {r['x_naive_same_precision']:.1f}x naive "
+            f"{same.report.dtype}{vs_static})  latency p50 {r['latency_p50_s']:.2f} s "
             f"p99 {r['latency_p99_s']:.2f} s  ttft p50 {r['ttft_p50_s'] * 1000:.0f} ms "
             f"p99 {r['ttft_p99_s'] * 1000:.0f} ms"
         )
+    params = sum(p.numel() for p in plain.model.parameters())  # float32, no int8 copies
+    gflops = {
+        name: matmul_roofline(dtype)
+        for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16))
+    }
+    roof = {name: g * 1e9 / (2 * params) for name, g in gflops.items()}
+    print(
+        f"matmul roofline: float32 {gflops['float32']:.1f} GFLOP/s, bfloat16 "
+        f"{gflops['bfloat16']:.1f} GFLOP/s on {threads} thread(s): at 2 x {params / 1e6:.0f}M "
+        f"FLOP per token, at most {roof['float32']:.0f} / {roof['bfloat16']:.0f} tok/s; "
+        f"engine c16 {levels[2]['tokens_per_s']:.0f} tok/s"
+    )
     single = levels[0]
     out = {
         "model": str(loaded.report.source),
         "max_tokens": args.max_tokens,
         "threads": threads,
         "naive_dtype": plain.report.dtype,
+        "matched_dtype": same.report.dtype,
         "engine_dtype": loaded.report.dtype,
         "engine_quantize": loaded.report.quantize,
         "naive": base,
+        "naive_same_precision": base_matched,
+        "static": statics,
         "engine": levels,
+        "precision_gain_naive": base_matched["tokens_per_s"] / base["tokens_per_s"],
         "c16_vs_naive": levels[2]["x_naive"],
+        "c16_vs_static_same_precision": levels[2]["x_static_same_precision"],
         "single_vs_naive": single["x_naive"],
         "ttft_p50_c16_vs_single": levels[2]["ttft_p50_s"] / single["ttft_p50_s"],
         "ttft_p50_c16_burst_vs_single": levels[3]["ttft_p50_s"] / single["ttft_p50_s"],
         "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in levels[:3]),
+        "matmul_gflops": gflops,
+        "roofline_tokens_per_s": roof,
+        "machine": machine(steal0),
     }
     print(json.dumps(out))
     return 0

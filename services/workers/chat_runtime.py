@@ -9,6 +9,7 @@ form (one static batch), for scripts and the generic worker.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -17,7 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 from services.common.chat import ChatOutput, ChatPayload, ChatUsage, TokenLogprob, TopLogprob
 from services.common.codec import summarise
 from services.common.errors import ConfigError
+from services.workers.metrics import ENGINE_INFO
 from services.workers.runtime import ModelRuntime, Params, Prediction, PredictionError, parse_params
+
+log = logging.getLogger("rdv.worker")
 
 
 class ChatRuntimeParams(BaseModel):
@@ -32,10 +36,12 @@ class ChatRuntimeParams(BaseModel):
     device: str = "cpu"
     """"cpu", "cuda[:n]" or "auto" (CUDA when available)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    quantize: Literal["none", "int8"] = "none"
+    quantize: Literal["none", "int8", "auto"] = "none"
     """``int8``: int8 copies of the linear weights for decode steps, bfloat16 compute
-    (about 2.5x the tokens/s of float32 here); greedy answers may then differ slightly
-    with the batch's size. ``none`` keeps exact batch = one-by-one answers."""
+    (about 2.5x the tokens/s of float32 on a CPU with bfloat16 instructions, 2-3x slower
+    on one without); greedy answers may then differ slightly with the batch's size.
+    ``none`` keeps exact batch = one-by-one answers. ``auto``: int8 where bfloat16 is
+    native, else none (models.llama.cpu), logged and in rdv_worker_chat_engine_info."""
     threads: int | None = Field(default=1, ge=1)
     """torch CPU threads for this process (1 suits a small machine shared by services)."""
     max_batch_size: int = Field(default=8, ge=1)
@@ -61,9 +67,15 @@ class ChatRuntime(ModelRuntime):
     def load(self) -> None:
         from models.llama.chat import build  # noqa: PLC0415 - torch only in model workers
         from models.llama.config import EngineConfig, LoadConfig  # noqa: PLC0415
+        from models.llama.cpu import EngineChoice, choose_quantize  # noqa: PLC0415
         from models.llama.errors import LlamaError  # noqa: PLC0415
 
         c = self.config
+        choice = (
+            choose_quantize(c.device)
+            if c.quantize == "auto"
+            else EngineChoice(c.quantize, "set in the spec")
+        )
         try:
             self.chat = build(
                 LoadConfig(
@@ -72,12 +84,18 @@ class ChatRuntime(ModelRuntime):
                     device=c.device,
                     dtype=c.dtype,
                     threads=c.threads,
-                    quantize=c.quantize,
+                    quantize="int8" if choice.quantize == "int8" else "none",
                 ),
                 EngineConfig(max_batch_size=c.max_batch_size, max_batch_tokens=c.max_batch_tokens),
             )
         except (LlamaError, OSError, ValueError) as exc:
             raise ConfigError(f"runtime 'llama-chat' cannot load the model: {exc}") from exc
+        report = self.chat.loaded.report
+        log.info(
+            "chat engine settings",
+            extra={"dtype": report.dtype, "quantize": report.quantize, "chosen_by": choice.reason},
+        )
+        ENGINE_INFO.labels(report.dtype, report.quantize, choice.reason).set(1)
         super().load()
 
     def unload(self) -> None:

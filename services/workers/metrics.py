@@ -18,6 +18,11 @@ BATCH_SIZE = Histogram(
     ["model"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
+ENGINE_INFO = Gauge(
+    "rdv_worker_chat_engine_info",
+    "The chat engine's precision in this process (1) and what chose it",
+    ["dtype", "quantize", "chosen_by"],
+)
 SCORED = Counter("rdv_worker_scored_total", "Requests scored successfully (status ok)", ["model"])
 ERRORS = Counter("rdv_worker_errors_total", "Requests answered with an error score", ["model"])
 SKIPPED = Counter(

@@ -129,6 +129,7 @@ def test_invalid_params_are_config_errors(
 
 def test_the_chat_runtime_takes_int8_weights_and_refuses_unknown_schemes() -> None:
     assert ChatRuntime({"quantize": "int8"}).config.quantize == "int8"
+    assert ChatRuntime({"quantize": "auto"}).config.quantize == "auto"
     assert ChatRuntime({}).config.quantize == "none"
     with pytest.raises(ConfigError, match="quantize"):
         ChatRuntime({"quantize": "int4"})
