@@ -1,1 +1,3 @@
-"""The OpenAI-compatible chat API: its routes, wire schemas and streamed completions."""
+"""The OpenAI-compatible API: chat completions (routes, wire schemas, streamed
+completions, parameter rules, structured outputs and tool calls), legacy completions
+and embeddings."""
