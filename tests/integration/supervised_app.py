@@ -20,10 +20,18 @@ import time
 from pathlib import Path
 from types import FrameType
 
+_LOG_LOCK = threading.Lock()
+
 
 def log(level: str, msg: str, **fields: object) -> None:
+    """One JSON line per call, whole: print() writes the text and the newline apart, so
+    two threads logging at once (the crash watcher and the main thread at start) could
+    run their lines together, and the supervisor would not read the error."""
     ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + ".000Z"
-    print(json.dumps({"ts": ts, "level": level, "msg": msg, **fields}), file=sys.stderr, flush=True)
+    line = json.dumps({"ts": ts, "level": level, "msg": msg, **fields}) + "\n"
+    with _LOG_LOCK:
+        sys.stderr.write(line)
+        sys.stderr.flush()
 
 
 class Ready(http.server.BaseHTTPRequestHandler):
