@@ -119,22 +119,25 @@ class BenchStack:
     def _start_broker(self, attempts: int = 3) -> LocalBroker:
         """A broker on a free pair of ports; another process may take a port between
         our probe and the broker's bind, so a failed start is tried on fresh ports."""
-        for attempt in range(1, attempts + 1):
-            port = free_port()
-            while _taken(port + 1):
-                port = free_port()
-            broker = LocalBroker(
-                port=port, state_dir=self.dir / f"kafka-{port}", jvm_options=self.jvm_options
-            )
+        for _ in range(attempts - 1):
+            broker = self._new_broker()
             try:
                 broker.start()
             except BrokerSetupError:
                 broker.stop()
-                if attempt == attempts:
-                    raise
                 continue
             return broker
-        raise AssertionError("unreachable")
+        broker = self._new_broker()
+        broker.start()  # the last try's error is the caller's
+        return broker
+
+    def _new_broker(self) -> LocalBroker:
+        port = free_port()
+        while _taken(port + 1):
+            port = free_port()
+        return LocalBroker(
+            port=port, state_dir=self.dir / f"kafka-{port}", jvm_options=self.jvm_options
+        )
 
     def _run(self, spec: ProcessSpec) -> None:
         if spec.name in self.specs:

@@ -12,25 +12,13 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, ValidationError
 
-from services.common.clock import mono_ms
 from services.common.codec import summarise
 from services.common.embeddings import MAX_TEXTS, EmbeddingOutput, EmbeddingPayload
-from services.common.errors import MessageError, RendezvousError
+from services.common.errors import MessageError
 from services.gateway.deps import GatewayDep
-from services.gateway.errors import InvalidRequestError, UnsupportedFeatureError, error_response
-from services.gateway.headers import (
-    DEADLINE_HEADER,
-    MODEL_HEADER,
-    REASON_HEADER,
-    REQUEST_ID_HEADER,
-    header_value,
-)
-from services.gateway.metrics import LATENCY, REQUESTS, UNKNOWN_ENDPOINT
+from services.gateway.errors import InvalidRequestError, UnsupportedFeatureError
+from services.gateway.openai.edge import Call, parse_body, reply_headers, resolve, serve
 from services.gateway.openai.params import refuse_unsupported
-from services.gateway.openai.routes import parse_deadline, resolve
-from services.gateway.routes.infer import check_media_type, read_body
-from services.gateway.schemas import InferRequest
-from services.gateway.service import new_request_id, trace_id_from
 
 router = APIRouter()
 
@@ -67,51 +55,23 @@ class EmbeddingList(BaseModel):
 
 @router.post("/v1/embeddings")
 async def embeddings(request: Request, gateway: GatewayDep) -> Response:
-    started = mono_ms()
-    label, request_id = UNKNOWN_ENDPOINT, None
-    try:
-        check_media_type(request.headers.get("content-type"))
-        req = parse_embeddings(await read_body(request, gateway.settings.max_body_bytes))
+    async def handle(body: bytes, call: Call) -> Response:
+        req = parse_embeddings(body)
         spec = resolve(gateway, req.model)
-        label = spec.endpoint
-        request_id = new_request_id()
-        deadline = request.headers.get(DEADLINE_HEADER)
+        request_id = call.begin(spec.endpoint)
         payload = payload_of(req)
-        inputs = InferRequest(
-            inputs=payload.model_dump(),
-            attributes={"user": req.user} if req.user else {},
-            deadline_ms=None if deadline is None else parse_deadline(deadline),
-        )
-        trace_id = trace_id_from(request.headers, default=request_id)
-        reply = await gateway.infer(spec, inputs, request_id=request_id, trace_id=trace_id)
+        inputs = call.inputs(payload.model_dump(), user=req.user)
+        reply = await gateway.infer(spec, inputs, request_id=request_id, trace_id=call.trace_id)
         out = embedding_output(reply.output)
-        body = answer(
-            out, reply.model or spec.endpoint, len(payload.input), req.encoding_format == "base64"
-        )
-        response: Response = JSONResponse(
-            body.model_dump(),
-            headers={
-                REQUEST_ID_HEADER: request_id,
-                MODEL_HEADER: header_value(reply.model or "-"),
-                REASON_HEADER: header_value(reply.reason),
-            },
-        )
-    except RendezvousError as exc:
-        response = error_response(
-            exc, request_id=request_id, retry_after_s=gateway.settings.retry_after_s
-        )
-    REQUESTS.labels(label, str(response.status_code)).inc()
-    LATENCY.labels(label).observe((mono_ms() - started) / 1000.0)
-    return response
+        base64_form = req.encoding_format == "base64"
+        answered = answer(out, reply.model or spec.endpoint, len(payload.input), base64_form)
+        return JSONResponse(answered.model_dump(), headers=reply_headers(request_id, reply))
+
+    return await serve(request, gateway, handle)
 
 
 def parse_embeddings(body: bytes) -> OpenAIEmbeddingRequest:
-    if not body:
-        raise InvalidRequestError('empty body: send {"model": ..., "input": ...}')
-    try:
-        req = OpenAIEmbeddingRequest.model_validate_json(body)
-    except ValidationError as exc:
-        raise InvalidRequestError(summarise(exc, root="body")) from None
+    req = parse_body(OpenAIEmbeddingRequest, body, '{"model": ..., "input": ...}')
     extra = dict(req.model_extra or {})
     if extra.pop("dimensions", None) is not None:
         raise UnsupportedFeatureError(

@@ -13,24 +13,16 @@ from dataclasses import dataclass
 from functools import partial
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from services.common.chat import ChatOutput, ChatPayload, OutputFormat
-from services.common.clock import mono_ms
 from services.common.codec import summarise
 from services.common.decide import OOD_SAFE_REPLY
 from services.common.endpoints import EndpointSpec
-from services.common.errors import RendezvousError
 from services.gateway.deps import GatewayDep
-from services.gateway.errors import (
-    InvalidRequestError,
-    UnknownEndpointError,
-    UnsupportedFeatureError,
-    error_response,
-)
+from services.gateway.errors import InvalidRequestError, UnsupportedFeatureError
 from services.gateway.headers import (
-    DEADLINE_HEADER,
     FINISH_HEADER,
     MODEL_HEADER,
     REASON_HEADER,
@@ -38,7 +30,14 @@ from services.gateway.headers import (
     header_value,
     ood_headers,
 )
-from services.gateway.metrics import LATENCY, REQUESTS, UNKNOWN_ENDPOINT
+from services.gateway.openai.edge import (
+    Call,
+    one_choice,
+    parse_body,
+    reply_headers,
+    resolve,
+    serve,
+)
 from services.gateway.openai.params import chat_messages, refuse_unsupported
 from services.gateway.openai.schemas import (
     Choice,
@@ -50,19 +49,18 @@ from services.gateway.openai.schemas import (
     OpenAIChatRequest,
     OpenAIChatResponse,
     ToolCall,
-    Usage,
     chat_output,
     choice_logprobs,
+    finish_of,
+    usage_of,
 )
 from services.gateway.openai.streaming import ChatStream, EventStream
 from services.gateway.openai.tools import ToolPlan, output_plan
-from services.gateway.routes.infer import check_media_type, read_body
 from services.gateway.schemas import InferRequest
-from services.gateway.service import Gateway, new_request_id, trace_id_from
+from services.gateway.service import Gateway
 
 router = APIRouter()
 DEFAULT_MAX_TOKENS = 128
-MAX_DEADLINE_DIGITS = 9  # far past any endpoint's deadline, which caps it anyway
 
 
 @router.get("/v1/models")
@@ -76,14 +74,10 @@ async def list_models(gateway: GatewayDep) -> Response:
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
-    started = mono_ms()
-    label, request_id = UNKNOWN_ENDPOINT, None
-    try:
-        check_media_type(request.headers.get("content-type"))
-        req = parse_chat(await read_body(request, gateway.settings.max_body_bytes))
+    async def handle(body: bytes, call: Call) -> Response:
+        req = parse_chat(body)
         spec = resolve(gateway, req.model)
-        label = spec.endpoint
-        request_id = new_request_id()
+        request_id = call.begin(spec.endpoint)
         form, plan = output_plan(req.response_format, req.tools, req.tool_choice)
         if plan is not None and req.stream and not plan.forced:
             raise UnsupportedFeatureError(
@@ -91,21 +85,14 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
                 "name the function",
                 "stream",
             )
-        inputs = to_infer_request(req, request.headers.get(DEADLINE_HEADER), form, plan)
-        trace_id = trace_id_from(request.headers, default=request_id)
+        inputs = to_infer_request(req, call, form, plan)
+        trace_id = call.trace_id
         if req.stream:
-            stream_from = ChatStreamStart(request_id, trace_id, started, req, plan)
-            response = await stream(gateway, spec, inputs, stream_from)
-        else:
-            response = await complete(gateway, spec, inputs, request_id, trace_id, plan=plan)
-    except RendezvousError as exc:
-        response = error_response(
-            exc, request_id=request_id, retry_after_s=gateway.settings.retry_after_s
-        )
-    REQUESTS.labels(label, str(response.status_code)).inc()
-    if not isinstance(response, StreamingResponse):  # a stream's is observed at its end
-        LATENCY.labels(label).observe((mono_ms() - started) / 1000.0)
-    return response
+            stream_from = ChatStreamStart(request_id, trace_id, call.started_ms, req, plan)
+            return await stream(gateway, spec, inputs, stream_from)
+        return await complete(gateway, spec, inputs, request_id, trace_id, plan=plan)
+
+    return await serve(request, gateway, handle)
 
 
 async def complete(
@@ -125,22 +112,11 @@ async def complete(
         created=int(time.time()),
         model=reply.model or spec.endpoint,
         choices=[choice_of(out, tool_for(plan, reply.reason), request_id)],
-        usage=Usage(
-            prompt_tokens=out.usage.prompt_tokens,
-            completion_tokens=out.usage.completion_tokens,
-            total_tokens=out.usage.prompt_tokens + out.usage.completion_tokens,
-        ),
+        usage=usage_of(out),
         ood=reply.ood,
     )
     return JSONResponse(
-        body.model_dump(),
-        headers={
-            REQUEST_ID_HEADER: request_id,
-            MODEL_HEADER: header_value(reply.model or "-"),
-            REASON_HEADER: header_value(reply.reason),
-            FINISH_HEADER: out.finish_reason,
-            **ood_headers(reply.ood),
-        },
+        body.model_dump(), headers=reply_headers(request_id, reply, out.finish_reason)
     )
 
 
@@ -152,7 +128,7 @@ def tool_for(plan: ToolPlan | None, reason: str) -> ToolPlan | None:
 def choice_of(out: ChatOutput, plan: ToolPlan | None, request_id: str) -> Choice:
     """The answer as a choice: a tool call when one was asked for and the answer holds
     a whole one, else text."""
-    finish: FinishReason = "stop" if out.finish_reason == "stop" else "length"
+    finish: FinishReason = finish_of(out)
     call = plan.call(out.text) if plan is not None else None
     if call is None:
         message = ChoiceMessage(content=out.text)
@@ -227,15 +203,9 @@ def stream_headers(chat: ChatStream) -> dict[str, str]:
 
 
 def parse_chat(body: bytes) -> OpenAIChatRequest:
-    if not body:
-        raise InvalidRequestError('empty body: send {"model": ..., "messages": [...]}')
-    try:
-        req = OpenAIChatRequest.model_validate_json(body)
-    except ValidationError as exc:
-        raise InvalidRequestError(summarise(exc, root="body")) from None
+    req = parse_body(OpenAIChatRequest, body, '{"model": ..., "messages": [...]}')
     refuse_unsupported(req.model_extra or {})
-    if req.n not in (None, 1):
-        raise UnsupportedFeatureError("n > 1 is not supported; ask once per completion", param="n")
+    one_choice(req.n)
     if req.top_logprobs and not req.logprobs:
         raise InvalidRequestError("body.top_logprobs: needs logprobs: true")
     if req.logprobs and req.stream:
@@ -246,38 +216,21 @@ def parse_chat(body: bytes) -> OpenAIChatRequest:
     return req
 
 
-def resolve(gateway: Gateway, model: str) -> EndpointSpec:
-    """The endpoint named ``model``, else the endpoint whose roster has it."""
-    if model in gateway.endpoints:
-        return gateway.endpoints[model]
-    for spec in gateway.endpoints.values():
-        if model in spec.answering_models:
-            return spec
-    raise UnknownEndpointError(f"model {model!r} is not served here; GET /v1/models lists them")
-
-
 def to_infer_request(
     req: OpenAIChatRequest,
-    deadline: str | None = None,
+    call: Call,
     form: OutputFormat | None = None,
     plan: ToolPlan | None = None,
 ) -> InferRequest:
-    """The envelope's inputs; ``deadline`` is the optional x-rdv-deadline-ms header
-    (relative ms, capped at the endpoint's deadline like /v1/infer's deadline_ms)."""
-    deadline_ms = None if deadline is None else parse_deadline(deadline)
-    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    """The envelope's inputs: the chat payload, ``user`` and ``safety_identifier`` as
+    attributes, and the deadline header."""
     try:
         payload = ChatPayload.model_validate(
             {
+                **req.sampling(),
                 "messages": with_hint(chat_messages(req.messages), plan),
                 "max_tokens": req.max_completion_tokens or req.max_tokens or DEFAULT_MAX_TOKENS,
-                "temperature": 1.0 if req.temperature is None else req.temperature,
-                "top_p": 1.0 if req.top_p is None else req.top_p,
-                "stop": stop,
-                "seed": req.seed,
                 "stream": bool(req.stream),
-                "frequency_penalty": req.frequency_penalty or 0.0,
-                "presence_penalty": req.presence_penalty or 0.0,
                 "logprobs": bool(req.logprobs),
                 "top_logprobs": req.top_logprobs or 0,
                 "output_format": form,
@@ -285,12 +238,7 @@ def to_infer_request(
         )
     except ValidationError as exc:
         raise InvalidRequestError(summarise(exc, root="body")) from None
-    attributes = {
-        name: value
-        for name, value in (("user", req.user), ("safety_identifier", req.safety_identifier))
-        if value
-    }
-    return InferRequest(inputs=payload.to_wire(), attributes=attributes, deadline_ms=deadline_ms)
+    return call.inputs(payload.to_wire(), user=req.user, safety_identifier=req.safety_identifier)
 
 
 def with_hint(messages: list[dict[str, str]], plan: ToolPlan | None) -> list[dict[str, str]]:
@@ -301,12 +249,3 @@ def with_hint(messages: list[dict[str, str]], plan: ToolPlan | None) -> list[dic
         first = {"role": "system", "content": f"{plan.hint()}\n\n{messages[0]['content']}"}
         return [first, *messages[1:]]
     return [{"role": "system", "content": plan.hint()}, *messages]
-
-
-def parse_deadline(value: str) -> int:
-    """The x-rdv-deadline-ms header as ms: ASCII digits only (headers arrive as latin-1,
-    where ``'²'.isdigit()``), and few enough that ``int`` stays cheap."""
-    digits = value.isascii() and value.isdigit() and len(value) <= MAX_DEADLINE_DIGITS
-    if not digits or int(value) < 1:
-        raise InvalidRequestError(f"{DEADLINE_HEADER} must be a positive integer (ms)")
-    return int(value)

@@ -29,27 +29,45 @@ class OpenAIMessage(BaseModel):
     content: str | list[dict[str, JsonValue]] | None = None
 
 
-class OpenAIChatRequest(BaseModel):
-    """``POST /v1/chat/completions``. The fields here are honoured; any other OpenAI
-    parameter is refused (a 400 naming it) unless it asks for nothing (``params.py``)."""
+class SamplingFields(BaseModel):
+    """The sampling parameters chat and legacy completions share (None: OpenAI's
+    default)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
     model: str = Field(min_length=1, max_length=128)
     """An endpoint name (e.g. ``chat``) or a model on an endpoint's roster."""
-    messages: list[OpenAIMessage] = Field(min_length=1, max_length=256)
     max_tokens: int | None = Field(default=None, ge=1, le=4096)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=4096)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     """None: 1, OpenAI's default."""
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     seed: int | None = None
     n: int | None = Field(default=None, ge=1)
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    user: Annotated[str, StringConstraints(max_length=256)] | None = None
+
+    def sampling(self) -> dict[str, JsonValue]:
+        """These fields as ChatPayload's, OpenAI's defaults filled in."""
+        return {
+            "temperature": 1.0 if self.temperature is None else self.temperature,
+            "top_p": 1.0 if self.top_p is None else self.top_p,
+            "stop": [self.stop] if isinstance(self.stop, str) else list(self.stop or []),
+            "seed": self.seed,
+            "frequency_penalty": self.frequency_penalty or 0.0,
+            "presence_penalty": self.presence_penalty or 0.0,
+        }
+
+
+class OpenAIChatRequest(SamplingFields):
+    """``POST /v1/chat/completions``. The fields here are honoured; any other OpenAI
+    parameter is refused (a 400 naming it) unless it asks for nothing (``params.py``)."""
+
+    messages: list[OpenAIMessage] = Field(min_length=1, max_length=256)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=4096)
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: JsonValue = None
@@ -58,7 +76,6 @@ class OpenAIChatRequest(BaseModel):
     """response_format, tools and tool_choice: see tools.py."""
     parallel_tool_calls: bool | None = None
     """At most one call is made, which fits either value."""
-    user: Annotated[str, StringConstraints(max_length=256)] | None = None
     safety_identifier: Annotated[str, StringConstraints(max_length=256)] | None = None
     """Like ``user``: recorded as the request's attribute of that name."""
 
@@ -171,6 +188,18 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+def usage_of(out: ChatOutput) -> Usage:
+    prompt, completion = out.usage.prompt_tokens, out.usage.completion_tokens
+    return Usage(
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+    )
+
+
+def finish_of(out: ChatOutput) -> Literal["stop", "length"]:
+    """OpenAI's finish reason for the model's own (a deadline cut reads ``length``)."""
+    return "stop" if out.finish_reason == "stop" else "length"
 
 
 def chat_output(output: object) -> ChatOutput:

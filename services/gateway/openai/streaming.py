@@ -49,6 +49,8 @@ from services.gateway.openai.schemas import (
     ToolCallDelta,
     Usage,
     chat_output,
+    finish_of,
+    usage_of,
 )
 from services.gateway.pending import StreamInbox, StreamItem
 from services.gateway.service import Gateway
@@ -223,18 +225,13 @@ class ChatStream:
                 },
             )
         events = [self._chunk(self._delta(rest))] if rest else []
-        finish: FinishReason = "stop" if out.finish_reason == "stop" else "length"
+        finish: FinishReason = finish_of(out)
         if finish == "stop" and self._tool is not None:
             finish = "tool_calls"
         end = StreamEnd(model=reply.model, reason=reply.reason, finish_reason=out.finish_reason)
         events.append(self._chunk(ChunkDelta(), finish=finish, end=end))
         if self._include_usage:
-            usage = Usage(
-                prompt_tokens=out.usage.prompt_tokens,
-                completion_tokens=out.usage.completion_tokens,
-                total_tokens=out.usage.prompt_tokens + out.usage.completion_tokens,
-            )
-            events.append(self._event(self._body([], usage=usage)))
+            events.append(self._event(self._body([], usage=usage_of(out))))
         events.append(DONE)
         return events
 

@@ -11,7 +11,7 @@ import pytest
 from services.common.topics import Topics, load_topics
 from services.gateway.app import build_app
 from services.gateway.settings import GatewaySettings
-from tests.unit.gateway.fakes import FakeBus, running, unit_settings
+from tests.unit.gateway.fakes import FakeBus, endpoint_settings, running, unit_settings
 
 
 @pytest.fixture
@@ -22,13 +22,7 @@ def settings(tmp_path: Path) -> GatewaySettings:
 @pytest.fixture
 def chat_settings(tmp_path: Path) -> GatewaySettings:
     """Endpoint chat (5 s) with the roster smol, smol-tight."""
-    policies = tmp_path / "chat-policies"
-    policies.mkdir()
-    (policies / "chat.yaml").write_text(
-        "endpoint: chat\ndeadline_ms: 5000\nmodels: [smol, smol-tight]\n"
-        "stages: [{until_ms: deadline, accept: any}]\n"
-    )
-    return GatewaySettings(policies=policies, max_body_bytes=65536, max_loop_lag_ms=60_000)
+    return endpoint_settings(tmp_path, "chat", ["smol", "smol-tight"])
 
 
 @pytest.fixture

@@ -108,6 +108,25 @@ def unit_settings(tmp_path: Path) -> GatewaySettings:
     )
 
 
+def endpoint_settings(tmp_path: Path, endpoint: str, models: list[str]) -> GatewaySettings:
+    """One endpoint (5 s) over ``models``, any answer accepted; 64 KiB bodies."""
+    policies = tmp_path / f"{endpoint}-policies"
+    policies.mkdir()
+    (policies / f"{endpoint}.yaml").write_text(
+        f"endpoint: {endpoint}\ndeadline_ms: 5000\nmodels: [{', '.join(models)}]\n"
+        "stages: [{until_ms: deadline, accept: any}]\n"
+    )
+    return GatewaySettings(policies=policies, max_body_bytes=65536, max_loop_lag_ms=60_000)
+
+
+def assert_refused(resp: httpx.Response, bus: FakeBus, status: int, param: str | None) -> None:
+    """``resp`` is the error ``status`` naming ``param`` (None: names none), and
+    nothing reached Kafka."""
+    assert resp.status_code == status, resp.text
+    assert resp.json()["error"].get("param") == param
+    assert bus.envelopes() == []
+
+
 @contextmanager
 def running(app: FastAPI) -> Iterator[httpx.Client]:
     with serving(app) as url, httpx.Client(base_url=url, timeout=10) as client:

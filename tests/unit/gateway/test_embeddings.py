@@ -19,18 +19,12 @@ from services.common.topics import Topics
 from services.gateway.app import build_app
 from services.gateway.server import serving
 from services.gateway.settings import GatewaySettings
-from tests.unit.gateway.fakes import FakeBus, failed, ok
+from tests.unit.gateway.fakes import FakeBus, assert_refused, endpoint_settings, failed, ok
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> GatewaySettings:
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    (policies / "embeddings.yaml").write_text(
-        "endpoint: embeddings\ndeadline_ms: 5000\nmodels: [minilm]\n"
-        "stages: [{until_ms: deadline, accept: any}]\n"
-    )
-    return GatewaySettings(policies=policies, max_body_bytes=65536, max_loop_lag_ms=60_000)
+    return endpoint_settings(tmp_path, "embeddings", ["minilm"])
 
 
 def vectors_of(env: RequestEnvelope) -> list[bytes]:
@@ -105,9 +99,7 @@ def test_what_is_not_served_is_refused_and_nothing_is_produced(
     url: str, bus: FakeBus, body: dict[str, object], status: int, param: str | None
 ) -> None:
     resp = httpx.post(f"{url}/v1/embeddings", json={"model": "embeddings", **body})
-    assert resp.status_code == status, resp.text
-    assert resp.json()["error"].get("param") == param
-    assert bus.envelopes() == []
+    assert_refused(resp, bus, status, param)
 
 
 def test_an_unknown_model_is_404(url: str) -> None:

@@ -18,7 +18,7 @@ from services.common.topics import Topics
 from services.gateway.app import build_app
 from services.gateway.server import serving
 from services.gateway.settings import GatewaySettings
-from tests.unit.gateway.fakes import FakeBus
+from tests.unit.gateway.fakes import FakeBus, assert_refused
 from tests.unit.gateway.test_openai_stream import delta, grant, reply, script
 
 USER = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -213,9 +213,7 @@ def test_what_is_not_served_is_refused_and_nothing_is_produced(
 ) -> None:
     _, url = served
     resp = post(url, **fields)
-    assert resp.status_code == status, resp.text
-    assert resp.json()["error"].get("param") == param
-    assert bus.envelopes() == []
+    assert_refused(resp, bus, status, param)
 
 
 def test_tool_choice_none_answers_in_text(served: tuple[openai.OpenAI, str], bus: FakeBus) -> None:
