@@ -1,0 +1,90 @@
+"""The local stack that `make up` starts, under open-loop load on `/v1/infer/demo`,
+against the in-process baseline (bench.baseline_server) in the same run:
+``python -m bench.make_up_load`` (start the stack first with `make up`).
+
+Both get the same rate (``--rate``, 100 req/s) from bench.loadgen, alternating
+``--repeats`` windows of ``--seconds`` after a warm-up of each; for each window: p50 and
+p99 from each request's scheduled time, the share answered 200, and the CPU-ms per
+request over every process of the stack (from /proc: the pids in .rdv/run and the
+broker) or of the baseline. The idle stack's CPU is measured first. The machine is
+printed beside the figures; the last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from bench.chaos_report import cpu_times, machine
+from bench.cost import cpu_ms
+from bench.loadgen import measure, summary
+from bench.stack import BODY
+from bench.stream_overhead import baseline_server
+from services.devstack.broker import LocalBroker
+
+RUN_DIR = Path(".rdv/run")
+
+
+def stack_pids(kafka_port: int) -> dict[str, int]:
+    """Every process of the running local stack, its broker included."""
+    pids = {
+        path.stem: int(path.read_text().split()[0])
+        for path in RUN_DIR.glob("*.pid")
+        if path.stem != "supervisor"
+    }
+    broker = LocalBroker(port=kafka_port).pid()
+    if not pids or broker is None:
+        raise SystemExit("no local stack is running here: start it with `make up`")
+    pids["broker"] = broker
+    return pids
+
+
+def window(port: int, pids: dict[str, int], rate: float, seconds: float) -> dict[str, float]:
+    before = sum(cpu_ms(p) for p in pids.values())
+    run = measure("127.0.0.1", port, "/v1/infer/demo", BODY, rate=rate, duration_s=seconds)
+    spent = sum(cpu_ms(p) for p in pids.values()) - before
+    s = summary(run)
+    n = max(len(run.results), 1)
+    return {"p50": s["p50"], "p99": s["p99"], "ok_share": s["ok_share"], "cpu_ms": spent / n}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.make_up_load")
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--port", type=int, default=8080, help="the stack's gateway")
+    parser.add_argument("--kafka-port", type=int, default=9092, help="the stack's broker")
+    args = parser.parse_args(argv)
+    steal0 = cpu_times()
+    print("machine:", json.dumps(machine()), flush=True)
+    pids = stack_pids(args.kafka_port)
+    idle0 = sum(cpu_ms(p) for p in pids.values())
+    time.sleep(10)
+    idle = (sum(cpu_ms(p) for p in pids.values()) - idle0) / 10_000 * 100
+    print(f"idle stack: {idle:.1f}% of a core ({len(pids)} processes)", flush=True)
+    out: dict[str, object] = {"rate": args.rate, "idle_pct_of_core": idle, "windows": []}
+    with baseline_server() as (base_port, base_pid):
+        window(args.port, pids, args.rate, 30.0)  # warm-up
+        window(base_port, {"baseline": base_pid}, args.rate, 10.0)
+        for i in range(args.repeats):
+            stack = window(args.port, pids, args.rate, args.seconds)
+            base = window(base_port, {"baseline": base_pid}, args.rate, args.seconds)
+            out["windows"].append({"stack": stack, "baseline": base})  # type: ignore[union-attr]
+            print(
+                f"window {i}: stack p50 {stack['p50']:.1f} p99 {stack['p99']:.1f} ms "
+                f"ok {stack['ok_share']:.4f} cpu {stack['cpu_ms']:.2f} ms/req | baseline "
+                f"p50 {base['p50']:.1f} p99 {base['p99']:.1f} ms cpu {base['cpu_ms']:.2f} "
+                f"ms/req | cpu x{stack['cpu_ms'] / max(base['cpu_ms'], 1e-9):.1f}",
+                flush=True,
+            )
+    out["machine"] = machine(steal0)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
