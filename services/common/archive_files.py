@@ -103,6 +103,9 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("ood_detector", pa.string()),
             pa.field("ood_score", pa.float64()),
             pa.field("streamed", pa.bool_()),  # the answer was streamed (stream: true)
+            pa.field("arm", pa.string()),  # a bandit stage's draw; null without one
+            pa.field("bucket", pa.string()),  # ... its context bucket
+            pa.field("learned_version", pa.int64()),  # ... the learned rewards it used
             pa.field("v", pa.int32(), nullable=False),
             *_SOURCE,
         ]

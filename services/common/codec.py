@@ -25,6 +25,7 @@ from services.common.messages import (
     Decision,
     Delta,
     Feedback,
+    LearnedEntry,
     Message,
     ModelRegistration,
     PolicyEntry,
@@ -49,9 +50,10 @@ MAX_DEAD_LETTER_KEY = 4096
 _MAX_REPORTED_ERRORS = 3
 _MAX_ERROR_MSG_CHARS = 160
 
-_CONTROL_KINDS: dict[str, type[ModelRegistration] | type[PolicyEntry]] = {
+_CONTROL_KINDS: dict[str, type[ModelRegistration] | type[PolicyEntry] | type[LearnedEntry]] = {
     "model": ModelRegistration,
     "policy": PolicyEntry,
+    "learned": LearnedEntry,
 }
 _REPLY_KINDS: dict[str, type[Reply] | type[Delta] | type[StreamGrant]] = {
     "reply": Reply,
@@ -115,6 +117,8 @@ def message_key(msg: Message) -> bytes:
             return f"model/{msg.name}".encode()
         case PolicyEntry():
             return f"policy/{msg.endpoint}".encode()
+        case LearnedEntry():
+            return f"learned/{msg.endpoint}".encode()
         case DeadLetter():
             return b"" if msg.key is None else msg.key.encode("utf-8")
 

@@ -91,13 +91,16 @@ from dataclasses import dataclass, replace
 
 from pydantic import JsonValue
 
+from services.common import bandit
 from services.common.arrivals import Arrival, Grant, RequestView
+from services.common.bandit import NOTHING_LEARNED, Draw, Learned
 from services.common.errors import CLIENT_ERROR_CODES
 from services.common.messages import ErrorBody, OodCheck, Role, ScoreStatus
 from services.common.policy import Policy, Stage
 
 CHAMPION_IN_TIME = "champion_in_time"
 CANARY = "canary"
+BANDIT = "bandit"
 OOD_SAFE_REPLY = "ood_safe_reply"
 OOD_FALLBACK = "ood_fallback"
 ALL_FAILED = "all_failed"
@@ -124,6 +127,7 @@ class Verdict:
     error: ErrorBody | None
     propensity: float
     ood: OodCheck | None = None  # the OOD gate's finding; None without a gate
+    draw: Draw | None = None  # the bandit's draw, when the policy has a bandit stage
 
 
 def error_verdict(reason: str, code: str, message: str) -> Verdict:
@@ -156,25 +160,106 @@ def propensity(request: RequestView, policy: Policy) -> float:
     return share if in_canary(request, policy) else 1.0 - share
 
 
-def decide(request: RequestView, policy: Policy, now_ms: float) -> Verdict | None:
-    """The verdict at ``now_ms``, or None to wait (never None at or past the deadline)."""
+def decide(
+    request: RequestView, policy: Policy, now_ms: float, learned: Learned = NOTHING_LEARNED
+) -> Verdict | None:
+    """The verdict at ``now_ms``, or None to wait (never None at or past the deadline).
+    ``learned``: the endpoint's rewards so far, for a bandit stage (see bandit_draw)."""
     dead = deadline_at(request, policy)
     final = now_ms >= dead
     cut = min(now_ms, dead)
     seen = {m: a for m, a in request.scores.items() if a.at_ms <= cut}
     weight = propensity(request, policy)
-    if request.grant is not None:
-        return _granted(request, policy, request.grant, seen, cut=cut, final=final, weight=weight)
+    grant = request.grant
+    if grant is not None:
+        chance = bandit_draw(request, policy, learned, grant.ood)
+        drawn = _drawn(policy, chance)
+        verdict = _granted(request, drawn, grant, seen, cut=cut, final=final, weight=weight)
+        return _with_draw(policy, verdict, chance)
     check = ood_check(policy, seen, cut - request.arrived_ms, final)
     if check is WAIT:
         return None
     if check is not None and check.status == "flagged":
         return _flagged(policy, check, seen, final, weight)
-    verdict = _schedule(request, policy, seen, cut=cut, final=final, weight=weight)
+    chance = bandit_draw(request, policy, learned, check)
+    verdict = _schedule(request, _drawn(policy, chance), seen, cut=cut, final=final, weight=weight)
+    verdict = _with_draw(policy, verdict, chance)
     return verdict if verdict is None or check is None else replace(verdict, ood=check)
 
 
-def stream_grant(request: RequestView, policy: Policy, now_ms: float) -> Grant | None:
+def _with_draw(policy: Policy, verdict: Verdict | None, chance: Draw | None) -> Verdict | None:
+    """The verdict with the draw recorded and, when the draw shaped it, its probability
+    in the propensity."""
+    if verdict is None or chance is None:
+        return verdict
+    if _drew(policy, verdict):
+        return replace(verdict, propensity=verdict.propensity * chance.propensity, draw=chance)
+    return replace(verdict, draw=chance)
+
+
+def bandit_draw(
+    request: RequestView, policy: Policy, learned: Learned, check: OodCheck | None
+) -> Draw | None:
+    """The bandit stage's arm for this request (None without a bandit stage): drawn from
+    the arms' Thompson-sampling probabilities in the request's context bucket
+    (services.common.bandit), fixed by the request id."""
+    index = policy.bandit_stage()
+    spec = policy.bandit
+    if index is None or spec is None:
+        return None
+    arms = policy.stages[index].accept
+    assert arms != "any", "the policy refuses a bandit stage without a list"
+    return bandit.draw(
+        arms,
+        context_bucket(request, policy, check),
+        learned,
+        u=bandit.uniform_draw(policy.endpoint, policy.version, request.request_id),
+        reward=spec.reward,
+        min_share=spec.min_share,
+        champion=spec.champion,
+        champion_floor=spec.champion_floor,
+    )
+
+
+def context_bucket(request: RequestView, policy: Policy, check: OodCheck | None) -> str:
+    """The bandit's context bucket of a request (``bandit.ALL`` without a context)."""
+    context = policy.bandit.context if policy.bandit is not None else None
+    if context is None:
+        return bandit.ALL
+    if context.ood_score is not None:
+        return bandit.ood_bucket(check.score if check is not None else None, context.ood_score)
+    assert context.attribute is not None
+    return bandit.attribute_bucket(request.attributes.get(context.attribute), context.values)
+
+
+def _drawn(policy: Policy, chance: Draw | None) -> Policy:
+    """The policy as it applies to one request: its bandit stage accepts the drawn arm."""
+    index = policy.bandit_stage()
+    if chance is None or index is None:
+        return policy
+    stages = list(policy.stages)
+    stages[index] = stages[index].model_copy(update={"accept": (chance.arm,)})
+    return policy.model_copy(update={"stages": tuple(stages)})
+
+
+def _drew(policy: Policy, verdict: Verdict) -> bool:
+    """Whether the draw shaped this verdict: it came from the bandit stage or a later one
+    (the canary's answer and answers of earlier stages did not depend on it)."""
+    index = policy.bandit_stage()
+    if index is None or verdict.reason == CANARY:
+        return False
+    if verdict.reason == BANDIT or verdict.chosen_model is None:
+        return True
+    if verdict.reason == CHAMPION_IN_TIME:
+        return index == 0
+    if verdict.reason.startswith("fallback:"):
+        return int(verdict.reason.removeprefix("fallback:")) > index
+    return False
+
+
+def stream_grant(
+    request: RequestView, policy: Policy, now_ms: float, learned: Learned = NOTHING_LEARNED
+) -> Grant | None:
     """The grant of a streaming request that has none yet, once it can be made (see the
     module doc); None for a request that does not stream, is granted already, must
     wait for its OOD gate, was flagged, is at its deadline, or has no model left."""
@@ -187,7 +272,8 @@ def stream_grant(request: RequestView, policy: Policy, now_ms: float) -> Grant |
     check = ood_check(policy, seen, now_ms - request.arrived_ms, final=False)
     if check is WAIT or (check is not None and check.status == "flagged"):
         return None
-    model = _stream_model(request, policy, seen, now_ms)
+    drawn = _drawn(policy, bandit_draw(request, policy, learned, check))
+    model = _stream_model(request, drawn, seen, now_ms)
     return None if model is None else Grant(model, check)
 
 
@@ -250,6 +336,13 @@ def _granted_reason(
     ]
     later = [i for i in accepting if i >= first]
     index = later[0] if later else accepting[-1] if accepting else first
+    return _stage_reason(policy, index)
+
+
+def _stage_reason(policy: Policy, index: int) -> str:
+    """The reason of an answer picked in stage ``index``."""
+    if policy.stages[index].pick == "bandit":
+        return BANDIT
     return CHAMPION_IN_TIME if index == 0 else fallback_reason(index)
 
 
@@ -329,8 +422,7 @@ def _schedule(
         stage = policy.stages[index]
         pick = _pick(policy, stage, seen)
         if pick is not None:
-            reason = CHAMPION_IN_TIME if index == 0 else fallback_reason(index)
-            return Verdict(pick[0], reason, pick[1].output, None, weight)
+            return Verdict(pick[0], _stage_reason(policy, index), pick[1].output, None, weight)
         if not _exhausted(policy, stage, seen):
             return _default(policy, DEADLINE_EXCEEDED, weight) if final else None
     if canary is not None and canary not in seen:

@@ -45,7 +45,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from services.common.codec import encode, make_dead_letter, message_key
 from services.common.errors import (
@@ -92,6 +92,15 @@ BATCH = Histogram(
     "Records per consumed batch",
     ["service"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+
+OLDEST_WAIT = Gauge(
+    "rdv_stream_oldest_wait_seconds",
+    "Per topic, how long the oldest record of the latest consumed batch had waited in "
+    "Kafka when it was read: that moment minus the record's Kafka timestamp (producer "
+    "clock). While the group lags, the age of the oldest record not yet consumed; 0 once "
+    "a poll finds nothing waiting",
+    ["service", "topic"],
 )
 
 Decoder = Callable[[bytes | None], Any]
@@ -268,6 +277,7 @@ class StreamRunner:
         self._stop = threading.Event()
         self.stats = RunStats()
         self.last_turn: float | None = None  # monotonic seconds of the latest turn
+        self._waited: set[str] = set()  # topics whose OLDEST_WAIT is not 0
 
     def stop(self) -> None:
         """Ask the loop to finish its turn and shut down (safe from signals, threads)."""
@@ -328,6 +338,7 @@ class StreamRunner:
                 batch.append(Inbound(rec, self._decoders[rec.topic](rec.value)))
             except MessageError as exc:
                 self._dead_letter(rec, exc)
+        self._note_wait(records)
         if records:
             BATCH.labels(self.service).observe(len(records))
             self.stats.records += len(records)
@@ -340,6 +351,22 @@ class StreamRunner:
         self._apply(ctx)
         self._settle()
         return bool(records)
+
+    def _note_wait(self, records: Sequence[Record]) -> None:
+        """OLDEST_WAIT per topic of the batch (0 for every topic when none came)."""
+        if not records:
+            for topic in self._waited:
+                OLDEST_WAIT.labels(self.service, topic).set(0.0)
+            self._waited.clear()
+            return
+        oldest: dict[str, int] = {}
+        for rec in records:  # a record without a timestamp (0 or -1) tells nothing
+            if 0 < rec.timestamp_ms < oldest.get(rec.topic, rec.timestamp_ms + 1):
+                oldest[rec.topic] = rec.timestamp_ms
+        now_ms = time.time() * 1000.0
+        for topic, stamp in oldest.items():
+            OLDEST_WAIT.labels(self.service, topic).set(max(0.0, now_ms - stamp) / 1000.0)
+            self._waited.add(topic)
 
     def _wait_s(self) -> float:
         """How long this turn waits for the first record."""

@@ -227,6 +227,11 @@ class Decision(BaseMessage):
     ood: OodCheck | None = None  # None when the endpoint's policy has no OOD gate
     # True when the client streamed the answer: one model was granted the stream up front.
     streamed: bool = False
+    # A bandit stage's draw (None without one): the arm drawn, the context bucket and the
+    # version of the learned rewards it was drawn from (services.common.bandit).
+    arm: str | None = None
+    bucket: str | None = None
+    learned_version: int | None = None
 
 
 class Reply(BaseMessage):
@@ -282,6 +287,8 @@ class ModelRegistration(BaseMessage):
     endpoints: list[Name]
     runtime: str  # which worker runtime adapter loads it
     params: dict[str, JsonValue] = Field(default_factory=dict)  # runtime-specific settings
+    # The share of requests it scores (services.common.sampling); 1 when older builds wrote it.
+    sample: float = Field(default=1.0, gt=0.0, le=1.0)
     changed_by: str
     changed_ms: int
 
@@ -295,6 +302,9 @@ class PolicyEntry(BaseMessage):
     policy: dict[str, JsonValue]
     changed_by: str
     changed_ms: int
+    # Why the change was made, when a check made it (e.g. ``rdv canary watch``'s rollback:
+    # the metric, estimates, test statistic, n and alpha); None for a person's change.
+    evidence: dict[str, JsonValue] | None = None
 
 
 class DeadLetter(BaseMessage):
@@ -312,7 +322,27 @@ class DeadLetter(BaseMessage):
     failed_ms: int
 
 
-ControlEntry: TypeAlias = ModelRegistration | PolicyEntry
+class ArmRewards(_Frozen):
+    """The rewards one arm earned in one context bucket: count, sum, sum of squares."""
+
+    n: float = Field(ge=0)
+    total: float
+    squares: float = Field(ge=0)
+
+
+class LearnedEntry(BaseMessage):
+    """Control entry: an endpoint's rewards per context bucket and arm, as the learner
+    last folded them from decisions and feedback (key ``learned/<endpoint>``)."""
+
+    kind: Literal["learned"] = "learned"
+    endpoint: Name
+    version: int = Field(ge=1)  # increases with every entry the learner writes
+    buckets: dict[str, dict[str, ArmRewards]]  # bucket -> arm -> rewards
+    feedback: int = Field(ge=0)  # feedback records folded in
+    learned_ms: int
+
+
+ControlEntry: TypeAlias = ModelRegistration | PolicyEntry | LearnedEntry
 """What a compacted control topic holds."""
 
 
@@ -333,6 +363,7 @@ Message: TypeAlias = (
     | Reply
     | ModelRegistration
     | PolicyEntry
+    | LearnedEntry
     | DeadLetter
     | Feedback
     | Delta

@@ -18,6 +18,15 @@ rendezvous (see deploy/policies/demo.yaml for an annotated example)::
       model: slow             # the challenger that gets a share of the answers
       share: 0.05             # 0 < share < 1
       sticky_attribute: user  # optional RequestEnvelope.attributes key
+    bandit:                   # needed by (only by) a stage with pick: bandit
+      reward: bernoulli       # bernoulli (0/1 rewards) or gaussian (real rewards)
+      min_share: 0.02         # every arm keeps at least this share (exploration)
+      champion: fast          # optional, with champion_floor: its least share
+      champion_floor: 0.2
+      context:                # optional: learn per bucket, by one of
+        attribute: tier       #   an attribute's value (listed values; others: "other")
+        values: [free, pro]
+        # ood_score: [0.5, 1.0]   # or the OOD detector's score, cut at these edges
     ood:                      # optional: act on an out-of-distribution detector's verdict
       detector: ood           # the detector model (its score output carries is_ood)
       wait_ms: 500            # answers wait for the detector at most this long
@@ -30,9 +39,14 @@ While the detector has not reported and ``wait_ms`` has not passed, no answer is
 ``when_flagged`` answer; an unflagged one, or one whose detector failed or stayed
 silent past ``wait_ms``, follows the stages.
 
-``accept: any`` means any roster model, or any model at all when the roster is
-empty. When the roster is non-empty, every model named in an accept list or as
-the canary must be on it. Documents are strict: an unknown key is an error, and
+A stage with ``pick: bandit`` (at most one; its ``accept`` a list of two or more
+models, the arms) lets one of its models answer, drawn by Thompson sampling on the
+feedback rewards (services.common.bandit): only the drawn arm's ok score answers in that
+stage; when the drawn arm fails the next stage applies.
+
+``accept: any`` means any roster model, or any model at all when the roster is empty.
+When the roster is non-empty, every model named in an accept list or as the canary
+must be on it. Documents are strict: an unknown key is an error, and
 every error is a ``ConfigError`` that names the file (or control entry) it came from.
 The same strict schema reads policy files (``load_policies``) and control entries
 (``policy_from_entry``); the rendezvous decides by it, the gateway serves its projection
@@ -41,6 +55,7 @@ The same strict schema reads policy files (``load_policies``) and control entrie
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -97,10 +112,12 @@ class _Strict(BaseModel):
 
 
 class Stage(_Strict):
-    """Until ``until_ms`` of elapsed time (or the deadline), these models are acceptable."""
+    """Until ``until_ms`` of elapsed time (or the deadline), these models are acceptable:
+    the most preferred first (``pick: preference``), or one drawn by the bandit."""
 
     until_ms: Until
     accept: Accept
+    pick: Literal["preference", "bandit"] = "preference"
 
     @model_validator(mode="after")
     def _no_repeats(self) -> Self:
@@ -149,6 +166,47 @@ class Canary(_Strict):
     sticky_attribute: str | None = Field(default=None, min_length=1)
 
 
+class BanditContext(_Strict):
+    """What a bandit learns per: an attribute's listed values, or OOD-score buckets."""
+
+    attribute: str | None = Field(default=None, min_length=1)
+    values: tuple[Annotated[str, Field(min_length=1, max_length=64)], ...] = Field(
+        default=(), max_length=32
+    )
+    ood_score: tuple[float, ...] | None = Field(default=None, min_length=1, max_length=16)
+
+    @model_validator(mode="after")
+    def _one_feature(self) -> Self:
+        if (self.attribute is None) == (self.ood_score is None):
+            raise ValueError("context needs exactly one of 'attribute' or 'ood_score'")
+        if self.attribute is not None and not self.values:
+            raise ValueError("context: an attribute needs its 'values'")
+        if self.attribute is None and self.values:
+            raise ValueError("context: 'values' goes with 'attribute'")
+        edges = self.ood_score or ()
+        if any(b <= a for a, b in itertools.pairwise(edges)):
+            raise ValueError("context: ood_score edges must increase")
+        if len(set(self.values)) != len(self.values):
+            raise ValueError("context: values must not repeat")
+        return self
+
+
+class Bandit(_Strict):
+    """How the bandit stage draws its arm (services.common.bandit)."""
+
+    reward: Literal["bernoulli", "gaussian"] = "bernoulli"
+    min_share: float = Field(default=0.0, ge=0.0, lt=0.5)
+    champion: Name | None = None
+    champion_floor: float = Field(default=0.0, ge=0.0, lt=1.0)
+    context: BanditContext | None = None
+
+    @model_validator(mode="after")
+    def _floor_needs_champion(self) -> Self:
+        if self.champion_floor > 0 and self.champion is None:
+            raise ValueError("bandit: champion_floor needs a champion")
+        return self
+
+
 class WhenFlagged(_Strict):
     """The answer to a request the detector flags: a safe reply or a fallback model."""
 
@@ -182,6 +240,7 @@ class Policy(_Strict):
     default: DefaultAnswer = DEFAULT_ANSWER
     canary: Canary | None = None
     ood: OodGate | None = None
+    bandit: Bandit | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -190,7 +249,37 @@ class Policy(_Strict):
         self._check_schedule()
         self._check_roster()
         self._check_gate()
+        self._check_bandit()
         return self
+
+    def bandit_stage(self) -> int | None:
+        """The index of the stage that picks by bandit, if one does."""
+        return next((i for i, s in enumerate(self.stages) if s.pick == "bandit"), None)
+
+    def _check_bandit(self) -> None:
+        picks = [i for i, s in enumerate(self.stages) if s.pick == "bandit"]
+        if len(picks) > 1:
+            raise ValueError(f"stages {picks}: at most one stage may pick by bandit")
+        bandit = self.bandit
+        if not picks:
+            if bandit is not None:
+                raise ValueError("bandit is set but no stage has pick: bandit")
+            return
+        if bandit is None:
+            raise ValueError(f"stage {picks[0]} picks by bandit: the policy needs 'bandit'")
+        arms = self.stages[picks[0]].accept
+        if arms == "any" or len(arms) < 2:
+            raise ValueError(f"stage {picks[0]}: a bandit stage lists two or more models")
+        if bandit.min_share * len(arms) > 1:
+            raise ValueError(f"bandit: min_share {bandit.min_share} x {len(arms)} arms > 1")
+        if bandit.champion is not None:
+            if bandit.champion not in arms:
+                raise ValueError(f"bandit: champion {bandit.champion!r} is not an arm {arms}")
+            if bandit.champion_floor + (len(arms) - 1) * bandit.min_share > 1:
+                raise ValueError("bandit: champion_floor + the other arms' min_share > 1")
+        context = bandit.context
+        if context is not None and context.ood_score is not None and self.ood is None:
+            raise ValueError("bandit: context ood_score needs the policy's ood gate")
 
     def _check_schedule(self) -> None:
         if not self.stages:

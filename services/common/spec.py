@@ -9,18 +9,23 @@ A spec is a YAML (or JSON) file::
     endpoints: [demo]           # the endpoints whose requests it scores (at least one)
     params: {latency_ms: 2}     # runtime-specific, checked by the runtime
     batch: {max_size: 32, max_wait_ms: 0}   # the micro-batch window (defaults shown)
+    sample: 1                   # the share of requests it scores, in (0, 1] (default 1)
 
 or, for quick demos, the inline form ``<runtime>:<key>=<value>,...``::
 
     echo:name=fast,role=champion,endpoints=demo,latency_ms=2
     latency:name=slow,role=challenger,endpoints=demo+chat,latency_ms=100,slow_share=0.2,slow_ms=900
 
-where ``name``, ``version``, ``role`` and ``endpoints`` (several joined by ``+``) are
-spec fields, ``max_size`` and ``max_wait_ms`` set the batch window, and every other
-key is a runtime param whose value is read as JSON when it parses (``2``, ``0.5``,
-``true``) and as a string otherwise. An argument ending in ``.yaml``, ``.yml`` or
-``.json``, or naming an existing file, is a file; anything else is the inline form.
-Every problem is a ``ConfigError`` that says what to fix.
+where ``name``, ``version``, ``role``, ``sample`` and ``endpoints`` (several joined by
+``+``) are spec fields, ``max_size`` and ``max_wait_ms`` set the batch window, and
+every other key is a runtime param whose value is read as JSON when it parses (``2``,
+``0.5``, ``true``) and as a string otherwise. An argument ending in ``.yaml``,
+``.yml`` or ``.json``, or naming an existing file, is a file; anything else is the
+inline form. Every problem is a ``ConfigError`` that says what to fix.
+
+``sample: 0.1`` makes a sampled shadow: the model scores only a stable 10% of the
+requests (services.common.sampling) and sends a ``skipped`` score (``not_sampled``)
+for the others. A champion answers every request, so its sample must be 1.
 """
 
 from __future__ import annotations
@@ -28,10 +33,18 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from services.common.codec import summarise
 from services.common.errors import ConfigError
@@ -40,6 +53,7 @@ from services.common.runtimes import is_runtime_ref, runtime_names
 
 FILE_SUFFIXES = (".yaml", ".yml", ".json")
 _SPEC_KEYS = ("name", "version", "role")
+_NUMBER_KEYS = ("sample",)
 _BATCH_KEYS = ("max_size", "max_wait_ms")
 
 
@@ -64,6 +78,7 @@ class ModelSpec(BaseModel):
     endpoints: list[Name] = Field(min_length=1)
     params: dict[str, JsonValue] = Field(default_factory=dict)
     batch: BatchSpec = Field(default_factory=BatchSpec)
+    sample: float = Field(default=1.0, gt=0.0, le=1.0)  # the share it scores (sampling.py)
 
     @field_validator("runtime")
     @classmethod
@@ -82,13 +97,39 @@ class ModelSpec(BaseModel):
             raise ValueError(f"endpoints are listed twice: {value}")
         return value
 
+    @field_validator("sample", mode="before")
+    @classmethod
+    def _sample_is_a_number(cls, value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(
+                f"sample must be a number in (0, 1] (e.g. 0.1: 10% of requests), not {value!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _champion_scores_all(self) -> Self:
+        if (problem := self._sampled_champion()) is not None:
+            raise ValueError(problem)
+        return self
+
+    def _sampled_champion(self) -> str | None:
+        if self.role is Role.CHAMPION and self.sample < 1.0:
+            return (
+                f"a champion answers every request, so its sample must be 1, not "
+                f"{self.sample}: sample a challenger, canary or decoy instead"
+            )
+        return None
+
     @property
     def group_id(self) -> str:
         """The model's consumer group on the requests topic (before the topic prefix)."""
         return f"rdv.model.{self.name}"
 
     def registration(self, changed_by: str, changed_ms: int) -> ModelRegistration:
-        """The control-topic entry announcing this model."""
+        """The control-topic entry announcing this model (checked again: a role given
+        with ``model_copy``, as ``rdv deploy --role`` does, skips validation)."""
+        if (problem := self._sampled_champion()) is not None:
+            raise ConfigError(f"cannot register {self.name}: {problem}")
         return ModelRegistration(
             name=self.name,
             version=self.version,
@@ -96,6 +137,7 @@ class ModelSpec(BaseModel):
             endpoints=self.endpoints,
             runtime=self.runtime,
             params=self.params,
+            sample=self.sample,
             changed_by=changed_by,
             changed_ms=changed_ms,
         )
@@ -145,6 +187,8 @@ def parse_inline(text: str) -> ModelSpec:
         seen.add(key)
         if key in _SPEC_KEYS:
             fields[key] = value
+        elif key in _NUMBER_KEYS:
+            fields[key] = _scalar(value)
         elif key == "endpoints":
             fields[key] = [e for e in value.split("+") if e]
         elif key in _BATCH_KEYS:

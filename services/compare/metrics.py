@@ -21,3 +21,10 @@ DRIFT_KS = Gauge(
     "rdv_compare_drift_ks", "Two-sample KS statistic, last window vs reference", ["signal"]
 )
 DRIFT_ALERT = Gauge("rdv_compare_drift_alert", "1 when the PSI is above 0.25", ["signal"])
+LEARNED = Counter(
+    "rdv_compare_learned_entries_total",
+    "learned/<endpoint> control entries the learner wrote (the bandit's rewards)",
+)
+LEARN_FAILURES = Counter(
+    "rdv_compare_learn_failures_total", "Learning steps that failed (archive read or publish)"
+)

@@ -1,8 +1,8 @@
 """Paired figures of two models on identical inputs, computed in DuckDB over the archive's
 deduplicated views ``requests``, ``scores`` and ``decisions`` (services.common.archive_files).
 
-A request is *paired* when both models scored it (any status). Per model, over the
-paired requests:
+A request is *paired* when both models scored it (any status but a sampled model's
+``not_sampled`` skip: services.common.sampling). Per model, over the paired requests:
 
 - latency: the score's ``finished_ms`` minus the request's ``created_ms`` (what a client
   would have waited had this model answered), for ok scores, into a latency sketch;
@@ -14,6 +14,14 @@ paired requests:
 Between the two: exact agreement of the answer texts and their mean Jaro-Winkler
 similarity (where both are ok), how often the challenger was faster, and the share of
 the paired requests the OOD gate flagged.
+
+A sampled model (spec ``sample`` < 1) scores a stable hash-chosen share of requests and
+sends a ``not_sampled`` skip for the others: those requests are not paired, so every
+paired figure is over the requests in its sample. The hash is independent of the
+request, so they are a uniform sample and the figures estimate the full-shadow ones
+(with intervals as wide as the sample is small). Per model, ``sample`` says which share
+of the window's requests it saw were in its sample, and the share its workers were
+configured with (named by its ``not_sampled`` scores).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from typing import Any
 
 import duckdb
 
+from services.common.sampling import ARCHIVED_PREFIX, SHARE_PATTERN
 from services.compare.sketch import LatencySketch
 
 
@@ -54,6 +63,23 @@ class ModelFigures:
     chosen: int = 0
     mean_output_chars: float | None = None
     latency: LatencySketch = field(default_factory=LatencySketch)
+    sample: SampleFigures | None = None  # its scores of the window, in and out of its sample
+
+
+@dataclass(frozen=True, slots=True)
+class SampleFigures:
+    """Which share of the window's requests a model scored (services.common.sampling)."""
+
+    in_sample: int  # scores of the window but its not_sampled skips
+    seen: int  # every score of the window, not_sampled skips included
+    configured: tuple[float, ...]  # the shares its not_sampled skips named (several: changed)
+
+    @property
+    def configured_share(self) -> float | None:
+        """The configured share: 1 when nothing was left out, None when it changed."""
+        if not self.configured:
+            return 1.0 if self.seen else None
+        return self.configured[0] if len(self.configured) == 1 else None
 
 
 @dataclass
@@ -83,7 +109,10 @@ WITH r AS (
 ),
 s AS (
     SELECT request_id, model, status, finished_ms,
-           coalesce(json_extract_string(output, '$.text'), output) AS text
+           coalesce(json_extract_string(output, '$.text'), output) AS text,
+           coalesce(status = 'skipped' AND starts_with(error, $not_sampled), false) AS left_out,
+           CASE WHEN left_out THEN try_cast(regexp_extract(error, $share, 1) AS DOUBLE) END
+               AS share
     FROM scores WHERE model = $a OR model = $b
 ),
 a AS (SELECT * FROM s WHERE model = $a),
@@ -96,7 +125,8 @@ b AS (SELECT * FROM s WHERE model = $b)
 _SCORED = (
     _PAIRS
     + """
-SELECT r.request_id, r.created_ms, r.deadline_ms, s.model, s.status, s.finished_ms, s.text
+SELECT r.request_id, r.created_ms, r.deadline_ms, s.model, s.status, s.finished_ms, s.text,
+       s.left_out, s.share
 FROM r JOIN s USING (request_id)
 """
 )
@@ -106,7 +136,7 @@ SELECT a.request_id, a.deadline_ms, a.created_ms,
        a.status AS a_status, a.text AS a_text, a.finished_ms AS a_done,
        b.status AS b_status, b.text AS b_text, b.finished_ms AS b_done
 FROM compare_scored a JOIN compare_scored b USING (request_id)
-WHERE a.model = $a AND b.model = $b
+WHERE a.model = $a AND b.model = $b AND NOT a.left_out AND NOT b.left_out
 """
 
 _FIGURES = """
@@ -125,7 +155,19 @@ SELECT
 FROM compare_pairs
 """
 
-_SCORED_BY = "SELECT count_if(model = $a), count_if(model = $b) FROM compare_scored"
+_SCORED_BY = """
+SELECT count_if(model = $a AND NOT left_out), count_if(model = $b AND NOT left_out)
+FROM compare_scored
+"""
+
+_SAMPLES = """
+SELECT model, count_if(NOT left_out), count(*),
+       coalesce(list(DISTINCT share ORDER BY share) FILTER (WHERE share IS NOT NULL), [])
+FROM compare_scored GROUP BY model
+"""
+
+SAMPLE_PARAMS = {"not_sampled": ARCHIVED_PREFIX, "share": SHARE_PATTERN}
+"""What the queries need to tell a not_sampled skip (and its share) from other scores."""
 
 _DECISIONS = """
 SELECT count_if(d.chosen_model = $a), count_if(d.chosen_model = $b),
@@ -165,7 +207,7 @@ def build_pairs(con: duckdb.DuckDBPyConnection, window: Window) -> None:
     status, text and finish time), read from the archive's views now. The tables stay
     for the life of the connection, stamped with the window, so that the counterfactual
     sample reads the pairs the figures were computed from rather than the views again."""
-    params = query_params(window)
+    params = query_params(window) | SAMPLE_PARAMS
     models = {"a": window.champion, "b": window.challenger}
     con.execute("DROP TABLE IF EXISTS compare_pairs_of")  # no stamp while half rebuilt
     con.execute("CREATE OR REPLACE TEMP TABLE compare_scored AS " + _SCORED, params)
@@ -194,6 +236,8 @@ def paired_figures(con: duckdb.DuckDBPyConnection, window: Window) -> Paired:
     scored = _counts(con.execute(_SCORED_BY, models).fetchone())
     decided = _counts(con.execute(_DECISIONS, models).fetchone())
     champ, chall = _model_figures(window, row, decided)
+    samples = {m: SampleFigures(k, n, tuple(c)) for m, k, n, c in con.execute(_SAMPLES).fetchall()}
+    champ.sample, chall.sample = samples.get(champ.model), samples.get(chall.model)
     _sketch(con, champ, chall)
     return Paired(
         window=window,

@@ -4,6 +4,10 @@ renderings (a terminal table and JSON).
 A model is *ahead* on a rate only when the two 95% intervals do not overlap, and on a
 latency quantile only when the two differ by more than ``LATENCY_MARGIN`` (the sketch
 itself is within 1%); otherwise the verdict says the difference is not clear.
+
+Per model, ``sample`` gives the share of the window's requests it scored (observed,
+with an interval) and the share it was configured to score: a sampled model's figures
+are over the requests in its sample (services.compare.paired).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 from services.compare.drift import Drift
 from services.compare.intervals import Interval, wilson
 from services.compare.offpolicy import OffPolicy
-from services.compare.paired import ModelFigures, Paired
+from services.compare.paired import ModelFigures, Paired, SampleFigures
 
 LATENCY_MARGIN = 0.05
 QUANTILES = ("p50", "p90", "p99")
@@ -116,6 +120,7 @@ class Report:
                 self.would_choose[m.model].as_dict() if m.model in self.would_choose else None
             ),
             "mean_output_chars": m.mean_output_chars,
+            "sample": _sample_dict(m.sample),
         }
 
     def table(self) -> str:
@@ -169,11 +174,39 @@ class Report:
             f"{b.model} faster on {_share(wilson(p.challenger_faster, both))}",
             f"OOD flagged: {_share(wilson(p.ood_flagged, p.ood_checked))} "
             f"of {p.ood_checked} checked",
+            *_sample_lines(a, b),
             "",
             "verdict:",
             *(f"  - {line}" for line in self.verdict()),
         ]
         return "\n".join(lines)
+
+
+def _sample_dict(sample: SampleFigures | None) -> dict[str, Any] | None:
+    if sample is None:
+        return None
+    return {
+        "configured": sample.configured_share,
+        "configured_values": list(sample.configured),
+        "observed": wilson(sample.in_sample, sample.seen).as_dict(),
+    }
+
+
+def _sample_lines(*models: ModelFigures) -> list[str]:
+    """A line per sampled model (one that left a request out): its shares."""
+    lines = []
+    for m in models:
+        sample = m.sample
+        if sample is None or sample.in_sample == sample.seen:
+            continue
+        configured = sample.configured_share
+        named = "changed" if configured is None else f"{configured:.1%}"
+        lines.append(
+            f"{m.model} is sampled: configured {named}, scored "
+            f"{_share(wilson(sample.in_sample, sample.seen))} of {sample.seen} requests "
+            "(its figures are over its sample)"
+        )
+    return lines
 
 
 def _pairs(estimates: list[OffPolicy], a: str, b: str) -> list[tuple[OffPolicy, OffPolicy]]:

@@ -15,7 +15,7 @@ from services.compare.counterfactual import would_choose
 from services.compare.offpolicy import estimate
 from services.compare.paired import Window, paired_figures
 from services.compare.report import Report
-from services.compare.rewards import logged_rewards
+from services.compare.sampled import sampled_rewards
 from services.compare.signals import Span, drift_signals
 
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$", re.ASCII)
@@ -98,7 +98,8 @@ def compare(
     """The report over the archive under ``archive``. With ``policies`` (a policy folder
     that exists: a missing one is the server's setup, not the caller's error) and an
     endpoint in the window, also how often the policy files' policy would choose each
-    model; with ``drift`` spans, the drift of the canary and detector outputs."""
+    model; with ``drift`` spans, the drift of the canary and detector outputs. A sampled
+    model's figures are over the requests in its sample (paired.py, sampled.py)."""
     if not archive.is_dir():
         raise ConfigError(f"no archive at {archive} (the archive service writes it: make up)")
     con = connect(archive)
@@ -110,7 +111,7 @@ def compare(
                 report.would_choose = would_choose(con, window, policy, sample)
         if drift is not None:
             report.drift = drift_signals(con, drift[0], drift[1], window.endpoint)
-        log = logged_rewards(con, window)
+        log = sampled_rewards(con, window)  # a sampled model's requests only (sampled.py)
         if log:
             report.off_policy = [
                 estimate(window.champion, log),

@@ -1,4 +1,5 @@
-"""The compare service's settings (env prefix ``RDV_COMPARE_``); it needs no Kafka."""
+"""The compare service's settings (env prefix ``RDV_COMPARE_``); Kafka's (KafkaSettings) only
+for the learner."""
 
 from __future__ import annotations
 
@@ -32,6 +33,11 @@ class CompareSettings(BaseSettings):
 
     drift_reference_s: float = Field(default=3600.0, gt=0)
     """...with this long a reference window just before it."""
+
+    learn_interval_s: float = Field(default=2.0, ge=0)
+    """How often the learner folds new feedback into the bandit's rewards and publishes
+    them on the control topic (services.compare.learner); 0 turns it off (then the
+    process needs no Kafka)."""
 
     ops_host: str = "127.0.0.1"
     """Interface of the HTTP server (/v1/experiments/compare, /healthz, /readyz, /metrics)."""

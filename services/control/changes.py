@@ -69,9 +69,15 @@ class PolicyView:
             "origin": "policy file" if entry is None else "control topic",
             "changed_by": None if entry is None else entry.changed_by,
             "changed_ms": None if entry is None else entry.changed_ms,
+            "evidence": None if entry is None else entry.evidence,
             "policy": self.policy,
             "history": [
-                {"version": e.version, "changed_by": e.changed_by, "changed_ms": e.changed_ms}
+                {
+                    "version": e.version,
+                    "changed_by": e.changed_by,
+                    "changed_ms": e.changed_ms,
+                    "evidence": e.evidence,
+                }
                 for e in self.history
             ],
         }
@@ -136,6 +142,11 @@ class Control:
         with self._lock:
             state = self.ledger.read()
             reg = state.models.get(model)
+            if reg is not None and reg.sample < 1.0:
+                raise ControlConflictError(
+                    f"{model} scores only a {reg.sample:.0%} sample of requests (sample "
+                    f"{reg.sample}): deploy it with sample 1 before promoting it"
+                )
             targets = list(endpoints or (reg.endpoints if reg else []))
             if not targets:
                 raise ControlNotFoundError(f"{model} is not registered: name the endpoint")
@@ -176,8 +187,11 @@ class Control:
             self.ledger.publish([(model_key(model), None)])
             return changes
 
-    def set_policy(self, endpoint: str, doc: object, who: str) -> PolicyChange:
-        """``doc`` (checked: it names ``endpoint`` and is valid) as the endpoint's policy."""
+    def set_policy(
+        self, endpoint: str, doc: object, who: str, evidence: Doc | None = None
+    ) -> PolicyChange:
+        """``doc`` (checked: it names ``endpoint`` and is valid) as the endpoint's policy;
+        ``evidence``: why, when a check made the change (kept in the entry)."""
         new = checked_policy(endpoint, doc, f"the new policy of {endpoint}")
         with self._lock:
             state = self.ledger.read()
@@ -185,7 +199,7 @@ class Control:
                 _, current = self._current(state, endpoint)
             except ControlNotFoundError:
                 current = 0  # a new endpoint
-            return PolicyChange(endpoint, self._write_policy(state, new, who, current))
+            return PolicyChange(endpoint, self._write_policy(state, new, who, current, evidence))
 
     def rollback(self, endpoint: str, who: str) -> PolicyChange:
         """The version before the one in force, written again as a new version (before
@@ -228,7 +242,9 @@ class Control:
         known = [*registered, *state.policies, *files]
         return list(dict.fromkeys(e for e in known if e in state.policies or e in files))
 
-    def _write_policy(self, state: ControlState, doc: Doc, who: str, after: int) -> int:
+    def _write_policy(
+        self, state: ControlState, doc: Doc, who: str, after: int, evidence: Doc | None = None
+    ) -> int:
         """Validate and write a new version of an endpoint's policy (above ``after``, the
         version in force, which may be a policy file's); returns the version."""
         endpoint = str(doc["endpoint"])
@@ -236,7 +252,12 @@ class Control:
         body = {k: v for k, v in doc.items() if k != "version"}
         parse_policy({**body, "version": version}, f"the new policy of {endpoint}")
         entry = PolicyEntry(
-            endpoint=endpoint, version=version, policy=body, changed_by=who, changed_ms=self._now()
+            endpoint=endpoint,
+            version=version,
+            policy=body,
+            changed_by=who,
+            changed_ms=self._now(),
+            evidence=evidence,
         )
         keys = [policy_key(endpoint), policy_version_key(endpoint, version)]
         self.ledger.publish([(k, entry) for k in keys])

@@ -44,7 +44,9 @@ class Plane(Protocol):
 
     def retire(self, model: str, who: str) -> list[Json]: ...
 
-    def set_policy(self, endpoint: str, doc: Json, who: str) -> Json: ...
+    def set_policy(
+        self, endpoint: str, doc: Json, who: str, evidence: Json | None = None
+    ) -> Json: ...
 
     def rollback(self, endpoint: str, who: str) -> Json: ...
 
@@ -72,8 +74,8 @@ class Direct:
     def retire(self, model: str, who: str) -> list[Json]:
         return [asdict(c) for c in self.control.retire(model, who)]
 
-    def set_policy(self, endpoint: str, doc: Json, who: str) -> Json:
-        return asdict(self.control.set_policy(endpoint, doc, who))
+    def set_policy(self, endpoint: str, doc: Json, who: str, evidence: Json | None = None) -> Json:
+        return asdict(self.control.set_policy(endpoint, doc, who, evidence))
 
     def rollback(self, endpoint: str, who: str) -> Json:
         return asdict(self.control.rollback(endpoint, who))
@@ -105,8 +107,11 @@ class Remote:
     def retire(self, model: str, who: str) -> list[Json]:
         return list(self._call("POST", "/retire", {"model": model, "by": who})["changes"])
 
-    def set_policy(self, endpoint: str, doc: Json, who: str) -> Json:
-        return self._call("PUT", f"/policies/{_segment(endpoint)}", {"policy": doc, "by": who})
+    def set_policy(self, endpoint: str, doc: Json, who: str, evidence: Json | None = None) -> Json:
+        body: Json = {"policy": doc, "by": who}
+        if evidence is not None:  # the gateway's PolicyRequest must accept "evidence"
+            body["evidence"] = evidence
+        return self._call("PUT", f"/policies/{_segment(endpoint)}", body)
 
     def rollback(self, endpoint: str, who: str) -> Json:
         return self._call("POST", f"/policies/{_segment(endpoint)}/rollback", {"by": who})

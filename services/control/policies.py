@@ -52,7 +52,7 @@ def promote(doc: Doc, model: str) -> Doc:
             rest = [m for m in stage["accept"] if m not in (model, old)]
             stage["accept"] = [model, *([old] if old else []), *rest]
     out["stages"] = stages
-    return _checked(out)
+    return _checked(_settle_bandit(out))
 
 
 def retire(doc: Doc, model: str) -> Doc:
@@ -82,7 +82,22 @@ def retire(doc: Doc, model: str) -> Doc:
         )
     stages[-1]["until_ms"] = "deadline"
     out["stages"] = stages
-    return _checked(out)
+    bandit = out.get("bandit") or {}
+    if bandit.get("champion") == model:
+        out["bandit"] = {k: v for k, v in bandit.items() if k not in ("champion", "champion_floor")}
+    return _checked(_settle_bandit(out))
+
+
+def _settle_bandit(doc: Doc) -> Doc:
+    """A bandit stage left with fewer than two arms picks by preference, and the
+    ``bandit`` section goes with the last bandit stage (a promotion ends the bandit when
+    the promoted model takes its first stage)."""
+    for stage in doc["stages"]:
+        if stage.get("pick") == "bandit" and (stage["accept"] == "any" or len(stage["accept"]) < 2):
+            stage.pop("pick")
+    if not any(stage.get("pick") == "bandit" for stage in doc["stages"]):
+        doc.pop("bandit", None)
+    return doc
 
 
 def _checked(doc: Doc) -> Doc:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from services.common.messages import ControlEntry, ModelRegistration, PolicyEntry
+from services.common.messages import ControlEntry, LearnedEntry, ModelRegistration, PolicyEntry
 
 log = logging.getLogger("rdv.control")
 T = TypeVar("T")
@@ -15,6 +15,7 @@ T = TypeVar("T")
 MODEL = "model/"
 POLICY = "policy/"
 POLICY_VERSION = "policy-version/"
+LEARNED = "learned/"
 
 
 def model_key(name: str) -> bytes:
@@ -39,11 +40,19 @@ class ControlState:
     models: dict[str, ModelRegistration] = field(default_factory=dict)
     policies: dict[str, PolicyEntry] = field(default_factory=dict)
     history: dict[str, dict[int, PolicyEntry]] = field(default_factory=dict)
+    learned: dict[str, LearnedEntry] = field(default_factory=dict)
 
     def apply(self, key: bytes | None, entry: ControlEntry | None) -> str | None:
-        """Fold one record in; returns ``"model"``, ``"policy"`` or None (history, or a
-        key this build does not know)."""
+        """Fold one record in; returns ``"model"``, ``"policy"``, ``"learned"`` or None
+        (history, or a key this build does not know)."""
         text = (key or b"").decode("utf-8", errors="replace")
+        if text.startswith(LEARNED):
+            endpoint = text.removeprefix(LEARNED)
+            if entry is None:
+                self.learned.pop(endpoint, None)
+            elif isinstance(entry, LearnedEntry):
+                self.learned[endpoint] = entry
+            return "learned"
         if text.startswith(MODEL):
             name = text.removeprefix(MODEL)
             if entry is None:

@@ -8,6 +8,7 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
+from services.common import tracing
 from services.common.endpoints import load_endpoints
 from services.common.errors import RendezvousError
 from services.common.kafka import Admin, admin_config
@@ -34,6 +35,7 @@ def main() -> int:
         return 2
     configure_logging("gateway", settings.log_level)
     try:
+        tracing.setup("rdv-gateway")  # on only with the OTEL_* variables (README, Tracing)
         topics = load_topics(settings.topics_file, prefix=kafka.topic_prefix)
         endpoints = load_endpoints(settings.policies)
         topics.ensure(Admin(admin_config(kafka)))
@@ -56,6 +58,7 @@ def main() -> int:
         )
     finally:
         follower.stop()
+        tracing.shutdown()
     return 0
 
 

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from services.common import tracing
 from services.common.endpoints import EndpointSpec, load_endpoints
 from services.common.errors import ConfigError
 from services.common.messages import ReturnAddress
@@ -25,6 +26,7 @@ from services.gateway.routes import control as control_routes
 from services.gateway.routes import feedback, health, infer
 from services.gateway.service import Gateway
 from services.gateway.settings import GatewaySettings
+from services.gateway.tracing import TracingMiddleware
 
 log = logging.getLogger("rdv.gateway")
 
@@ -88,6 +90,8 @@ def build_app(
     app.state.control = control
     install_error_handlers(app, settings.retry_after_s)
     install_security(app, settings)  # API keys and rate limits (services/gateway/auth.py)
+    if tracing.enabled():  # outermost: refused requests are traced too
+        app.add_middleware(TracingMiddleware)
     app.include_router(infer.router)
     app.include_router(openai_routes.router)
     app.include_router(openai_embeddings.router)

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from services.common import tracing
 from services.common.errors import MessageError, RendezvousError
 from services.common.kafka import (
     Admin,
@@ -151,7 +152,8 @@ class KafkaBus:
             if sink is None:
                 continue
             try:
-                sink(rec.value)
+                with tracing.receiving(rec):  # a no-op unless on and the record has a context
+                    sink(rec.value)
             except MessageError as exc:
                 self._dead_letter(rec, exc)
             except Exception:  # one bad record must not stop every reply

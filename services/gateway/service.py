@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from pydantic import ValidationError
 
+from services.common import tracing
 from services.common.clock import Clock, mono_ms, wall_ms
 from services.common.codec import encode, message_key
 from services.common.endpoints import EndpointSpec
@@ -189,8 +190,12 @@ class Gateway:
         envelope = self._envelope(spec, req, request_id, trace_id, deadline_ms)
         out = Outbound(self._requests_topic, request_id.encode(), encode(envelope))
         entry = open_entry(request_id, len(out.value))  # refused when over the byte bound
+        report: Callable[[str | None], None] = partial(self._delivered, request_id)
+        if tracing.enabled():  # the record carries the producer span's context
+            traced = {"rdv.request_id": request_id, "rdv.endpoint": spec.endpoint}
+            out, report = tracing.sending(out, report, traced)
         try:
-            self.bus.produce(out, partial(self._delivered, request_id))
+            self.bus.produce(out, report)
         except BaseException:
             self.pending.close(request_id)
             raise

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from services.common import tracing
 from services.common.codec import decode
 from services.common.errors import ConfigError, RendezvousError
 from services.common.kafka import (
@@ -177,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging("rendezvous", settings.log_level)
     try:
+        tracing.setup("rdv-rendezvous")  # on only with the OTEL_* variables (README, Tracing)
         runner, processor = build(settings, kafka)
         follower = follow_control(kafka, processor).start()  # the policies in force first
         ops = OpsServer(
@@ -198,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         ops.close()
         follower.stop()
+        tracing.shutdown()
     log.info("rendezvous stopped", extra={"records": stats.records})
     return 0
 

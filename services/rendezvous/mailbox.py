@@ -43,6 +43,7 @@ from typing import NamedTuple
 from pydantic import JsonValue
 
 from services.common.arrivals import Grant
+from services.common.bandit import Learned
 from services.common.chat import wants_stream
 from services.common.messages import ErrorBody, RequestEnvelope, Role, Score, ScoreStatus
 
@@ -83,6 +84,7 @@ class Mailbox:
     closed: bool = False
     next_check_ms: float | None = None  # when due() returns it next; None: not scheduled
     grant: Grant | None = None  # a streaming request's granted model, once chosen
+    learned: Learned | None = None  # the bandit's rewards, pinned at its first decision
     size: int = 0  # bytes of the records held (request and scores)
     _seq: int = field(default=-1, repr=False)  # which heap entry is current
     streams: bool = field(init=False)  # the client asked for a streamed answer

@@ -46,6 +46,10 @@ GRANTS = Counter(
 POLICY_CHANGES = Counter(
     "rdv_rendezvous_policy_changes_total", "Policy changes applied from the control topic"
 )
+LEARNED_CHANGES = Counter(
+    "rdv_rendezvous_learned_changes_total",
+    "Learned-reward entries (the bandit's state) applied from the control topic",
+)
 CATCHUP = Counter(
     "rdv_rendezvous_catchup_decisions_total", "Earlier decisions read back on partition assignment"
 )

@@ -36,7 +36,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+from services.common import tracing
 from services.common.arrivals import Grant
+from services.common.bandit import NOTHING_LEARNED, Learned
 from services.common.clock import mono_ms, wall_ms
 from services.common.codec import encode, message_key
 from services.common.decide import (
@@ -83,6 +85,7 @@ class Rendezvous:
         wall: Callable[[], float] = wall_ms,
     ) -> None:
         self.policies = policies
+        self.learned: dict[str, Learned] = {}  # endpoint -> the learner's latest rewards
         self.topics = topics
         self.store = store
         self._clock = clock
@@ -176,10 +179,13 @@ class Rendezvous:
             )
         else:
             try:  # never raise past a changed store: a failing policy still answers
-                if (grant := stream_grant(mailbox, policy, now)) is not None:
+                if mailbox.learned is None:  # one request, one state: its draw cannot change
+                    mailbox.learned = self.learned.get(policy.endpoint, NOTHING_LEARNED)
+                learned = mailbox.learned
+                if (grant := stream_grant(mailbox, policy, now, learned)) is not None:
                     mailbox.grant = grant
                     self._send_grant(mailbox.request, grant, ctx)
-                verdict = decide(mailbox, policy, now)
+                verdict = decide(mailbox, policy, now, learned)
                 if verdict is None:
                     self.store.schedule(mailbox, next_check(mailbox, policy, now))
                     return
@@ -231,12 +237,6 @@ class Rendezvous:
             decided_ms=wall,
             ood=verdict.ood,
         )
-        ret = req.return_address
-        if REPLAY not in req.attributes:  # a replay answers no client: decision only
-            ctx.emit(
-                Outbound(ret.topic, message_key(reply), encode(reply), partition=ret.partition),
-                source=refs,
-            )
         in_time: list[str] = []
         late: list[str] = []
         latencies: dict[str, float] = {}
@@ -261,9 +261,27 @@ class Rendezvous:
             policy_version=box[1].version if box is not None and box[1] else None,
             ood=verdict.ood,
             streamed=box is not None and box[0].grant is not None,
+            arm=None if verdict.draw is None else verdict.draw.arm,
+            bucket=None if verdict.draw is None else verdict.draw.bucket,
+            learned_version=None if verdict.draw is None else verdict.draw.learned_version,
         )
+        # the reply and the decision carry the decision span's context
+        trace = (
+            tracing.decision_span(decision, reply.error, refs, self.topics.requests)
+            if tracing.enabled()
+            else ()
+        )
+        ret = req.return_address
+        if REPLAY not in req.attributes:  # a replay answers no client: decision only
+            ctx.emit(
+                Outbound(
+                    ret.topic, message_key(reply), encode(reply), trace, partition=ret.partition
+                ),
+                source=refs,
+            )
         ctx.emit(
-            Outbound(self.topics.decisions, message_key(decision), encode(decision)), source=refs
+            Outbound(self.topics.decisions, message_key(decision), encode(decision), trace),
+            source=refs,
         )
         for rec in refs:
             ctx.release(rec)

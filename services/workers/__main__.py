@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
+from services.common import tracing
 from services.common.codec import summarise
 from services.common.errors import ConfigError, RendezvousError
 from services.common.kafka import Admin, admin_config
@@ -107,6 +108,7 @@ def serve(config: Config) -> int:
         },
     )
     config.topics.ensure(Admin(admin_config(config.kafka)), settings.startup_timeout_s)
+    tracing.setup(f"rdv-worker-{spec.name}")  # on only with the OTEL_* variables
     service = build_worker(
         kafka=config.kafka,
         settings=settings,
@@ -129,6 +131,7 @@ def serve(config: Config) -> int:
         stats = service.run()
     finally:
         ops.close()
+        tracing.shutdown()  # exit_now skips atexit: export the buffered spans here
     log.info("worker stopped", extra={"model": spec.name, "records": stats.records})
     return 0
 

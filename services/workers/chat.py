@@ -48,6 +48,7 @@ from services.workers.metrics import (
     BATCH_SIZE,
     DELTAS,
     FINISHED,
+    IN_FLIGHT,
     PREDICT_SECONDS,
     REDELIVERED,
     TOKENS,
@@ -128,6 +129,7 @@ class ChatWorker(ModelWorker):
 
     def tick(self, now_ms: float, ctx: Context) -> None:
         super().tick(now_ms, ctx)
+        IN_FLIGHT.labels(self.spec.name).set(len(self._pending))  # generating now
         if not self._pending:
             return
         BATCH_SIZE.labels(self.spec.name).observe(len(self._pending))

@@ -54,6 +54,24 @@ DELTAS = Counter(
     ["model"],
 )
 FINISHED = Counter("rdv_worker_finished_total", "Generations by finish reason", ["model", "reason"])
+IN_FLIGHT = Gauge(
+    "rdv_worker_in_flight",
+    "Requests inside the model now: the batch of the predict_batch call under way (0 "
+    "between calls)",
+    ["model"],
+)
+BATCH_MAX = Gauge(
+    "rdv_worker_batch_max_size",
+    "The model spec's batch.max_size: batch fill is rdv_worker_batch_size's mean over this",
+    ["model"],
+)
+DEADLINE_LEFT = Gauge(
+    "rdv_worker_deadline_left_seconds",
+    "Deadline budget the most urgent request of the latest consumed batch had left when "
+    "the batch was consumed (its deadline minus that moment; negative: already past, "
+    "skipped); kept until the next batch",
+    ["model"],
+)
 LAG = Gauge(
     "rdv_worker_consumer_lag",
     "Requests not yet read, per owned partition of the requests topic",

@@ -4,6 +4,7 @@ shared poll loop, and what the ops server asks (ready, healthy)."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from services.common.clock import mono_ms
@@ -74,6 +75,7 @@ class WorkerService:
             busy=lambda: bool(getattr(self.processor, "busy", False)),
         )
         self._stall_ms = settings.stall_timeout_s * 1000.0
+        self._nice = settings.nice
 
     def ready(self) -> bool:
         """The model is loaded and the group gave this replica partitions."""
@@ -96,6 +98,8 @@ class WorkerService:
     ) -> RunStats:
         """Load the model, run the loop (see ``StreamRunner.run``), unload the model.
         The consumer is closed in every case."""
+        if self._nice:  # this thread runs the model: it, and the threads it starts
+            os.nice(self._nice)
         started = time.monotonic()
         try:
             self.model.load()
@@ -104,7 +108,11 @@ class WorkerService:
             raise
         log.info(
             "model loaded",
-            extra={"model": self.spec.name, "load_s": round(time.monotonic() - started, 3)},
+            extra={
+                "model": self.spec.name,
+                "load_s": round(time.monotonic() - started, 3),
+                "sample": self.spec.sample,
+            },
         )
         try:
             return self.runner.run(max_records=max_records, idle_timeout_s=idle_timeout_s)

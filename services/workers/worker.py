@@ -7,6 +7,8 @@ call (0 ms: whatever has queued up, so batches grow with load and cost nothing i
 Per request of the batch:
 
 - another endpoint's request is ignored (no score; its offset still commits);
+- a request outside the model's sample (spec ``sample`` < 1: services.common.sampling)
+  is not predicted and gets a ``skipped`` score with error code ``not_sampled`` at once;
 - a request whose deadline had passed when the batch was consumed is not predicted
   and gets a ``skipped`` score in the same turn;
 - a ``PredictionError`` (or any exception) returned in place of one output becomes an
@@ -33,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from pydantic import JsonValue, ValidationError
 
+from services.common import tracing
 from services.common.clock import mono_ms, wall_ms
 from services.common.codec import MAX_ERROR_CHARS, encode, message_key
 from services.common.errors import RendezvousError
@@ -47,10 +50,14 @@ from services.common.messages import (
     ScoreStatus,
     Timings,
 )
+from services.common.sampling import in_sample, not_sampled_error
 from services.common.spec import ModelSpec
 from services.workers.metrics import (
+    BATCH_MAX,
     BATCH_SIZE,
+    DEADLINE_LEFT,
     ERRORS,
+    IN_FLIGHT,
     PREDICT_SECONDS,
     SCORED,
     SKIPPED,
@@ -104,6 +111,7 @@ class ModelWorker:
         self._endpoints = frozenset(spec.endpoints)
         self._lag = lag
         self._lag_gauge = LagGauge(spec.name)
+        BATCH_MAX.labels(spec.name).set(spec.batch.max_size)
         self._lag_interval_ms = lag_interval_ms
         self._lag_at = float("-inf")
         self._clock = clock  # epoch ms: deadlines and timings cross processes
@@ -111,6 +119,7 @@ class ModelWorker:
 
     def process(self, batch: Sequence[Inbound], ctx: Context) -> None:
         received = self._clock()
+        self._note_budget(batch, received)
         live: list[tuple[Record, RequestEnvelope]] = []
         for item in batch:
             req: RequestEnvelope = item.message
@@ -119,9 +128,12 @@ class ModelWorker:
             target = req.attributes.get(REPLAY_MODEL)
             if target is not None and target != self.spec.name:
                 continue  # a replay meant for another model only
-            if req.deadline_epoch_ms <= received and not self.score_expired:
+            sampled = in_sample(self.spec.name, req.request_id, self.spec.sample)
+            if not sampled or (req.deadline_epoch_ms <= received and not self.score_expired):
                 timings = Timings(received_ms=received, started_ms=received, finished_ms=received)
-                self._emit(ctx, item.record, self._score(req, ScoreStatus.SKIPPED, timings))
+                error = None if sampled else not_sampled_error(self.spec.sample)
+                skipped = self._score(req, ScoreStatus.SKIPPED, timings, error=error)
+                self._emit(ctx, item.record, skipped)
             else:
                 live.append((item.record, req))
         if live:
@@ -133,13 +145,25 @@ class ModelWorker:
             self._lag_at = now_ms
             self._lag_gauge.publish(self._lag())
 
+    def _note_budget(self, batch: Sequence[Inbound], received: float) -> None:
+        """The deadline budget left of the batch's most urgent request of this model."""
+        deadlines = [
+            item.message.deadline_epoch_ms
+            for item in batch
+            if item.message.endpoint in self._endpoints
+        ]
+        if deadlines:
+            DEADLINE_LEFT.labels(self.spec.name).set((min(deadlines) - received) / 1000.0)
+
     def _predict(
         self, live: list[tuple[Record, RequestEnvelope]], received: float, ctx: Context
     ) -> None:
         BATCH_SIZE.labels(self.spec.name).observe(len(live))
         started = max(self._clock(), received)  # never out of order if the wall clock steps
         t0 = time.perf_counter()
+        IN_FLIGHT.labels(self.spec.name).set(len(live))
         outputs = self._call_model([req.payload for _, req in live])
+        IN_FLIGHT.labels(self.spec.name).set(0)
         PREDICT_SECONDS.labels(self.spec.name).observe(time.perf_counter() - t0)
         finished = max(self._clock(), started)
         timings = Timings(received_ms=received, started_ms=started, finished_ms=finished)
@@ -202,5 +226,7 @@ class ModelWorker:
         )
 
     def _emit(self, ctx: Context, record: Record, score: Score) -> None:
-        ctx.emit(Outbound(self._topic, message_key(score), encode(score)), source=record)
+        headers = tracing.score_span(record, score) if tracing.enabled() else ()
+        out = Outbound(self._topic, message_key(score), encode(score), headers)
+        ctx.emit(out, source=record)
         _COUNTERS[score.status].labels(self.spec.name).inc()

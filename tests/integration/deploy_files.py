@@ -28,14 +28,15 @@ REAL_MODULES = {
     "services.rendezvous": "the rendezvous",
     "services.workers": "a model worker",
     "services.archive": "the archive",
-    "services.compare": "experiments and drift over the archive's files",
+    "services.compare": "experiments, drift and the learner over the archive's files",
     "services.cli.main": "the rdv command line (kafka topics)",
     "models.ood": "the OOD detector's fit/eval command line",
 }
 """Every process the deployments may start, as ``python -m <module>``."""
 
-NO_KAFKA = frozenset({"services.compare", "models.ood"})
-"""Entry points that read files only: they get no Kafka settings or credentials."""
+NO_KAFKA = frozenset({"models.ood"})
+"""Entry points that read files only: they get no Kafka settings or credentials (compare
+reads files but its learner writes to the control topic)."""
 
 SHELL_SEPARATORS = {"||", "&&", ";", "|"}
 

@@ -85,6 +85,9 @@ class PolicyRequest(_Body):
     policy: dict[str, JsonValue]
     """The policy document (deploy/policies/*.yaml's format) naming the endpoint."""
 
+    evidence: dict[str, JsonValue] | None = None
+    """Why the policy changed (``rdv canary watch``'s test results), kept in the entry."""
+
 
 _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (ControlNotFoundError, 404),
@@ -150,7 +153,9 @@ async def set_policy(
     async def work() -> dict[str, Any]:
         body = await _parse(request, gateway.settings.max_body_bytes, PolicyRequest)
         who = _who(request, body)
-        change = await asyncio.to_thread(control.set_policy, endpoint, body.policy, who)
+        change = await asyncio.to_thread(
+            control.set_policy, endpoint, body.policy, who, body.evidence
+        )
         return asdict(change)
 
     return await _run("set", request, work)

@@ -35,9 +35,10 @@ class Archive:
         text: str | None = "answer",
         at: int = 0,
         endpoint: str = "chat",
+        error: str | None = None,
     ) -> None:
         output = json.dumps({"text": text}) if status == "ok" else None
-        self.scores.append((rid, endpoint, model, status, output, T0 + at + latency_ms))
+        self.scores.append((rid, endpoint, model, status, output, T0 + at + latency_ms, error))
 
     def decision(
         self,
@@ -81,6 +82,7 @@ SCORES = {
     "status": pa.string(),
     "output": pa.string(),
     "finished_ms": pa.float64(),
+    "error": pa.string(),
 }
 DECISIONS = {
     "request_id": pa.string(),

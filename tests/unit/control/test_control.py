@@ -91,6 +91,29 @@ def test_promote_on_a_staged_policy_and_twice_is_refused() -> None:
         promote(doc, "slow")
 
 
+BANDIT = policy_doc(
+    models=["fast", "slow", "flaky"],
+    stages=[
+        {"until_ms": 600, "accept": ["fast", "slow", "flaky"], "pick": "bandit"},
+        {"until_ms": "deadline", "accept": "any"},
+    ],
+    bandit={"min_share": 0.05, "champion": "fast", "champion_floor": 0.1},
+)
+
+
+def test_promote_ends_a_bandit_and_retire_keeps_it_valid() -> None:
+    won = promote(BANDIT, "slow")
+    assert won["stages"][0] == {"until_ms": 600, "accept": ["slow"]}
+    assert "bandit" not in won
+    parse_policy(won, "promoted")
+    fewer = retire(BANDIT, "fast")  # the bandit's champion: its floor goes with it
+    assert fewer["stages"][0]["pick"] == "bandit"
+    assert fewer["bandit"] == {"min_share": 0.05}
+    alone = retire(fewer, "flaky")  # one arm left: the stage picks by preference
+    assert alone["stages"][0] == {"until_ms": 600, "accept": ["slow"]}
+    assert "bandit" not in alone
+
+
 def test_retire_removes_the_model_and_empty_stages() -> None:
     doc = retire(promote(ONE_STAGE, "chall"), "champ")
     assert doc["models"] == ["chall"]

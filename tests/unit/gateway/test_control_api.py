@@ -131,6 +131,17 @@ def test_an_admin_key_changes_the_policy_and_is_recorded_as_the_changer(
     assert entry.changed_by == "alice (key ops)"
 
 
+def test_a_policy_change_keeps_its_evidence(keyed: httpx.Client, ledger: MemoryLedger) -> None:
+    """rdv canary watch's rollback goes through the gateway with its test results."""
+    evidence = {"metric": "error_rate", "decision": "worse", "n": 1200, "alpha": 0.05}
+    body = {"policy": policy_doc(deadline_ms=900), "evidence": evidence}
+    resp = keyed.put("/v1/control/policies/demo", json=body, headers=ADMIN)
+    assert resp.status_code == 200, resp.text
+    entry = ledger.read().policies["demo"]
+    assert isinstance(entry, PolicyEntry)
+    assert entry.evidence == evidence
+
+
 def test_deploy_promote_retire_and_rollback_through_the_api(
     open_api: httpx.Client, ledger: MemoryLedger
 ) -> None:
