@@ -58,5 +58,10 @@ class WorkerSettings(BaseSettings):
     """/healthz fails when the loop has not turned for this long (a hung model); keep it
     above the slowest batch the model may take."""
 
+    nice: int = Field(default=0, ge=0, le=19)
+    """Added to the nice value of the thread that loads and runs the model (and of the
+    threads it starts) before the model loads: a challenger or shadow that shares cores
+    with the champion yields them to it (bench.chat_e2e measures it). 0: unchanged."""
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Log level of the JSON logs on stderr."""
