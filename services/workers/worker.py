@@ -128,7 +128,10 @@ class ModelWorker:
             target = req.attributes.get(REPLAY_MODEL)
             if target is not None and target != self.spec.name:
                 continue  # a replay meant for another model only
-            sampled = in_sample(self.spec.name, req.request_id, self.spec.sample)
+            # a replay aimed at this model is scored whatever the sample
+            sampled = target is not None or in_sample(
+                self.spec.name, req.request_id, self.spec.sample
+            )
             if not sampled or (req.deadline_epoch_ms <= received and not self.score_expired):
                 timings = Timings(received_ms=received, started_ms=received, finished_ms=received)
                 error = None if sampled else not_sampled_error(self.spec.sample)

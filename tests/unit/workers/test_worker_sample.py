@@ -8,7 +8,7 @@ from pydantic import JsonValue
 
 from services.common.decide import decide
 from services.common.loop import Context, Inbound
-from services.common.messages import ScoreStatus
+from services.common.messages import REPLAY, REPLAY_MODEL, REPLAY_OF, ScoreStatus
 from services.common.policy import parse_policy
 from services.common.sampling import NOT_SAMPLED, in_sample, not_sampled_error
 from services.common.spec import parse_inline
@@ -111,3 +111,20 @@ def test_a_sampled_out_challenger_in_an_accept_list_does_not_delay_the_answer() 
     verdict = decide(sampled_out, policy, 20.0)
     assert verdict is not None
     assert (verdict.chosen_model, verdict.reason) == ("fast", "fallback:1")
+
+
+def test_a_replay_aimed_at_the_sampled_model_is_always_scored() -> None:
+    """``rdv replay --model shadow`` asks for shadow's score of every replayed request."""
+    batch = []
+    for i in range(40):
+        item = req(i)
+        env = item.message.model_copy(
+            update={"attributes": {REPLAY: "try-1", REPLAY_OF: f"old-{i}", REPLAY_MODEL: "shadow"}}
+        )
+        batch.append(Inbound(item.record, env))
+    model = Scripted()
+
+    _, scores = run(_shadow(model), batch)
+
+    assert [s.status for s in scores] == [ScoreStatus.OK] * 40
+    assert model.batches == [[item.message.payload for item in batch]]
