@@ -19,7 +19,7 @@ OOD_ARTIFACT := .rdv/models/ood-clinc150
 KUSTOMIZE_VERSION := v5.8.2
 KUSTOMIZE  := .rdv/tools/kustomize-$(KUSTOMIZE_VERSION)/kustomize
 
-.PHONY: help install lock clean-venv kafka-jars kustomize ood-artifact up down ps bench chaos test unit integration lint format clean
+.PHONY: help install lock clean-venv kafka-jars kustomize llama-cpp ood-artifact up down ps bench chaos test unit integration lint format clean
 
 help:
 	@echo "make up          start the platform locally and print a request to try"
@@ -66,6 +66,20 @@ $(KUSTOMIZE):
 # builds it when missing; prints its path (the manifest tests call this)
 kustomize: $(KUSTOMIZE)
 	@echo $(KUSTOMIZE)
+
+# Optional: llama.cpp's Python binding, the reference runtime bench.llm_throughput
+# measures beside the engine on the same GGUF. PyPI has it as source only: the wheel is
+# built once (5 min 42 s on 2 cores here) into .rdv/wheels and installed from there.
+# Not in uv.lock: a re-install after a lock change removes it (uv sync is exact); the
+# cached wheel makes `make llama-cpp` quick again.
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CPP_WHEELS := .rdv/wheels
+llama-cpp: install
+	@ls $(LLAMA_CPP_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || \
+		.rdv/tools/bin/pip wheel --no-deps --wheel-dir $(LLAMA_CPP_WHEELS) \
+			llama-cpp-python==$(LLAMA_CPP_VERSION)
+	$(UV) pip install --python $(BIN)/python --find-links $(LLAMA_CPP_WHEELS) \
+		llama-cpp-python==$(LLAMA_CPP_VERSION)
 
 # The chat endpoint's OOD detector, fitted once on CLINC150 (about a minute on 2 cores
 # with a warm embedding cache, a few minutes cold). models/specs/ood.yaml reads it.

@@ -21,7 +21,9 @@ JSON, for the naive run and for each engine level).
 
 Both sides use the same torch thread count (``--threads``, printed). Reports aggregate
 tokens/s, request latency p50/p99 and time to first token p50/p99 at concurrency 1, 4
-and 16. The last line printed is one JSON object.
+and 16. When llama-cpp-python is installed (``make llama-cpp``), llama.cpp on the same
+GGUF, one request at a time, at the same thread count and at 2 threads, is measured as
+a reference (bench.llama_cpp_ref). The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 
 import torch
 
+from bench import llama_cpp_ref
 from bench.chaos_report import cpu_times, machine
 from bench.loadgen import quantile
 from models.llama import ChatModel, ChatParams, EngineConfig, LoadConfig, load
@@ -237,6 +240,26 @@ def main(argv: list[str] | None = None) -> int:
             f"p99 {r['latency_p99_s']:.2f} s  ttft p50 {r['ttft_p50_s'] * 1000:.0f} ms "
             f"p99 {r['ttft_p99_s'] * 1000:.0f} ms"
         )
+    llama_cpp = {}
+    if llama_cpp_ref.available():
+        for n_threads in sorted({threads, 2}):
+            ref = llama_cpp_ref.reference(
+                loaded.report.source,
+                [conversation(i) for i in range(count)],
+                args.max_tokens,
+                n_threads,
+            )
+            assert ref is not None
+            ref["x_naive"] = ref["tokens_per_s"] / base["tokens_per_s"]
+            llama_cpp[f"threads_{n_threads}"] = ref
+            print(
+                f"llama.cpp 1 at a time  {ref['tokens_per_s']:7.1f} tok/s "
+                f"({ref['x_naive']:.1f}x naive float32)  ttft p50 "
+                f"{ref['ttft_p50_s'] * 1000:.0f} ms  latency p50 {ref['latency_p50_s']:.2f} s  "
+                f"(same GGUF, threads {n_threads})"
+            )
+    else:
+        print("llama.cpp: not installed (make llama-cpp builds it): no reference")
     params = sum(p.numel() for p in plain.model.parameters())  # float32, no int8 copies
     gflops = {
         name: matmul_roofline(dtype)
@@ -269,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         "ttft_p50_c16_vs_single": levels[2]["ttft_p50_s"] / single["ttft_p50_s"],
         "ttft_p50_c16_burst_vs_single": levels[3]["ttft_p50_s"] / single["ttft_p50_s"],
         "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in levels[:3]),
+        "llama_cpp": llama_cpp or None,
         "matmul_gflops": gflops,
         "roofline_tokens_per_s": roof,
         "machine": machine(steal0),
