@@ -194,10 +194,7 @@ def _replay(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 def positive_speed(text: str) -> float:
     """An argparse type: a finite number above 0 (nan or 0 would send all at once or
     never)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    value = _number(text)
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a finite number above 0, not {text}")
     return value
@@ -335,10 +332,7 @@ def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def at_least_one(text: str) -> float:
     """An argparse type: a finite number of 1 or more."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    value = _number(text)
     if not 1.0 <= value < math.inf:
         raise argparse.ArgumentTypeError(f"must be 1 or more, not {text}")
     return value
@@ -346,13 +340,17 @@ def at_least_one(text: str) -> float:
 
 def probability(text: str) -> float:
     """An argparse type: a number strictly between 0 and 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    value = _number(text)
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text}")
     return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
 
 
 def count(text: str) -> int:

@@ -12,8 +12,6 @@ One learner per cluster: it numbers its entries from the highest version it find
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -24,8 +22,7 @@ from services.common.bandit import ALL
 from services.common.clock import wall_ms
 from services.common.messages import ArmRewards, LearnedEntry
 from services.compare import metrics
-
-log = logging.getLogger("rdv.compare")
+from services.compare.periodic import Periodic
 
 Publish = Callable[[list[LearnedEntry]], None]
 
@@ -82,8 +79,13 @@ class Learner:
         self._versions: dict[str, int] | None = None  # endpoint -> last version written
         self._counts: dict[str, int] = {}  # endpoint -> feedback folded in that version
         self._files: frozenset[tuple[str, int]] | None = None  # feedback files last folded
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="compare-learner")
+        self._periodic = Periodic(
+            "compare-learner",
+            interval_s,
+            self.step,
+            lambda ok: None if ok else metrics.LEARN_FAILURES.inc(),
+            "learning step",
+        )
 
     def step(self) -> list[LearnedEntry]:
         """One fold; returns (and publishes) the entries that changed."""
@@ -124,21 +126,11 @@ class Learner:
         return entries
 
     def start(self) -> Learner:
-        self._thread.start()
+        self._periodic.start()
         return self
 
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return self._periodic.alive()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.step()
-            except Exception:  # a failed fold or publish must not stop the service
-                metrics.LEARN_FAILURES.inc()
-                log.exception("learning step failed")
+        self._periodic.stop()

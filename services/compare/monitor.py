@@ -6,16 +6,13 @@ It reads the archive's files in a background thread of the compare process.
 
 from __future__ import annotations
 
-import logging
-import threading
 from pathlib import Path
 
 from services.common.archive_files import connect
 from services.common.clock import wall_ms
 from services.compare import metrics
+from services.compare.periodic import Periodic
 from services.compare.signals import drift_signals
-
-log = logging.getLogger("rdv.compare")
 
 
 class DriftMonitor:
@@ -28,8 +25,13 @@ class DriftMonitor:
         self.interval_s = interval_s
         self.window_ms = window_s * 1000.0
         self.reference_ms = reference_s * 1000.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="compare-drift")
+        self._periodic = Periodic(
+            "compare-drift",
+            interval_s,
+            lambda: self.check(wall_ms()),
+            lambda ok: metrics.DRIFT_CHECKS.labels("ok" if ok else "failed").inc(),
+            "drift check",
+        )
 
     def check(self, now_ms: float) -> dict[str, float]:
         """Compute and export the drift at ``now_ms``; returns signal -> PSI."""
@@ -49,23 +51,12 @@ class DriftMonitor:
         return {signal: drift.psi for signal, drift in found.items()}
 
     def start(self) -> DriftMonitor:
-        self._thread.start()
+        self._periodic.start()
         return self
 
     def alive(self) -> bool:
         """The periodic check still runs (for /healthz)."""
-        return self._thread.is_alive()
+        return self._periodic.alive()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):  # the period, and the stop signal
-            try:
-                self.check(wall_ms())
-            except Exception:  # a failed check must not stop the service
-                metrics.DRIFT_CHECKS.labels("failed").inc()
-                log.exception("drift check failed")
-            else:
-                metrics.DRIFT_CHECKS.labels("ok").inc()
+        self._periodic.stop()
