@@ -257,6 +257,12 @@ class _Server:
         ).result(5)
         self.port = self.server.sockets[0].getsockname()[1]
 
+    async def _close(self) -> None:
+        """Close on the server's own loop: asyncio's Server is not thread-safe, and closing
+        it from the test's thread raced with a connection ending on the loop's."""
+        self.server.close()
+        await self.server.wait_closed()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
@@ -274,8 +280,7 @@ class _Server:
             writer.close()
 
     def close(self) -> None:
-        self.server.close()
-        asyncio.run_coroutine_threadsafe(self.server.wait_closed(), self.loop).result(5)
+        asyncio.run_coroutine_threadsafe(self._close(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
