@@ -1,29 +1,37 @@
-"""Generation throughput of the chat worker's engine against the naive baseline, in
-the same run, with the same model (SmolLM2-135M-Instruct by default), greedy decoding,
-the same prompts and the same token limit (``--max-tokens``, 64). The naive side is
-made to generate all of them (``min_new_tokens``); the engine stops a request at end of
-sequence. Tokens/s counts the tokens each side actually generated (``tokens`` in the
-JSON, for the naive run and for each engine level).
+"""Generation throughput of the chat worker's engine on each runtime against the naive
+and static-batching baselines, in the same run, with the same model
+(SmolLM2-135M-Instruct by default), greedy decoding, the same prompts and the same
+token limit (``--max-tokens``, 64). The naive side is made to generate all of them
+(``min_new_tokens``); the engine stops a request at end of sequence. Tokens/s counts
+the tokens each side actually generated (``tokens`` in the JSON).
 
-    python -m bench.llm_throughput            # about 2.5 minutes on 2 cores
+    python -m bench.llm_throughput            # about 5 minutes on 2 cores
     python -m bench.llm_throughput --quick
-    python -m bench.llm_throughput --quantize none --dtype float32   # the exact engine
+    python -m bench.llm_throughput --compile  # also the engine with torch.compile
 
-- baseline: transformers ``generate`` on one request at a time, with the default
-  float32 model, as a plain transformers user runs it;
-- worker engine: models.llama's continuous-batching engine, driven step by step
-  (``submit``, then ``step`` in a loop, the calls the llama-chat worker makes), with
-  the engine settings of models/specs/smol.yaml (max_batch_size 16, max_batch_tokens
-  32768, int8) on its own copy of the model (by default bfloat16 with int8 decode
-  weights: ``--dtype``, ``--quantize``), ``concurrency`` requests kept in
-  flight (closed loop: a finished request is replaced at once). The clients start
-  one per engine step (a ramp); the last level starts 16 at once (a burst).
+Baselines (one thread, as every runtime here: ``--threads``):
 
-Both sides use the same torch thread count (``--threads``, printed). Reports aggregate
-tokens/s, request latency p50/p99 and time to first token p50/p99 at concurrency 1, 4
-and 16. When llama-cpp-python is installed (``make llama-cpp``), llama.cpp on the same
-GGUF, one request at a time, at the same thread count and at 2 threads, is measured as
-a reference (bench.llama_cpp_ref). The last line printed is one JSON object.
+- naive: transformers ``generate`` on one request at a time, float32 (what a plain
+  transformers user runs), and again at the torch engine's precision;
+- static batching: one left-padded batch of 4 and of 16 through ``generate`` (what a
+  transformers user tries next), at both precisions.
+
+Engines, driven step by step (``submit``, then ``step``: the calls the llama-chat worker
+makes) with the settings of models/specs/smol.yaml (max_batch_size 16,
+max_batch_tokens 32768), ``concurrency`` requests in flight (closed loop; clients start
+one per step, the last level all at once):
+
+- torch: the engine with ``--quantize`` (auto: int8 decode weights + bfloat16 where
+  the CPU has bfloat16 instructions, else float32);
+- llama.cpp (when ``make llama-cpp`` installed it): the runtime the worker chooses,
+  with the weight format its timed probe picks (models.llama.cpp_weights), and again
+  on f32 weights: the naive baseline's precision, so that ratio is scheduling and
+  kernels only.
+
+References (bench.llm_references): llama.cpp's own API one request at a time (1 and 2
+threads), ONNX Runtime GenAI int4 and the engine with torch.compile. The matmul
+roofline says how far tokens/s is from this CPU's limit. The last line printed is one
+JSON object.
 """
 
 from __future__ import annotations
@@ -37,10 +45,13 @@ from typing import Any
 
 import torch
 
-from bench import llama_cpp_ref
+from bench import llm_agreement
 from bench.chaos_report import cpu_times, machine
+from bench.llm_references import run_references
 from bench.loadgen import quantile
-from models.llama import ChatModel, ChatParams, EngineConfig, LoadConfig, load
+from models.llama import ChatModel, ChatParams, EngineConfig, LoadConfig, build, load
+from models.llama import cpp as cpp_runtime
+from models.llama.cpu import choose_quantize
 
 PROMPTS = [
     "Write a short poem about the sea.",
@@ -163,23 +174,65 @@ def engine(
     }
 
 
+def sweep(
+    chat: ChatModel,
+    label: str,
+    per_level: int,
+    max_tokens: int,
+    base: dict[str, Any],
+    static_for: dict[int, dict[str, Any]],
+    static_label: str,
+) -> list[dict[str, Any]]:
+    """The engine at concurrency 1, 4, 16 (ramp) and 16 (burst), each against the naive
+    float32 baseline and against static batching at ``static_label``'s precision."""
+    engine(chat, 1, 1, 8)  # warm-up
+    levels = []
+    for conc, burst in ((1, False), (4, False), (16, False), (16, True)):
+        r = engine(chat, conc, conc * per_level, max_tokens, burst=burst)
+        r["x_naive"] = r["tokens_per_s"] / base["tokens_per_s"]
+        if conc in static_for:
+            r["x_static"] = r["tokens_per_s"] / static_for[conc]["tokens_per_s"]
+        levels.append(r)
+        vs_static = f", {r['x_static']:.1f}x static {static_label}" if "x_static" in r else ""
+        print(
+            f"{label:<22} c{conc:<3}{r['start']:>5}  {r['tokens_per_s']:7.1f} tok/s "
+            f"({r['x_naive']:.1f}x naive float32{vs_static})  latency p50 "
+            f"{r['latency_p50_s']:.2f} s  ttft p50 {r['ttft_p50_s'] * 1000:.0f} ms "
+            f"p99 {r['ttft_p99_s'] * 1000:.0f} ms",
+            flush=True,
+        )
+    return levels
+
+
+def cpp_chat(args: argparse.Namespace, weights: str) -> ChatModel:
+    """The engine on llama.cpp (``weights``: a format, or auto: the timed probe)."""
+    config = LoadConfig(threads=args.threads, runtime="llama.cpp", cpp_weights=weights)
+    return build(config, EngineConfig(max_batch_size=16, max_batch_tokens=32768))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.llm_throughput")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (1: the worker default)"
+        "--threads", type=int, default=1, help="CPU threads for every runtime (1: the worker's)"
     )
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument(
-        "--dtype", default="auto", help="engine dtype (auto: float32, bfloat16 with int8)"
+        "--dtype", default="auto", help="torch engine dtype (auto: float32, bfloat16 with int8)"
     )
-    parser.add_argument("--quantize", default="int8", help="engine weights: none or int8")
+    parser.add_argument(
+        "--quantize", default="auto", help="torch engine weights: none, int8 or auto (per CPU)"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="also the engine with torch.compile (+1-3 min)"
+    )
     args = parser.parse_args(argv)
     steal0 = cpu_times()
     print("machine:", json.dumps(machine()), flush=True)
     per_level = 2 if args.quick else 4  # requests per level = concurrency x this
+    quantize = choose_quantize("cpu").quantize if args.quantize == "auto" else args.quantize
     plain = load(LoadConfig(threads=args.threads))  # the default float32 model
-    loaded = load(LoadConfig(threads=args.threads, dtype=args.dtype, quantize=args.quantize))
+    loaded = load(LoadConfig(threads=args.threads, dtype=args.dtype, quantize=quantize))
     engine_dtype = loaded.report.dtype.removeprefix("torch.")
     same = load(LoadConfig(threads=args.threads, dtype=engine_dtype))  # no int8: plain HF
     baseline = ChatModel(plain)  # its tokenizer and chat template only
@@ -190,13 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     threads = torch.get_num_threads()
     print(
         f"model {loaded.report.source} loaded in {loaded.report.seconds:.1f} s "
-        f"(cache hit: {loaded.report.cache_hit}); torch threads {threads} for all; "
-        f"naive: {plain.report.dtype} and {same.report.dtype}; engine: {loaded.report.dtype}, "
-        f"quantize {loaded.report.quantize}",
+        f"(cache hit: {loaded.report.cache_hit}); {threads} thread(s) for all; "
+        f"naive: {plain.report.dtype} and {same.report.dtype}; torch engine: "
+        f"{loaded.report.dtype}, quantize {loaded.report.quantize}",
         file=sys.stderr,
     )
-    engine(chat, 1, 1, 8)  # warm-up
-    naive(baseline, 1, 8)
+    naive(baseline, 1, 8)  # warm-up
     naive(matched, 1, 8)
     count = 4 if args.quick else 8
     base = naive(baseline, count, args.max_tokens)
@@ -218,48 +270,50 @@ def main(argv: list[str] | None = None) -> int:
                 f"static batch {batch:>3} generate  {r['tokens_per_s']:7.1f} tok/s  "
                 f"(whole batch {r['latency_s']:.2f} s, {model.loaded.report.dtype})"
             )
-    levels = []
-    for conc, burst in ((1, False), (4, False), (16, False), (16, True)):
-        r = engine(chat, conc, conc * per_level, args.max_tokens, burst=burst)
-        r["x_naive"] = r["tokens_per_s"] / base["tokens_per_s"]
+    float32_static = {b: statics[f"float32_{b}"] for b in (4, 16)}
+    levels = sweep(
+        chat,
+        f"engine torch {engine_dtype}",
+        per_level,
+        args.max_tokens,
+        base,
+        {b: statics[f"engine_precision_{b}"] for b in (4, 16)},
+        engine_dtype,
+    )
+    for r in levels:
         r["x_naive_same_precision"] = r["tokens_per_s"] / base_matched["tokens_per_s"]
-        if conc > 1:
-            r["x_static_same_precision"] = (
-                r["tokens_per_s"] / statics[f"engine_precision_{conc}"]["tokens_per_s"]
-            )
-        levels.append(r)
-        vs_static = (
-            f", {r['x_static_same_precision']:.1f}x static"
-            if "x_static_same_precision" in r
-            else ""
-        )
-        print(
-            f"engine  concurrency {conc:>3} {r['start']:>5}  {r['tokens_per_s']:7.1f} tok/s "
-            f"({r['x_naive']:.1f}x naive float32, {r['x_naive_same_precision']:.1f}x naive "
-            f"{same.report.dtype}{vs_static})  latency p50 {r['latency_p50_s']:.2f} s "
-            f"p99 {r['latency_p99_s']:.2f} s  ttft p50 {r['ttft_p50_s'] * 1000:.0f} ms "
-            f"p99 {r['ttft_p99_s'] * 1000:.0f} ms"
-        )
-    llama_cpp = {}
-    if llama_cpp_ref.available():
-        for n_threads in sorted({threads, 2}):
-            ref = llama_cpp_ref.reference(
-                loaded.report.source,
-                [conversation(i) for i in range(count)],
-                args.max_tokens,
-                n_threads,
-            )
-            assert ref is not None
-            ref["x_naive"] = ref["tokens_per_s"] / base["tokens_per_s"]
-            llama_cpp[f"threads_{n_threads}"] = ref
-            print(
-                f"llama.cpp 1 at a time  {ref['tokens_per_s']:7.1f} tok/s "
-                f"({ref['x_naive']:.1f}x naive float32)  ttft p50 "
-                f"{ref['ttft_p50_s'] * 1000:.0f} ms  latency p50 {ref['latency_p50_s']:.2f} s  "
-                f"(same GGUF, threads {n_threads})"
-            )
+        r["x_static_same_precision"] = r.get("x_static")
+    prompts = PROMPTS + llm_agreement.QUESTIONS
+    exact = llm_agreement.answers(baseline, prompts, 48)  # the float32 engine's answers
+
+    def agrees(model: ChatModel, label: str) -> dict[str, Any]:
+        result = llm_agreement.agreement(exact, llm_agreement.answers(model, prompts, 48))
+        print(f"{label:<22} {llm_agreement.describe(result)}", flush=True)
+        return result
+
+    torch_agreement = agrees(chat, f"engine torch {engine_dtype}")
+    cpp: dict[str, Any] = {}
+    if cpp_runtime.available():
+        chosen = cpp_chat(args, "auto")
+        report = chosen.loaded.report
+        print(f"llama.cpp weights chosen: {report.quantize} ({report.chosen_by})", flush=True)
+        cpp["chosen_weights"] = report.quantize
+        cpp["chosen_by"] = report.chosen_by
+        formats = [report.quantize] + [w for w in ("f32", "gguf") if w != report.quantize]
+        for weights in formats:
+            model = chosen if weights == report.quantize else cpp_chat(args, weights)
+            label = f"engine llama.cpp {weights}"
+            cpp[weights] = {
+                "levels": sweep(
+                    model, label, per_level, args.max_tokens, base, float32_static, "float32"
+                ),
+                "agreement": agrees(model, label),
+            }
+            model.close()
+        cpp["chosen"] = cpp[report.quantize]["levels"]
     else:
-        print("llama.cpp: not installed (make llama-cpp builds it): no reference")
+        print("llama.cpp: not installed (make llama-cpp builds it): the torch engine only")
+    references = run_references(args, loaded, plain, base, count, threads)
     params = sum(p.numel() for p in plain.model.parameters())  # float32, no int8 copies
     gflops = {
         name: matmul_roofline(dtype)
@@ -270,9 +324,10 @@ def main(argv: list[str] | None = None) -> int:
         f"matmul roofline: float32 {gflops['float32']:.1f} GFLOP/s, bfloat16 "
         f"{gflops['bfloat16']:.1f} GFLOP/s on {threads} thread(s): at 2 x {params / 1e6:.0f}M "
         f"FLOP per token, at most {roof['float32']:.0f} / {roof['bfloat16']:.0f} tok/s; "
-        f"engine c16 {levels[2]['tokens_per_s']:.0f} tok/s"
+        f"torch engine c16 {levels[2]['tokens_per_s']:.0f} tok/s"
+        + (f", llama.cpp engine c16 {cpp['chosen'][2]['tokens_per_s']:.0f} tok/s" if cpp else "")
     )
-    single = levels[0]
+    picked = cpp["chosen"] if cpp else levels
     out = {
         "model": str(loaded.report.source),
         "max_tokens": args.max_tokens,
@@ -285,14 +340,21 @@ def main(argv: list[str] | None = None) -> int:
         "naive_same_precision": base_matched,
         "static": statics,
         "engine": levels,
+        "engine_agreement": torch_agreement,
+        "llama_cpp_engine": cpp or None,
+        "chosen_runtime": "llama.cpp" if cpp else "torch",
+        "chosen_single_vs_naive": picked[0]["x_naive"],
+        "chosen_c16_vs_static_float32": picked[2]["tokens_per_s"]
+        / statics["float32_16"]["tokens_per_s"],
+        "chosen_ttft_p50_c1_s": picked[0]["ttft_p50_s"],
         "precision_gain_naive": base_matched["tokens_per_s"] / base["tokens_per_s"],
         "c16_vs_naive": levels[2]["x_naive"],
         "c16_vs_static_same_precision": levels[2]["x_static_same_precision"],
-        "single_vs_naive": single["x_naive"],
-        "ttft_p50_c16_vs_single": levels[2]["ttft_p50_s"] / single["ttft_p50_s"],
-        "ttft_p50_c16_burst_vs_single": levels[3]["ttft_p50_s"] / single["ttft_p50_s"],
+        "single_vs_naive": levels[0]["x_naive"],
+        "ttft_p50_c16_vs_single": levels[2]["ttft_p50_s"] / levels[0]["ttft_p50_s"],
+        "ttft_p50_c16_burst_vs_single": levels[3]["ttft_p50_s"] / levels[0]["ttft_p50_s"],
         "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in levels[:3]),
-        "llama_cpp": llama_cpp or None,
+        **references,
         "matmul_gflops": gflops,
         "roofline_tokens_per_s": roof,
         "machine": machine(steal0),

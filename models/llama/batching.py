@@ -11,7 +11,13 @@ in its own loop; there are no threads here. One step:
    batch's decode, so a new request's first token does not wait for it;
 3. decodes one token for every request that was already running (one batched
    forward pass), then merges the admitted ones in: they decode with the others from
-   the next step.
+   the next step. A runtime that can (``Forward.fused``: llama.cpp) runs the new
+   prompts and the running batch's next tokens in one forward pass instead.
+
+The forward passes belong to a runtime (``models.llama.forward.Forward``): a
+transformers model (``generate.TorchForward``, the default) or llama.cpp
+(``models.llama.cpp``); sampling, penalties, grammars and log-probabilities are
+computed here on the logits either returns.
 
 ``step()`` returns the requests that finished in it. Deadlines and all timings are
 on the injected ``clock`` (monotonic seconds by default).
@@ -24,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from transformers import LlamaForCausalLM
@@ -32,6 +38,7 @@ from transformers import LlamaForCausalLM
 from models.llama import generate
 from models.llama.config import EngineConfig, GrammarSpec, SamplingParams
 from models.llama.errors import InvalidRequestError, PromptTooLongError, RequestTooLargeError
+from models.llama.forward import BatchState, Forward
 from models.llama.sampling import TokenLogprob, choose, logprob_of, make_generator, penalise
 
 FinishReason = Literal["stop", "length", "deadline"]
@@ -96,11 +103,12 @@ class _Sequence:
 
 
 class BatchEngine:
-    """Serves many generation requests at once over one ``LlamaForCausalLM``."""
+    """Serves many generation requests at once over one model: a ``LlamaForCausalLM``
+    (run by ``generate.TorchForward``) or another runtime's ``Forward``."""
 
     def __init__(
         self,
-        model: LlamaForCausalLM,
+        model: LlamaForCausalLM | Forward[Any],
         config: EngineConfig | None = None,
         *,
         eos_token_ids: Collection[int] = (),
@@ -109,10 +117,14 @@ class BatchEngine:
         constrain: Constrain | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.model = model
+        self.forward: Forward[Any] = (
+            generate.TorchForward(model, pad_token_id)
+            if isinstance(model, LlamaForCausalLM)
+            else model
+        )
         self._constrain = constrain
         self.config = config or EngineConfig()
-        self.context_window = int(model.config.max_position_embeddings)
+        self.context_window = self.forward.context_window
         self._eos = frozenset(eos_token_ids)
         self._pad = pad_token_id
         self._decode = decode
@@ -120,7 +132,7 @@ class BatchEngine:
         self._ids = itertools.count(1)
         self._waiting: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []  # row i of self._batch is self._running[i]
-        self._batch: generate.PaddedBatch | None = None
+        self._batch: BatchState | None = None
         self._step_s = 0.0  # smoothed duration of a step (0 until one ran)
 
     def reset(self) -> list[str]:
@@ -130,6 +142,7 @@ class BatchEngine:
         self._waiting.clear()
         self._running = []
         self._batch = None
+        self.forward.reset()
         return dropped
 
     @property
@@ -192,14 +205,24 @@ class BatchEngine:
         started = self._clock()
         self._expire(started)
         self._retire(done)
-        admitted, fresh = self._admit()
+        admitted = self._admit()
+        prompts = [s.prompt for s in admitted]
         decoded = self._batch is not None
-        if self._batch is not None:
-            logits = generate.decode(self.model, self._batch)  # (B, vocab)
+        fresh: BatchState | None = None
+        if admitted and self._batch is not None and self.forward.fused:
+            logits, fresh, fresh_logits = self.forward.decode_and_prefill(self._batch, prompts)
+            self._accept(admitted, fresh_logits, fresh)
             self._accept(self._running, logits, self._batch)
+        else:
+            if admitted:  # first: a new request's first token does not wait for the decode
+                fresh, fresh_logits = self.forward.prefill(prompts)
+                self._accept(admitted, fresh_logits, fresh)
+            if self._batch is not None:
+                logits = self.forward.decode(self._batch)  # (B, vocab)
+                self._accept(self._running, logits, self._batch)
         if fresh is not None:
             self._running.extend(admitted)
-            self._batch = fresh if self._batch is None else generate.merge(self._batch, fresh)
+            self._batch = fresh if self._batch is None else self.forward.merge(self._batch, fresh)
         self._retire(done)
         if fresh is not None or decoded:
             elapsed = self._clock() - started
@@ -238,14 +261,12 @@ class BatchEngine:
             if seq.deadline is not None and now + self._step_s >= seq.deadline:
                 seq.finish_reason = "deadline"
 
-    def _accept(
-        self, seqs: list[_Sequence], logits: torch.Tensor, batch: generate.PaddedBatch
-    ) -> None:
+    def _accept(self, seqs: list[_Sequence], logits: torch.Tensor, batch: BatchState) -> None:
         """Choose each row's next token, record it, and check its stop conditions."""
         params = [s.params for s in seqs]
         logits = penalise(logits, params, [s.tokens for s in seqs])
         tokens = choose(_masked(logits, seqs), params, [s.generator for s in seqs])
-        batch.next_ids = torch.tensor(tokens, dtype=torch.long, device=batch.mask.device)
+        batch.next_ids = torch.tensor(tokens, dtype=torch.long, device=batch.next_ids.device)
         now = self._clock()
         for row, (seq, token) in enumerate(zip(seqs, tokens, strict=True)):
             if seq.params.logprobs is not None and token not in self._eos:
@@ -280,10 +301,10 @@ class BatchEngine:
         done.extend(seq for seq in self._running if seq.finish_reason is not None)
         self._running = [self._running[row] for row in keep]
         if self._batch is not None:
-            self._batch = generate.select(self._batch, keep) if keep else None
+            self._batch = self.forward.select(self._batch, keep)
 
-    def _admit(self) -> tuple[list[_Sequence], generate.PaddedBatch | None]:
-        """Prefill the waiting requests that fit; they and their batch (None if none)."""
+    def _admit(self) -> list[_Sequence]:
+        """The waiting requests that fit, taken from the queue (first come, first served)."""
         reserved = sum(seq.reserved_tokens for seq in self._running)
         admitted: list[_Sequence] = []
         while self._waiting and len(self._running) + len(admitted) < self.config.max_batch_size:
@@ -292,14 +313,10 @@ class BatchEngine:
                 break
             reserved += head.reserved_tokens
             admitted.append(self._waiting.popleft())
-        if not admitted:
-            return admitted, None
         now = self._clock()
         for seq in admitted:
             seq.admitted_at = now
-        fresh, logits = generate.prefill(self.model, [s.prompt for s in admitted], self._pad)
-        self._accept(admitted, logits, fresh)
-        return admitted, fresh
+        return admitted
 
     def _decoded(self, seq: _Sequence) -> str:
         """The decoding of ``seq``'s tokens so far, decoded once per new token (the stop

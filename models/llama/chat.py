@@ -9,13 +9,17 @@ blocking convenience for scripts and tests.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Collection, Sequence
-from typing import Literal, TypedDict
+from typing import Any, Literal, TypedDict
+
+import torch
 
 from models.llama.batching import BatchEngine, FinishReason, GenerationResult
 from models.llama.config import EngineConfig, GrammarSpec, LoadConfig, SamplingParams
 from models.llama.errors import InvalidRequestError, ModelLoadError
+from models.llama.forward import Forward
 from models.llama.grammar import Constraint, Grammars
 from models.llama.loader import LoadedModel, load
 
@@ -48,8 +52,10 @@ class ChatModel:
         loaded: LoadedModel,
         engine: EngineConfig | None = None,
         *,
+        forward: Forward[Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``forward`` runs the model's forward passes (None: ``loaded.model`` in torch)."""
         tokenizer = loaded.tokenizer
         if not getattr(tokenizer, "chat_template", None):
             raise ModelLoadError(f"the tokenizer of {loaded.report.source} has no chat template")
@@ -58,8 +64,9 @@ class ChatModel:
         eos = {int(t) for t in _as_list(loaded.model.generation_config.eos_token_id)}
         eos |= {int(t) for t in _as_list(tokenizer.eos_token_id)}
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos, default=0)
+        self.vocab_size = int(loaded.model.config.vocab_size)
         self.engine = BatchEngine(
-            loaded.model,
+            forward or loaded.model,
             engine,
             eos_token_ids=eos,
             pad_token_id=int(pad),
@@ -73,13 +80,18 @@ class ChatModel:
     def _constraint(self, spec: GrammarSpec) -> Constraint:
         """A request's grammar; the tokenizer's grammar tables are built on first use."""
         if self._grammars is None:
-            vocab = int(self.loaded.model.config.vocab_size)
-            self._grammars = Grammars(self.tokenizer, vocab, self._eos)
+            self._grammars = Grammars(self.tokenizer, self.vocab_size, self._eos)
         return self._grammars.constraint(spec)
 
     @property
     def context_window(self) -> int:
         return self.engine.context_window
+
+    def close(self) -> None:
+        """Free what the runtime holds outside Python (llama.cpp's model and cache)."""
+        close = getattr(self.engine.forward, "close", None)
+        if close is not None:
+            close()
 
     @property
     def has_work(self) -> bool:
@@ -169,8 +181,57 @@ class ChatModel:
 
 
 def build(config: LoadConfig | None = None, engine: EngineConfig | None = None) -> ChatModel:
-    """Load a model (see ``LoadConfig``) and wrap it for chat."""
-    return ChatModel(load(config), engine)
+    """Load a model (see ``LoadConfig``) and wrap it for chat, on the runtime the config
+    names."""
+    config = config or LoadConfig()
+    if config.runtime == "torch":
+        return ChatModel(load(config), engine)
+    return _build_llama_cpp(config, engine or EngineConfig())
+
+
+def _build_llama_cpp(config: LoadConfig, engine: EngineConfig) -> ChatModel:
+    """The tokenizer, chat template and model config from transformers (the model's
+    torch weights are dropped: llama.cpp computes from the GGUF file itself)."""
+    from models.llama import cpp_weights  # noqa: PLC0415 - optional dependency
+    from models.llama.cpp import LlamaCppForward  # noqa: PLC0415
+
+    loaded = load(dataclasses.replace(config, runtime="torch", dtype="float32"))
+    if loaded.report.kind != "gguf":
+        raise ModelLoadError(
+            f"the llama.cpp runtime runs a GGUF file; {loaded.report.source} is a folder"
+        )
+    torch.nn.Module.to(loaded.model, device="meta")  # frees the weights; config stays
+    source = loaded.report.source
+
+    def make(kind: str) -> LlamaCppForward:
+        folder = loaded.report.folder.with_name(loaded.report.folder.name + ".llama-cpp")
+        path = source if kind == "gguf" else cpp_weights.converted(source, kind, folder)
+        return LlamaCppForward(
+            path,
+            threads=config.threads or 1,
+            max_sequences=engine.max_batch_size,
+            cache_tokens=engine.max_batch_tokens,
+            context_window=loaded.context_window,
+        )
+
+    if config.cpp_weights == "auto":
+        probe, forward = cpp_weights.choose(cpp_weights.PROBE_FORMATS, make)
+        chosen, reason = probe.chosen, probe.reason
+    else:
+        forward, chosen, reason = make(config.cpp_weights), config.cpp_weights, "set"
+    if forward.vocab_size != int(loaded.model.config.vocab_size):
+        raise ModelLoadError(
+            f"llama.cpp reads {forward.vocab_size} tokens in {loaded.report.source}; "
+            f"the tokenizer's model config has {loaded.model.config.vocab_size}"
+        )
+    loaded.report = dataclasses.replace(
+        loaded.report,
+        dtype=f"{chosen} ({forward.description})",
+        quantize=chosen,
+        runtime="llama.cpp",
+        chosen_by=reason,
+    )
+    return ChatModel(loaded, engine, forward=forward)
 
 
 def _as_list(value: int | Sequence[int] | None) -> list[int]:

@@ -14,6 +14,8 @@ MAX_TOP_LOGPROBS = 20
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Quantize = Literal["none", "int8"]
+Runtime = Literal["torch", "llama.cpp"]
+CppWeights = Literal["auto", "gguf", "f32", "f16", "bf16", "q8_0"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,16 @@ class LoadConfig:
     on CPU, with the same caveat. ``threads`` sets torch's intra-op CPU threads for the
     whole process (``None``: torch's default); on a small machine shared with other
     processes, 1 is often much faster than oversubscribed cores.
+
+    ``runtime`` runs the forward passes: ``torch`` (transformers, with ``device``,
+    ``dtype`` and ``quantize``) or ``llama.cpp`` (``models.llama.cpp``: a GGUF source
+    only, computed with the file's own quantized weights on ``threads`` threads; the
+    tokenizer and chat template still come from transformers, so both runtimes see
+    the same tokens). ``cpp_weights`` is what llama.cpp computes with: the file's own
+    weights (``gguf``), a conversion of them (``q8_0``, ``bf16``, ``f16``, ``f32``; made
+    once with llama.cpp's quantizer and cached), or ``auto``: the faster of ``f16`` and
+    ``f32`` (the formats that keep the model's answers) on this machine by a timed probe
+    of a few seconds at load (``models.llama.cpp_weights``).
     """
 
     source: Path | str | None = None
@@ -44,10 +56,14 @@ class LoadConfig:
     dtype: DType = "auto"
     quantize: Quantize = "none"
     threads: int | None = None
+    runtime: Runtime = "torch"
+    cpp_weights: CppWeights = "gguf"
 
     def __post_init__(self) -> None:
         if self.quantize == "int8" and self.dtype not in ("auto", "bfloat16"):
             raise ValueError(f"quantize='int8' computes in bfloat16, not {self.dtype}")
+        if self.runtime == "llama.cpp" and (self.quantize != "none" or self.device != "cpu"):
+            raise ValueError("the llama.cpp runtime runs on the CPU with the GGUF's own weights")
 
 
 @dataclass(frozen=True)

@@ -70,3 +70,10 @@ class RequestTooLargeError(InvalidRequestError):
     """prompt + max_tokens exceeds the engine's token budget: it could never be admitted."""
 
     code = "request_too_large"
+
+
+class DecodeError(LlamaError):
+    """The model runtime refused or failed a forward pass (the engine's state is then
+    unknown: the caller resets it)."""
+
+    code = "decode_failed"

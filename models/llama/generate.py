@@ -143,3 +143,37 @@ def select(batch: PaddedBatch, rows: Sequence[int]) -> PaddedBatch:
         positions=batch.positions.index_select(0, index),
         next_ids=batch.next_ids.index_select(0, index),
     )
+
+
+class TorchForward:
+    """The ``models.llama.forward.Forward`` of a transformers ``LlamaForCausalLM``:
+    a left-padded ``PaddedBatch`` (prefill and decode are separate passes)."""
+
+    fused = False
+
+    def __init__(self, model: LlamaForCausalLM, pad_id: int) -> None:
+        self.model = model
+        self.pad_id = pad_id
+        self.context_window = int(model.config.max_position_embeddings)
+
+    def prefill(self, prompts: Sequence[Sequence[int]]) -> tuple[PaddedBatch, torch.Tensor]:
+        return prefill(self.model, prompts, self.pad_id)
+
+    def decode(self, state: PaddedBatch) -> torch.Tensor:
+        return decode(self.model, state)
+
+    def decode_and_prefill(
+        self, state: PaddedBatch, prompts: Sequence[Sequence[int]]
+    ) -> tuple[torch.Tensor, PaddedBatch, torch.Tensor]:
+        logits = self.decode(state)
+        fresh, fresh_logits = self.prefill(prompts)
+        return logits, fresh, fresh_logits
+
+    def merge(self, a: PaddedBatch, b: PaddedBatch) -> PaddedBatch:
+        return merge(a, b)
+
+    def select(self, state: PaddedBatch, rows: Sequence[int]) -> PaddedBatch | None:
+        return select(state, rows) if rows else None
+
+    def reset(self) -> None:
+        """Nothing to release: a ``PaddedBatch`` owns its cache."""

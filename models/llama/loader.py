@@ -54,6 +54,9 @@ class LoadReport:
     device: str
     dtype: str
     quantize: str = "none"
+    runtime: str = "torch"
+    chosen_by: str = ""
+    """How a runtime's weight format was chosen (llama.cpp's timed probe), if it was."""
 
 
 @dataclass

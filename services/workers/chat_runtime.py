@@ -35,6 +35,18 @@ class ChatRuntimeParams(BaseModel):
     cache_root: str | None = None
     device: str = "cpu"
     """"cpu", "cuda[:n]" or "auto" (CUDA when available)."""
+    runtime: Literal["auto", "torch", "llama.cpp"] = "auto"
+    """What runs the forward passes (models.llama.cpu.choose_runtime): ``llama.cpp``
+    (the GGUF's own weights, kernels built for this CPU; needs ``make llama-cpp``),
+    ``torch`` (``dtype`` and ``quantize`` apply), or ``auto``: when ``quantize`` is
+    ``auto`` too (the machine picks), llama.cpp on a CPU with a GGUF source where it is
+    installed, else torch; a set ``quantize`` means torch. Logged and in
+    rdv_worker_chat_engine_info."""
+    cpp_weights: Literal["auto", "gguf", "f32", "f16", "bf16", "q8_0"] = "auto"
+    """llama.cpp only: the GGUF's own weights, a conversion of them, or ``auto``: the
+    faster of f16 and f32 (they keep the model's answers; gguf, q8_0 and bf16 are faster
+    on some CPUs but change them) on this machine by a timed probe at load
+    (models.llama.cpp_weights)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     quantize: Literal["none", "int8", "auto"] = "none"
     """``int8``: int8 copies of the linear weights for decode steps, bfloat16 compute
@@ -67,15 +79,25 @@ class ChatRuntime(ModelRuntime):
     def load(self) -> None:
         from models.llama.chat import build  # noqa: PLC0415 - torch only in model workers
         from models.llama.config import EngineConfig, LoadConfig  # noqa: PLC0415
-        from models.llama.cpu import EngineChoice, choose_quantize  # noqa: PLC0415
+        from models.llama.cpu import (  # noqa: PLC0415
+            EngineChoice,
+            choose_quantize,
+            choose_runtime,
+        )
         from models.llama.errors import LlamaError  # noqa: PLC0415
 
         c = self.config
-        choice = (
-            choose_quantize(c.device)
-            if c.quantize == "auto"
-            else EngineChoice(c.quantize, "set in the spec")
+        runtime = choose_runtime(
+            "torch" if c.runtime == "auto" and c.quantize != "auto" else c.runtime,
+            c.device,
+            c.source,
         )
+        if runtime.runtime == "llama.cpp":
+            choice = EngineChoice("none", runtime.reason)
+        elif c.quantize == "auto":
+            choice = choose_quantize(c.device)
+        else:
+            choice = EngineChoice(c.quantize, "set in the spec")
         try:
             self.chat = build(
                 LoadConfig(
@@ -85,21 +107,32 @@ class ChatRuntime(ModelRuntime):
                     dtype=c.dtype,
                     threads=c.threads,
                     quantize="int8" if choice.quantize == "int8" else "none",
+                    runtime="llama.cpp" if runtime.runtime == "llama.cpp" else "torch",
+                    cpp_weights=c.cpp_weights,
                 ),
                 EngineConfig(max_batch_size=c.max_batch_size, max_batch_tokens=c.max_batch_tokens),
             )
-        except (LlamaError, OSError, ValueError) as exc:
+        except (LlamaError, OSError, ValueError) as exc:  # ValueError: LoadConfig's checks
             raise ConfigError(f"runtime 'llama-chat' cannot load the model: {exc}") from exc
         report = self.chat.loaded.report
+        if report.chosen_by:
+            choice = EngineChoice(choice.quantize, f"{choice.reason}; {report.chosen_by}")
         log.info(
             "chat engine settings",
-            extra={"dtype": report.dtype, "quantize": report.quantize, "chosen_by": choice.reason},
+            extra={
+                "runtime": report.runtime,
+                "dtype": report.dtype,
+                "quantize": report.quantize,
+                "chosen_by": choice.reason,
+            },
         )
-        ENGINE_INFO.labels(report.dtype, report.quantize, choice.reason).set(1)
+        ENGINE_INFO.labels(report.runtime, report.dtype, report.quantize, choice.reason).set(1)
         super().load()
 
     def unload(self) -> None:
         super().unload()
+        if self.chat is not None:
+            self.chat.close()
         self.chat = None
 
     def sampling(self, payload: ChatPayload) -> Any:

@@ -20,8 +20,8 @@ BATCH_SIZE = Histogram(
 )
 ENGINE_INFO = Gauge(
     "rdv_worker_chat_engine_info",
-    "The chat engine's precision in this process (1) and what chose it",
-    ["dtype", "quantize", "chosen_by"],
+    "The chat engine's runtime and precision in this process (1) and what chose them",
+    ["runtime", "dtype", "quantize", "chosen_by"],
 )
 SCORED = Counter("rdv_worker_scored_total", "Requests scored successfully (status ok)", ["model"])
 ERRORS = Counter("rdv_worker_errors_total", "Requests answered with an error score", ["model"])
