@@ -9,13 +9,12 @@ Optional: ``make llama-cpp`` builds and installs llama-cpp-python; without it
 from __future__ import annotations
 
 import importlib.util
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.loadgen import quantile
+from bench.one_by_one import one_by_one, timed
 
 
 def available() -> bool:
@@ -44,23 +43,7 @@ def reference(
     )
     run = _runner(llm, max_tokens, clock)
     run(conversations[0][:1], 8)  # warm-up
-    ttft, latency, tokens = [], [], 0
-    started = clock()
-    for messages in conversations:
-        first, done, count = run(messages, max_tokens)
-        ttft.append(first)
-        latency.append(done)
-        tokens += count
-    wall = clock() - started
-    return {
-        "threads": threads,
-        "requests": len(conversations),
-        "tokens": tokens,
-        "tokens_per_s": tokens / wall,
-        "ttft_p50_s": statistics.median(ttft),
-        "ttft_p99_s": quantile(ttft, 0.99),
-        "latency_p50_s": statistics.median(latency),
-    }
+    return {"threads": threads} | one_by_one(run, conversations, max_tokens, clock)
 
 
 def _runner(
@@ -70,18 +53,9 @@ def _runner(
     end, tokens generated: the streamed chunks that carried text, one token each)."""
 
     def run(messages: list[dict[str, str]], limit: int) -> tuple[float, float, int]:
-        t0 = clock()
-        first = None
-        count = 0
         stream = llm.create_chat_completion(
             messages=messages, max_tokens=limit, temperature=0.0, stream=True
-        )
-        for chunk in stream:
-            if chunk["choices"][0]["delta"].get("content"):
-                count += 1
-                if first is None:
-                    first = clock() - t0
-        done = clock() - t0
-        return (done if first is None else first), done, count
+        )  # lazy: the prompt pass runs inside the timing
+        return timed((chunk["choices"][0]["delta"].get("content") for chunk in stream), clock)
 
     return run

@@ -17,16 +17,15 @@ import importlib.util
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.loadgen import quantile
+from bench.one_by_one import one_by_one, timed
 
 MARKER = "rendezvous-build.json"  # written last: its presence means a complete build
 Runner = Callable[[list[int], int], tuple[float, float, int]]
@@ -132,26 +131,16 @@ def reference(
     run = _runner(generator, clock)
     prompts = [prompt_ids(tokenizer, m) for m in conversations]
     run(prompts[0], 8)  # warm-up
-    ttft, latency, tokens = [], [], 0
-    started = clock()
-    for ids in prompts:
-        first, done, count = run(ids, max_tokens)
-        ttft.append(first)
-        latency.append(done)
-        tokens += count
-    wall = clock() - started
+    figures = one_by_one(run, prompts, max_tokens, clock)
     marker = json.loads((model_dir / MARKER).read_text()) if (model_dir / MARKER).is_file() else {}
-    return {
-        "threads": threads,
-        "requests": len(conversations),
-        "tokens": tokens,
-        "tokens_per_s": tokens / wall,
-        "ttft_p50_s": statistics.median(ttft),
-        "ttft_p99_s": quantile(ttft, 0.99),
-        "latency_p50_s": statistics.median(latency),
-        "precision": marker.get("precision"),
-        "build_s": marker.get("build_s"),
-    }
+    return (
+        {"threads": threads}
+        | figures
+        | {
+            "precision": marker.get("precision"),
+            "build_s": marker.get("build_s"),
+        }
+    )
 
 
 def _runner(generator: Callable[[list[int], int], Any], clock: Callable[[], float]) -> Runner:
@@ -160,15 +149,12 @@ def _runner(generator: Callable[[list[int], int], Any], clock: Callable[[], floa
     ``generator`` makes an ORT GenAI generator that has the prompt appended (prefill)."""
 
     def run(ids: list[int], limit: int) -> tuple[float, float, int]:
-        t0 = clock()
-        gen = generator(ids, limit)
-        first, count = None, 0
-        while not gen.is_done():
-            gen.generate_next_token()
-            count += 1
-            if first is None:
-                first = clock() - t0
-        done = clock() - t0
-        return (done if first is None else first), done, count
+        def tokens() -> Iterator[bool]:
+            gen = generator(ids, limit)  # appends the prompt: its pass counts
+            while not gen.is_done():
+                gen.generate_next_token()
+                yield True
+
+        return timed(tokens(), clock)
 
     return run

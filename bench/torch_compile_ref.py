@@ -17,7 +17,7 @@ why, next to the uncompiled figures.
 from __future__ import annotations
 
 import copy
-import statistics
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch._dynamo.utils import counters
 
-from bench.loadgen import quantile
+from bench.one_by_one import one_by_one
 from models.llama import ChatModel, ChatParams, LoadedModel
 
 
@@ -45,27 +45,18 @@ def one_at_a_time(
 ) -> dict[str, Any]:
     """Each conversation submitted alone and stepped to its answer: the figures."""
     params = ChatParams(max_tokens=max_tokens, temperature=0.0)
-    ttft, latency, tokens = [], [], 0
-    started = clock()
-    for messages in conversations:
+
+    def run(messages: list[dict[str, str]], limit: int) -> tuple[float, float, int]:
         t0 = clock()
-        chat.submit(messages, params)  # type: ignore[arg-type]
+        chat.submit(messages, dataclasses.replace(params, max_tokens=limit))  # type: ignore[arg-type]
         results = []
         while chat.has_work:
             results.extend(chat.step())
-        latency.append(clock() - t0)
-        tokens += sum(r.completion_tokens for r in results)
+        done = clock() - t0
         first = results[0].ttft_s if results else None
-        ttft.append(latency[-1] if first is None else first)
-    wall = clock() - started
-    return {
-        "requests": len(conversations),
-        "tokens": tokens,
-        "tokens_per_s": tokens / wall,
-        "ttft_p50_s": statistics.median(ttft),
-        "ttft_p99_s": quantile(ttft, 0.99),
-        "latency_p50_s": statistics.median(latency),
-    }
+        return (done if first is None else first), done, sum(r.completion_tokens for r in results)
+
+    return one_by_one(run, conversations, max_tokens, clock)
 
 
 def reference(
