@@ -126,7 +126,6 @@ class BatchEngine:
         self.config = config or EngineConfig()
         self.context_window = self.forward.context_window
         self._eos = frozenset(eos_token_ids)
-        self._pad = pad_token_id
         self._decode = decode
         self._clock = clock
         self._ids = itertools.count(1)

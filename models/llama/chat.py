@@ -87,6 +87,12 @@ class ChatModel:
     def context_window(self) -> int:
         return self.engine.context_window
 
+    @property
+    def prompt_tokens_reused(self) -> int:
+        """Prompt tokens the runtime took from a cached shared start instead of computing
+        them, so far (llama.cpp; 0 on torch)."""
+        return int(getattr(self.engine.forward, "prefix_tokens_reused", 0))
+
     def close(self) -> None:
         """Free what the runtime holds outside Python (llama.cpp's model and cache)."""
         close = getattr(self.engine.forward, "close", None)

@@ -77,6 +77,7 @@ class ChatWorker(ModelWorker):
         self._pending: dict[str, tuple[Record, RequestEnvelope, float, float]] = {}
         self._streams: dict[str, _Stream] = {}
         self._extra: dict[str, list[Record]] = {}  # more records of a request in the engine
+        self._reused = 0  # prompt tokens the runtime took from its cache, counted so far
 
     @property
     def busy(self) -> bool:
@@ -140,6 +141,9 @@ class ChatWorker(ModelWorker):
             self._fail_all(ctx, exc)
             return
         PREDICT_SECONDS.labels(self.spec.name).observe(time.perf_counter() - t0)
+        if (reused := self.model.chat.prompt_tokens_reused) > self._reused:
+            TOKENS.labels(self.spec.name, "prompt_reused").inc(reused - self._reused)
+            self._reused = reused
         finished = self._clock()
         for result in results:
             entry = self._pending.pop(result.request_id, None)

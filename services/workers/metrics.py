@@ -35,7 +35,12 @@ REDELIVERED = Counter(
     "Request records read again while their request was still generating (held, not failed)",
     ["model"],
 )
-TOKENS = Counter("rdv_worker_tokens_total", "Tokens of generative models", ["model", "kind"])
+TOKENS = Counter(
+    "rdv_worker_tokens_total",
+    "Tokens of generative models (kind: prompt, completion, prompt_reused: prompt tokens "
+    "taken from the runtime's cache of a shared prompt start)",
+    ["model", "kind"],
+)
 TTFT = Histogram(
     "rdv_worker_time_to_first_token_seconds",
     "From a request's submission to its first generated token",

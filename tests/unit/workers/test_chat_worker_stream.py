@@ -29,6 +29,7 @@ class ScriptedChat:
         self.script = script
         self.running: list[str] = []
         self.steps = 0
+        self.prompt_tokens_reused = 0  # a runtime without a prompt cache
 
     def submit(self, _messages: Any, _params: Any, *, deadline: float, request_id: str) -> str:
         self.running.append(request_id)
@@ -95,6 +96,24 @@ def test_a_streaming_request_gets_a_delta_per_step_with_new_text() -> None:
     after = REGISTRY.get_sample_value("rdv_worker_stream_deltas_total", {"model": "smol"})
     assert after == sent + 3
     assert not worker.busy
+
+
+def test_prompt_tokens_taken_from_the_runtimes_cache_are_counted() -> None:
+    class CachingChat(ScriptedChat):
+        def step(self) -> list[GenerationResult]:
+            self.prompt_tokens_reused += 24  # as if each step admitted a prompt with a cached start
+            return super().step()
+
+    runtime = ChatRuntime({})
+    runtime.chat = CachingChat({"c": ["a", "ab", "abc"]})
+    spec = parse_inline("llama-chat:name=cached,role=champion,version=1,endpoints=chat")
+    worker = ChatWorker(spec, runtime, "rdv.scores")
+    labels = {"model": "cached", "kind": "prompt_reused"}
+    before = REGISTRY.get_sample_value("rdv_worker_tokens_total", labels) or 0.0
+    worker.process([_inbound(_payload(False), "c")], Context())
+    for _ in range(3):
+        worker.tick(0.0, Context())
+    assert REGISTRY.get_sample_value("rdv_worker_tokens_total", labels) == before + 72
 
 
 def test_a_payload_without_stream_is_not_streamed() -> None:
