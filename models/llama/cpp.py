@@ -35,8 +35,8 @@ import torch
 from models.llama.errors import DecodeError, ModelLoadError
 
 log = logging.getLogger("rdv.llama_cpp")
-GGML_LOG_LEVEL_ERROR = 3
-_log_callback: Any = None  # llama.cpp's C logs: errors to Python logging, the rest dropped
+GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR = 3, 4  # ggml.h (debug 1, info 2, cont 5)
+_log_callback: Any = None  # llama.cpp's C logs: warnings and errors to Python logging
 
 
 def available() -> bool:
@@ -45,8 +45,9 @@ def available() -> bool:
 
 
 def library() -> Any:
-    """The ``llama_cpp`` module, its C logs limited to errors; ``ModelLoadError`` when
-    it is not installed."""
+    """The ``llama_cpp`` module, its C logs' warnings and errors sent to Python logging
+    (structured, like every other log line) and the rest dropped; ``ModelLoadError``
+    when it is not installed."""
     if not available():
         raise ModelLoadError(
             "the llama.cpp runtime needs llama-cpp-python: `make llama-cpp` builds it"
@@ -56,11 +57,12 @@ def library() -> Any:
     global _log_callback  # noqa: PLW0603 - C keeps a pointer to it: it must stay alive
     if _log_callback is None:
 
-        def forward_errors(level: int, text: bytes, user_data: Any) -> None:
-            if level == GGML_LOG_LEVEL_ERROR:
-                log.error(text.decode(errors="replace").rstrip())
+        def forward_warnings(level: int, text: bytes, user_data: Any) -> None:
+            if level in (GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR):
+                severity = logging.ERROR if level == GGML_LOG_LEVEL_ERROR else logging.WARNING
+                log.log(severity, text.decode(errors="replace").rstrip())
 
-        _log_callback = llama_cpp.llama_log_callback(forward_errors)
+        _log_callback = llama_cpp.llama_log_callback(forward_warnings)
         llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
     return llama_cpp
 

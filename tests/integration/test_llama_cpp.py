@@ -7,6 +7,7 @@ builds it with `make llama-cpp`)."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,3 +178,22 @@ def test_the_workers_runtime_chooses_llama_cpp_when_the_precision_is_left_to_it(
         assert pinned.chat.loaded.report.runtime == "torch"
     finally:
         pinned.unload()
+
+
+def test_llama_cpps_own_warnings_reach_python_logging_as_warnings(
+    f32_chat: ChatModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    cpp = forward_of(f32_chat)
+    with caplog.at_level(logging.INFO, logger="rdv.llama_cpp"):
+        # a cache larger than one sequence's window: llama.cpp warns at the context start
+        extra = LlamaCppForward(
+            f32_chat.loaded.report.source,
+            threads=1,
+            max_sequences=2,
+            cache_tokens=cpp.context_window * 2,
+            context_window=cpp.context_window,
+        )
+        extra.close()
+    records = [r for r in caplog.records if r.name == "rdv.llama_cpp"]
+    assert any("n_ctx_train" in r.getMessage() for r in records)
+    assert {r.levelno for r in records} == {logging.WARNING}
