@@ -91,13 +91,11 @@ class ChatModel:
     def prompt_tokens_reused(self) -> int:
         """Prompt tokens the runtime took from a cached shared start instead of computing
         them, so far (llama.cpp; 0 on torch)."""
-        return int(getattr(self.engine.forward, "prefix_tokens_reused", 0))
+        return self.engine.forward.tokens_reused
 
     def close(self) -> None:
         """Free what the runtime holds outside Python (llama.cpp's model and cache)."""
-        close = getattr(self.engine.forward, "close", None)
-        if close is not None:
-            close()
+        self.engine.forward.close()
 
     @property
     def has_work(self) -> bool:

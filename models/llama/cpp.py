@@ -91,6 +91,10 @@ class LlamaCppForward:
 
     fused = True
 
+    @property
+    def tokens_reused(self) -> int:
+        return self.prefix_tokens_reused
+
     def __init__(
         self,
         gguf: Path,
@@ -255,7 +259,7 @@ class LlamaCppForward:
         """Decode ``tokens`` in chunks; the logits (rows, vocab) of those that want
         them, in order."""
         lib, batch = self._lib, self._batch
-        rows: list[np.ndarray] = []
+        blocks: list[np.ndarray] = []
         for start in range(0, len(tokens), self._chunk):
             part = tokens[start : start + self._chunk]
             for i, (token, pos, seq, wants) in enumerate(part):
@@ -268,11 +272,14 @@ class LlamaCppForward:
             status = lib.llama_decode(self._ctx, batch)
             if status != 0:
                 raise DecodeError(f"llama_decode failed with status {status}")
-            for i, (_, _, _, wants) in enumerate(part):
-                if wants:
-                    ptr = lib.llama_get_logits_ith(self._ctx, i)
-                    rows.append(np.ctypeslib.as_array(ptr, shape=(self.vocab_size,)).copy())
-        return torch.from_numpy(np.stack(rows)) if rows else torch.empty(0, self.vocab_size)
+            if outputs := sum(wants for *_, wants in part):
+                # the wanted rows, contiguous in batch order; copied once, before the
+                # next pass reuses the buffer
+                logits = lib.llama_get_logits(self._ctx)
+                blocks.append(np.ctypeslib.as_array(logits, (outputs, self.vocab_size)).copy())
+        if not blocks:
+            return torch.empty(0, self.vocab_size)
+        return torch.from_numpy(blocks[0] if len(blocks) == 1 else np.concatenate(blocks))
 
 
 def _common_start(a: Sequence[int], b: Sequence[int], limit: int) -> int:

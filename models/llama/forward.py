@@ -62,3 +62,12 @@ class Forward(Protocol[State]):
     def reset(self) -> None:
         """Release every sequence (after a failed step, when the state is unknown)."""
         ...
+
+    @property
+    def tokens_reused(self) -> int:
+        """Prompt tokens taken from a cache instead of computed, so far (0: no cache)."""
+        ...
+
+    def close(self) -> None:
+        """Free what the runtime holds outside Python."""
+        ...

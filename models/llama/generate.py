@@ -177,3 +177,8 @@ class TorchForward:
 
     def reset(self) -> None:
         """Nothing to release: a ``PaddedBatch`` owns its cache."""
+
+    tokens_reused = 0  # no prompt cache
+
+    def close(self) -> None:
+        """Nothing held outside Python."""
