@@ -31,29 +31,57 @@ class Variant:
     name: str
     env: dict[str, str] = field(default_factory=dict)
     jvm: list[str] | None = None
+    cohost: bool = False  # the three models in one worker process (services.workers.cohost)
+    broker: dict[str, str] | None = None  # broker properties over LocalBroker's
+    extra: dict[str, str] = field(default_factory=dict)  # more models, a process each
 
 
-TODAY = Variant("today", {"RDV_WORKER_OFF_PATH_WAIT_MS": "0"})
+OLD_WAKEUPS = {
+    "RDV_WORKER_IDLE_POLL_MS": "20",
+    "RDV_GATEWAY_REPLY_POLL_MS": "10",
+    "RDV_GATEWAY_LOOP_LAG_INTERVAL_MS": "5",
+}
+"""The idle wake-ups before this change: workers every 20 ms, the gateway's reply
+thread every 10 ms and its loop-lag timer every 5 ms."""
+TODAY = Variant("issue filed", {"RDV_WORKER_OFF_PATH_WAIT_MS": "0", **OLD_WAKEUPS})
+LINGER = {"RDV_KAFKA_CLIENT_CONFIG": json.dumps({"linger.ms": "1"})}
 VARIANTS = (
     TODAY,
-    Variant("canary reads in batches", {}),
+    Variant("canary reads in batches", OLD_WAKEUPS),
+    Variant("+ fewer idle wake-ups", {}),
+    Variant("+ co-hosted models", {}, cohost=True),
+    Variant("+ producers linger 1 ms", LINGER, cohost=True),
     Variant(
-        "+ idle fetches every 500 ms",
-        {"RDV_KAFKA_CLIENT_CONFIG": json.dumps({"fetch.wait.max.ms": "500"})},
-    ),
-    Variant(
-        "+ broker SerialGC",
-        {"RDV_KAFKA_CLIENT_CONFIG": json.dumps({"fetch.wait.max.ms": "500"})},
-        ["-XX:+UseSerialGC"],
+        "co-hosted, broker 1+1 threads",
+        {},
+        cohost=True,
+        broker={"num.network.threads": "1", "num.io.threads": "1"},
     ),
 )
+OTHER = {
+    f"other{i}": f"echo:name=other{i},role=challenger,endpoints=other,latency_ms=0"
+    for i in range(3)
+}
+MORE = {
+    f"more{i}": f"echo:name=more{i},role=challenger,endpoints=bench,latency_ms=0" for i in range(3)
+}
+CAPACITY = (
+    Variant("capacity: + 3 models of another endpoint", {}, cohost=True, extra=OTHER),
+    Variant("capacity: + 3 more models of this one", {}, cohost=True, extra=MORE),
+)
+"""How the cost grows: with the three bench models co-hosted, three more worker
+processes that read every request but serve another endpoint (they score nothing),
+or three more that score every request (challengers outside the policy)."""
 
 
 def run_variant(
     variant: Variant, rate: float, seconds: float, repeats: int, warm_s: tuple[float, float]
 ) -> dict:
-    with BenchStack(POLICY, env=variant.env, jvm_options=variant.jvm) as stack:
-        stack.start_workers(ECHO_MODELS)
+    with BenchStack(
+        POLICY, env=variant.env, jvm_options=variant.jvm, broker_props=variant.broker
+    ) as stack:
+        stack.start_workers(ECHO_MODELS, cohost=variant.cohost)
+        stack.start_workers(variant.extra)
         stack.start_front()
         meter = stack.meter()
         warm_up(meter, stack.gateway_port, *warm_s)
@@ -88,11 +116,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cost_cuts")
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke test)")
     parser.add_argument("--rate", type=float, default=100.0)
+    names = [v.name for v in (*VARIANTS, *CAPACITY)]
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=names,
+        metavar="NAME",
+        help=f"run these variants, in this order (repeatable; default all): {names}",
+    )
     args = parser.parse_args(argv)
     seconds, repeats, warm_s = (4.0, 1, (5.0, 10.0)) if args.quick else (10.0, 3, (45.0, 150.0))
     steal0 = cpu_times()
     print("machine:", json.dumps(machine()), flush=True)
-    rows = [run_variant(v, args.rate, seconds, repeats, warm_s) for v in (*VARIANTS, TODAY)]
+    chosen = (
+        [next(v for v in (*VARIANTS, *CAPACITY) if v.name == n) for n in args.only]
+        if args.only
+        else [*VARIANTS, TODAY]
+    )
+    rows = [run_variant(v, args.rate, seconds, repeats, warm_s) for v in chosen]
     out = {
         "rate": args.rate,
         "seconds": seconds,

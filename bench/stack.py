@@ -59,12 +59,15 @@ class BenchStack:
         max_loop_lag_ms: float | None = None,
         env: dict[str, str] | None = None,
         jvm_options: list[str] | None = None,
+        broker_props: dict[str, str] | None = None,
     ) -> None:
         """``max_loop_lag_ms``: the gateway's shedding limit; None leaves its default.
         ``env``: more environment for every process (RDV_KAFKA_CLIENT_CONFIG's entries
-        are merged into the bench's); ``jvm_options``: the broker's GC flags."""
+        are merged into the bench's); ``jvm_options``: the broker's GC flags;
+        ``broker_props``: broker properties over LocalBroker's defaults."""
         self.extra_env = dict(env or {})
         self.jvm_options = jvm_options
+        self.broker_props = broker_props
         self._tmp = tempfile.TemporaryDirectory(prefix="rdv-bench-")
         self.dir = Path(self._tmp.name)
         self.policy = self.dir / "policy.yaml"
@@ -136,7 +139,10 @@ class BenchStack:
         while _taken(port + 1):
             port = free_port()
         return LocalBroker(
-            port=port, state_dir=self.dir / f"kafka-{port}", jvm_options=self.jvm_options
+            port=port,
+            state_dir=self.dir / f"kafka-{port}",
+            jvm_options=self.jvm_options,
+            server_props=self.broker_props,
         )
 
     def _run(self, spec: ProcessSpec) -> None:
@@ -145,22 +151,19 @@ class BenchStack:
         self.specs[spec.name] = spec
         start(spec, self.env, self.dir)
 
-    def start_workers(self, models: dict[str, str]) -> None:
-        """(Re)start one worker process per model name, from inline specs."""
-        for name, model in models.items():
+    def start_workers(self, models: dict[str, str], *, cohost: bool = False) -> None:
+        """(Re)start one worker process per model name, from inline specs; with
+        ``cohost``, one process that hosts them all (services.workers.cohost)."""
+        groups = (
+            {"cohost": list(models.values())} if cohost else {n: [m] for n, m in models.items()}
+        )
+        for name, specs in groups.items():
             port = free_port()
+            flags = [arg for spec in specs for arg in ("--model", spec)]
             self._run(
                 ProcessSpec(
                     name=f"worker-{name}",
-                    command=[
-                        "python",
-                        "-m",
-                        "services.workers",
-                        "--model",
-                        model,
-                        "--ops-port",
-                        str(port),
-                    ],
+                    command=["python", "-m", "services.workers", *flags, "--ops-port", str(port)],
                     ready=f"http://127.0.0.1:{port}/readyz",
                 )
             )

@@ -1,9 +1,10 @@
 """What the stream path costs: the full local stack (real Kafka broker, gateway,
-rendezvous, three echo models, each its own process) against an in-process baseline
-(the same echo model inside a FastAPI handler), under open-loop load.
+rendezvous, three echo models co-hosted in one worker process, or with ``--layout
+separate`` one process each) against an in-process baseline (the same echo model
+inside a FastAPI handler), under open-loop load.
 
-    python -m bench.stream_overhead            # about 3 minutes
-    python -m bench.stream_overhead --quick    # a smoke run, about 1 minute
+    python -m bench.stream_overhead            # about 9 minutes
+    python -m bench.stream_overhead --quick    # a smoke run, about 2 minutes
 
 Reports, each against the baseline measured in the same run: what a request costs at
 100 and 200 req/s (CPU-ms per request of each process and in total, from /proc; the
@@ -11,8 +12,9 @@ Kafka requests the processes' clients sent per HTTP request, by type, from librd
 statistics: bench.cost) and the latency the stream path adds (p50, p99, p99.9); where
 the time goes (per hop, from the records' own timestamps); rising rate steps from 50
 req/s with their cost, the highest held with p99 under 100 ms for both; and the share
-of answers within deadline + 10 ms with a champion slow on 20% of requests and at
-twice the sustainable rate. The broker's JVM is warmed first (200 req/s until its CPU
+of answers within deadline + 10 ms at twice the sustainable rate and with a champion
+slow on 20% of requests (in a process of its own; with the default layout the other
+two models stay co-hosted). The broker's JVM is warmed first (200 req/s until its CPU
 per request settles: 45 to 150 s, printed per 5 s window). The machine (CPU, flags,
 cores, steal) is printed first and last; the last line printed is one JSON object with
 every figure.
@@ -34,7 +36,7 @@ from pathlib import Path
 from bench.chaos_report import cpu_times, machine
 from bench.cost import STATS_INTERVAL_MS, CostMeter, per_request, settle_kafka_counts
 from bench.loadgen import Run, measure, quantile, summary
-from bench.stack import BODY, DEADLINE_MS, ECHO, ECHO_MODELS, POLICY, BenchStack, free_port
+from bench.stack import BODY, DEADLINE_MS, ECHO_MODELS, POLICY, BenchStack, free_port
 from services.devstack.stack import ProcessSpec, start, stop
 
 SLOW_CHAMP = (
@@ -128,6 +130,12 @@ def highest_held(rows: list[dict]) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.stream_overhead")
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke test)")
+    parser.add_argument(
+        "--layout",
+        choices=("cohost", "separate"),
+        default="cohost",
+        help="the three models in one worker process (default) or one process each",
+    )
     args = parser.parse_args(argv)
     dur = 4.0 if args.quick else 10.0
     repeats = 1 if args.quick else 3
@@ -146,13 +154,14 @@ def main(argv: list[str] | None = None) -> int:
         "gateway_max_in_flight": 256,  # other gateway settings: their defaults
         "repeats": repeats,
         "kafka_stats_interval_ms": STATS_INTERVAL_MS,
+        "layout": args.layout,
     }
 
     with (
         baseline_server() as (base_port, base_pid),
         BenchStack(POLICY, max_in_flight=256) as stack,
     ):
-        stack.start_workers(ECHO_MODELS)
+        stack.start_workers(ECHO_MODELS, cohost=args.layout == "cohost")
         stack.start_front()
         gw = stack.gateway_port
         meter, base_meter = stack.meter(), CostMeter({"baseline": base_pid}, {})
@@ -196,17 +205,6 @@ def main(argv: list[str] | None = None) -> int:
         out["baseline_max_rate_p99_under_100ms"] = base_best
         out["held_ratio_to_baseline"] = round(best / base_best, 3) if base_best else None
 
-        stack.start_workers({"champ": SLOW_CHAMP})
-        slow = measure("127.0.0.1", gw, "/v1/infer/bench", BODY, rate=200, duration_s=dur)
-        print(line("slow champion (20%)", slow))
-        out["slow_champion_200"] = {
-            "within_deadline_10ms": within(slow, 10),
-            "within_deadline_50ms": within(slow, 50),
-            "models": _models(slow),
-            **summary(slow),
-        }
-
-        stack.start_workers({"champ": ECHO.format(name="champ", role="champion")})
         over_rate = max(2 * best, 400.0)
         over = measure("127.0.0.1", gw, "/v1/infer/bench", BODY, rate=over_rate, duration_s=dur)
         print(line("twice capacity", over))
@@ -218,6 +216,22 @@ def main(argv: list[str] | None = None) -> int:
             "within_deadline_50ms": within(over, 50),
             "shed_p99_ms": quantile(shed, 0.99),
             **summary(over),
+        }
+
+        # the slow champion gets a process of its own: co-hosted, it would hold up the
+        # models that share its thread (services.workers.cohost)
+        if args.layout == "cohost":
+            stop(stack.specs.pop("worker-cohost"), stack.dir)
+            rest = {n: m for n, m in ECHO_MODELS.items() if n != "champ"}
+            stack.start_workers(rest, cohost=True)
+        stack.start_workers({"champ": SLOW_CHAMP})
+        slow = measure("127.0.0.1", gw, "/v1/infer/bench", BODY, rate=200, duration_s=dur)
+        print(line("slow champion (20%)", slow))
+        out["slow_champion_200"] = {
+            "within_deadline_10ms": within(slow, 10),
+            "within_deadline_50ms": within(slow, 50),
+            "models": _models(slow),
+            **summary(slow),
         }
     out["machine"] = machine(steal0)  # with the CPU share stolen during the run
     print("machine:", json.dumps(out["machine"]))

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,7 +109,9 @@ def fetch_jars(*, quiet: bool = True) -> Path:
     return jars_dir()
 
 
-def _server_properties(port: int, controller_port: int, data_dir: Path) -> str:
+def _server_properties(
+    port: int, controller_port: int, data_dir: Path, overrides: Mapping[str, str] | None = None
+) -> str:
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -143,6 +145,7 @@ def _server_properties(port: int, controller_port: int, data_dir: Path) -> str:
         "group.consumer.heartbeat.interval.ms": "500",
         "num.network.threads": "2",
         "num.io.threads": "4",
+        **(overrides or {}),
     }
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
@@ -177,15 +180,18 @@ class LocalBroker:
         state_dir: Path | None = None,
         heap_mb: int = 768,
         jvm_options: Sequence[str] | None = None,
+        server_props: Mapping[str, str] | None = None,
     ) -> None:
         """``jvm_options``: the JVM's GC and compiler flags (the heap is ``heap_mb``);
-        default $RDV_KAFKA_JVM_OPTS (space-separated) or JVM_OPTIONS."""
+        default $RDV_KAFKA_JVM_OPTS (space-separated) or JVM_OPTIONS. ``server_props``:
+        broker properties over this module's defaults."""
         self.port = port
         self.controller_port = port + 1
         self.state_dir = state_dir or PROJECT_ROOT / ".rdv" / f"kafka-{port}"
         self.heap_mb = heap_mb
         env_options = os.environ.get("RDV_KAFKA_JVM_OPTS", "").split()
         self.jvm_options = list(jvm_options or env_options or JVM_OPTIONS)
+        self.server_props = dict(server_props or {})  # over the defaults (benches try others)
         self._proc: subprocess.Popen[bytes] | None = None  # set when started by this object
 
     @property
@@ -233,7 +239,9 @@ class LocalBroker:
         data_dir = self.state_dir / "data"
         self.state_dir.mkdir(parents=True, exist_ok=True)
         props = self.state_dir / "server.properties"
-        props.write_text(_server_properties(self.port, self.controller_port, data_dir))
+        props.write_text(
+            _server_properties(self.port, self.controller_port, data_dir, self.server_props)
+        )
         classpath = f"{lib}/*"
         if not (data_dir / "meta.properties").exists():
             fmt = subprocess.run(

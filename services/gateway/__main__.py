@@ -39,7 +39,7 @@ def main() -> int:
         topics = load_topics(settings.topics_file, prefix=kafka.topic_prefix)
         endpoints = load_endpoints(settings.policies)
         topics.ensure(Admin(admin_config(kafka)))
-        bus = connect(kafka, topics, settings.reply_partition)
+        bus = connect(kafka, topics, settings.reply_partition, settings.reply_poll_ms / 1000.0)
         control = Control(KafkaLedger(kafka, topics), settings.policies)
         app = build_app(settings, bus=bus, topics=topics, endpoints=endpoints, control=control)
         follower = follow_control(kafka, topics, app.state.gateway).start()

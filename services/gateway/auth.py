@@ -136,7 +136,7 @@ def install_security(app: FastAPI, settings: GatewaySettings) -> Security:
     return security
 
 
-def require_admin(request: Request) -> None:
+async def require_admin(request: Request) -> None:
     """Route dependency: with keys on, only an ``admin`` key passes (else 403)."""
     security = cast(Security | None, getattr(request.app.state, "security", None))
     if security is None:  # fail closed: a control route on an app without the checks

@@ -1,5 +1,6 @@
 """Route dependencies: the app's one ``Gateway`` and its ``Control``, declared with
-``Annotated``."""
+``Annotated``. They are ``async def``: FastAPI runs a plain ``def`` dependency in a
+worker thread, a thread hand-off on every request for a field read."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ from services.gateway.errors import UnsupportedFeatureError
 from services.gateway.service import Gateway
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
     return cast(Gateway, request.app.state.gateway)
 
 
-def get_control(request: Request) -> Control:
+async def get_control(request: Request) -> Control:
     """The control plane the control routes change (``build_app(control=...)``)."""
     control = getattr(request.app.state, "control", None)
     if control is None:

@@ -35,7 +35,7 @@ from services.gateway.bus import BrokerHealth, DeliveryReport, ReplySink
 
 log = logging.getLogger("rdv.gateway.replies")
 
-POLL_TIMEOUT_S = 0.01  # how long one turn waits for a reply; bounds delivery-report lag
+POLL_TIMEOUT_S = 0.1  # how long one turn waits for a reply; bounds delivery-report lag
 MAX_BATCH = 500
 POSITION_TIMEOUT_S = 2.0
 RETRY_S = 0.5
@@ -56,9 +56,13 @@ class KafkaBus:
         health: BrokerHealth,
         probe: Callable[[], object] | None = None,
         dead_letters: str | None = None,
+        poll_timeout_s: float = POLL_TIMEOUT_S,
     ) -> None:
         """``probe`` asks the cluster for something and raises when no broker answers;
-        while the clients report every broker down it runs every PROBE_EVERY_S."""
+        while the clients report every broker down it runs every PROBE_EVERY_S.
+        ``poll_timeout_s``: how long one turn waits for a reply (GatewaySettings.
+        reply_poll_ms)."""
+        self._poll_timeout_s = poll_timeout_s
         self._producer = producer
         self._consumer = consumer
         self._topic = topic
@@ -137,7 +141,7 @@ class KafkaBus:
         )
 
     def _turn(self) -> None:
-        records = self._consumer.consume(1, POLL_TIMEOUT_S)
+        records = self._consumer.consume(1, self._poll_timeout_s)
         if records:  # more may be waiting: take them without waiting
             records += self._consumer.consume(MAX_BATCH, 0.0)
             self._health.up()
@@ -180,7 +184,9 @@ class KafkaBus:
         self._health.up()
 
 
-def connect(kafka: KafkaSettings, topics: Topics, partition: int) -> KafkaBus:
+def connect(
+    kafka: KafkaSettings, topics: Topics, partition: int, poll_timeout_s: float = POLL_TIMEOUT_S
+) -> KafkaBus:
     """A Kafka bus for the gateway instance that reads ``partition`` of the replies
     topic; no network call happens before ``start``."""
     health = BrokerHealth()
@@ -199,4 +205,5 @@ def connect(kafka: KafkaSettings, topics: Topics, partition: int) -> KafkaBus:
         health=health,
         probe=lambda: admin.partitions(timeout_s=1.0),
         dead_letters=topics.dead_letters,
+        poll_timeout_s=poll_timeout_s,
     )

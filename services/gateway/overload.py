@@ -12,16 +12,17 @@ from prometheus_client import Gauge
 
 from services.common.clock import mono_ms
 
-DECAY = 0.9  # per reading: a spike fades to a tenth in about 22 readings (110 ms)
-LAG = Gauge("rdv_gateway_loop_lag_seconds", "How late the event loop ran a 5 ms timer")
+DECAY_PER_MS = 0.9 ** (1 / 5)  # a spike fades to a tenth in about 110 ms
+LAG = Gauge("rdv_gateway_loop_lag_seconds", "How late the event loop ran its periodic timer")
 
 
 class LoopLag:
     """Measures how late a periodic timer fires; ``lag_ms`` is a decaying maximum of
     the readings."""
 
-    def __init__(self, interval_ms: float = 5.0) -> None:
+    def __init__(self, interval_ms: float = 20.0) -> None:
         self.interval_ms = interval_ms
+        self._decay = DECAY_PER_MS**interval_ms  # per reading
         self.lag_ms = 0.0
         self._task: asyncio.Task[None] | None = None
 
@@ -38,6 +39,6 @@ class LoopLag:
         while True:
             due = mono_ms() + self.interval_ms
             await asyncio.sleep(self.interval_ms / 1000.0)
-            # a decaying maximum: one late tick counts for a few dozen ms, not 5
-            self.lag_ms = max(mono_ms() - due, self.lag_ms * DECAY, 0.0)
+            # a decaying maximum: one late tick counts for about 100 ms, not one reading
+            self.lag_ms = max(mono_ms() - due, self.lag_ms * self._decay, 0.0)
             LAG.set(self.lag_ms / 1000.0)

@@ -75,7 +75,7 @@ class Gateway:
         self.bus = bus
         self.endpoints = dict(endpoints)
         self.pending = pending
-        self.lag = LoopLag()
+        self.lag = LoopLag(settings.loop_lag_interval_ms)
         self._requests_topic = requests_topic
         self._feedback_topic = feedback_topic
         self._reply_address = reply_address

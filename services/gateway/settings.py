@@ -47,6 +47,16 @@ class GatewaySettings(BaseSettings):
     """When the event loop runs this late (the gateway's CPU is saturated and requests
     queue before any handler sees them), new requests get 503 + Retry-After at once."""
 
+    loop_lag_interval_ms: float = Field(default=20.0, gt=0, le=1000)
+    """How often the event loop's lag is read (a timer that measures how late it fires);
+    each reading is a wake-up of an idle gateway."""
+
+    reply_poll_ms: float = Field(default=100.0, gt=0, le=1000)
+    """How long the reply thread waits for a reply when none is waiting. A reply ends
+    the wait at once; this bounds only how late an idle gateway serves the producer's
+    delivery reports (a request the broker refused fails this much later) and notices
+    a broker back from an outage."""
+
     max_body_bytes: int = Field(default=1_048_576, ge=1)
     """Largest request body accepted; larger ones get 413 and never reach Kafka."""
 

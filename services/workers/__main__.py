@@ -1,4 +1,5 @@
-"""``python -m services.workers --model SPEC``: run one model worker until SIGTERM/SIGINT.
+"""``python -m services.workers --model SPEC [--model SPEC ...]``: run one model worker
+(or several co-hosted models on one consumer) until SIGTERM/SIGINT.
 
 Exit codes: 0 after a clean stop, 2 for a configuration error (one line on stderr),
 1 when the worker fails while running (broker gone, model load failed).
@@ -27,6 +28,7 @@ from services.common.runtimes import runtime_names
 from services.common.settings import KafkaSettings
 from services.common.spec import ModelSpec, load_spec
 from services.common.topics import Topics, load_topics
+from services.workers.cohost import check_cohosted
 from services.workers.runtime import ModelRuntime, create_runtime
 from services.workers.service import build_worker
 from services.workers.settings import WorkerSettings
@@ -45,6 +47,10 @@ version=<v>, max_size=<n> and max_wait_ms=<ms> (the micro-batch window) are opti
 every other key is a runtime param. Runtimes: {runtimes}.
 Roles: champion, challenger, canary, detector, decoy.
 
+Several --model flags co-host those models in this process: it reads each request
+once and every model scores it in turn, with one consumer group for the set. For fast
+models (one slow model delays the others); a generative model needs its own process.
+
 Environment: RDV_KAFKA_* (bootstrap, topic_prefix, security) and RDV_WORKER_*
 (model, ops_host, ops_port, topics_file, auto_offset_reset, log_level, ...).
 Endpoints: /healthz, /readyz (model loaded and partitions assigned), /metrics.
@@ -60,17 +66,24 @@ class Config:
     spec: ModelSpec
     model: ModelRuntime
     topics: Topics
+    cohosted: tuple[tuple[ModelSpec, ModelRuntime], ...] = ()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Serve one model: score every request of its endpoints from the "
-        "requests topic and write the scores to the scores topic.",
+        description="Serve one model (or several): score every request of its endpoints "
+        "from the requests topic and write the scores to the scores topic.",
         epilog=EPILOG.format(runtimes=", ".join(runtime_names())),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", metavar="SPEC", help="the model spec (or $RDV_WORKER_MODEL)")
+    parser.add_argument(
+        "--model",
+        metavar="SPEC",
+        action="append",
+        help="the model spec (or $RDV_WORKER_MODEL); repeat it to co-host several models "
+        "(or $RDV_WORKER_COHOSTED, a JSON list of the others)",
+    )
     parser.add_argument("--ops-host", help="ops server interface (default 127.0.0.1)")
     parser.add_argument("--ops-port", type=int, help="ops server port (default 0: a free one)")
     return parser
@@ -78,8 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def configure(args: argparse.Namespace) -> Config:
     """Settings, spec, model object and topics; raises ``ConfigError`` on any problem."""
-    flags = {"model": args.model, "ops_host": args.ops_host, "ops_port": args.ops_port}
+    first, *others = args.model or [None]
+    flags = {"model": first, "ops_host": args.ops_host, "ops_port": args.ops_port}
     overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
+    if others:
+        overrides["cohosted"] = others
     try:
         settings, kafka = WorkerSettings(**overrides), KafkaSettings()
     except ValidationError as exc:
@@ -90,23 +106,32 @@ def configure(args: argparse.Namespace) -> Config:
         raise ConfigError("no model: give --model SPEC or set RDV_WORKER_MODEL")
     spec = load_spec(settings.model)
     model = create_runtime(spec.runtime, spec.params)
+    cohosted = []
+    for text in settings.cohosted:
+        more = load_spec(text)
+        cohosted.append((more, create_runtime(more.runtime, more.params)))
+    specs = [spec, *(s for s, _ in cohosted)]
+    models = [model, *(m for _, m in cohosted)]
+    check_cohosted(specs, [bool(getattr(m, "generative", False)) for m in models])
     topics = load_topics(settings.topics_file, prefix=kafka.topic_prefix)
-    return Config(settings, kafka, spec, model, topics)
+    return Config(settings, kafka, spec, model, topics, tuple(cohosted))
 
 
 def serve(config: Config) -> int:
     """Ensure topics, start the ops server, load the model, score until stopped."""
     settings, spec = config.settings, config.spec
-    log.info(
-        "worker starting",
-        extra={
-            "model": spec.name,
-            "version": spec.version,
-            "role": spec.role.value,
-            "runtime": spec.runtime,
-            "endpoints": spec.endpoints,
-        },
-    )
+    for hosted in (spec, *(s for s, _ in config.cohosted)):
+        log.info(
+            "worker starting",
+            extra={
+                "model": hosted.name,
+                "version": hosted.version,
+                "role": hosted.role.value,
+                "runtime": hosted.runtime,
+                "endpoints": hosted.endpoints,
+                "cohosted": bool(config.cohosted),
+            },
+        )
     config.topics.ensure(Admin(admin_config(config.kafka)), settings.startup_timeout_s)
     tracing.setup(f"rdv-worker-{spec.name}")  # on only with the OTEL_* variables
     service = build_worker(
@@ -115,6 +140,7 @@ def serve(config: Config) -> int:
         spec=spec,
         model=config.model,
         topics=config.topics,
+        cohosted=config.cohosted,
     )
     try:
         ops = OpsServer(

@@ -1,11 +1,13 @@
-"""One model worker: a loaded model, its consumer group on the requests topic, the
-shared poll loop, and what the ops server asks (ready, healthy)."""
+"""One model worker process: its loaded model (or several co-hosted ones), its consumer
+group on the requests topic, the shared poll loop, and what the ops server asks (ready,
+healthy)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import time
+from collections.abc import Sequence
 
 from services.common.clock import mono_ms
 from services.common.codec import decode
@@ -21,6 +23,7 @@ from services.common.messages import RequestEnvelope, Role
 from services.common.settings import KafkaSettings
 from services.common.spec import ModelSpec
 from services.common.topics import Topics
+from services.workers.cohost import CoHosted, check_cohosted, cohost_group_id
 from services.workers.runtime import ModelRuntime
 from services.workers.settings import WorkerSettings
 from services.workers.worker import ModelWorker
@@ -33,7 +36,7 @@ def decode_request(data: bytes | None) -> RequestEnvelope:
 
 
 class WorkerService:
-    """Loads the model, scores requests until stopped, unloads it."""
+    """Loads the model(s), scores requests until stopped, unloads them."""
 
     def __init__(
         self,
@@ -44,33 +47,53 @@ class WorkerService:
         producer: Producer,
         topics: Topics,
         settings: WorkerSettings,
+        cohosted: Sequence[tuple[ModelSpec, ModelRuntime]] = (),
     ) -> None:
+        """``cohosted``: more models this process serves from the same consumer
+        (services.workers.cohost)."""
         self.spec = spec
         self.model = model
+        self.hosted = [(spec, model), *cohosted]
+        specs = [s for s, _ in self.hosted]
+        check_cohosted(specs, [bool(getattr(m, "generative", False)) for _, m in self.hosted])
         self.consumer = consumer
-        worker = ModelWorker
+        lag_interval_ms = settings.lag_interval_s * 1000.0
         if getattr(model, "generative", False):  # token by token: continuous batching
             from services.workers.chat import ChatWorker  # noqa: PLC0415
 
-            worker = ChatWorker
-        self.processor = worker(
-            spec,
-            model,
-            topics.scores,
-            lag=consumer.lag,
-            lag_interval_ms=settings.lag_interval_s * 1000.0,
-            score_expired=settings.score_expired,
-        )
+            self.processor: ModelWorker | CoHosted = ChatWorker(
+                spec,
+                model,
+                topics.scores,
+                lag=consumer.lag,
+                lag_interval_ms=lag_interval_ms,
+                score_expired=settings.score_expired,
+            )
+        else:
+            workers = [
+                ModelWorker(
+                    s,
+                    m,
+                    topics.scores,
+                    lag=consumer.lag,
+                    lag_interval_ms=lag_interval_ms,
+                    score_expired=settings.score_expired,
+                )
+                for s, m in self.hosted
+            ]
+            self.processor = workers[0] if len(workers) == 1 else CoHosted(workers)
+        name = "+".join(s.name for s in specs)
         self.runner = StreamRunner(
-            service=f"worker.{spec.name}",
+            service=f"worker.{name}",
             consumer=consumer,
             producer=producer,
             decoders={topics.requests: decode_request},
             processor=self.processor,
             dead_letter_topic=topics.dead_letters,
-            batch_size=spec.batch.max_size,
-            poll_timeout_s=0.02,  # the first request of a batch is taken at once
-            batch_linger_s=spec.batch.max_wait_ms / 1000.0,  # then more, up to this long
+            batch_size=max(s.batch.max_size for s in specs),
+            poll_timeout_s=settings.idle_poll_ms / 1000.0,  # a record ends the wait at once
+            # then more, up to this long (the most urgent model's window when co-hosted)
+            batch_linger_s=min(s.batch.max_wait_ms for s in specs) / 1000.0,
             flush_timeout_s=settings.flush_timeout_s,
             busy=lambda: bool(getattr(self.processor, "busy", False)),
         )
@@ -80,7 +103,7 @@ class WorkerService:
     def ready(self) -> bool:
         """The model is loaded and the group gave this replica partitions."""
         try:
-            return self.model.ready and self.runner.ready
+            return all(m.ready for _, m in self.hosted) and self.runner.ready
         except RuntimeError:  # the assignment changed while it was read (a rebalance)
             return False
 
@@ -100,24 +123,26 @@ class WorkerService:
         The consumer is closed in every case."""
         if self._nice:  # this thread runs the model: it, and the threads it starts
             os.nice(self._nice)
-        started = time.monotonic()
+        loaded: list[ModelRuntime] = []
         try:
-            self.model.load()
-        except BaseException:
-            self.consumer.close()
-            raise
-        log.info(
-            "model loaded",
-            extra={
-                "model": self.spec.name,
-                "load_s": round(time.monotonic() - started, 3),
-                "sample": self.spec.sample,
-            },
-        )
-        try:
+            for spec, model in self.hosted:
+                started = time.monotonic()
+                model.load()
+                loaded.append(model)
+                log.info(
+                    "model loaded",
+                    extra={
+                        "model": spec.name,
+                        "load_s": round(time.monotonic() - started, 3),
+                        "sample": spec.sample,
+                    },
+                )
             return self.runner.run(max_records=max_records, idle_timeout_s=idle_timeout_s)
         finally:
-            self.model.unload()
+            if len(loaded) < len(self.hosted):  # a load failed: the loop never ran
+                self.consumer.close()
+            for model in loaded:
+                model.unload()
 
 
 OFF_ANSWER_PATH = frozenset({Role.CANARY, Role.DECOY})
@@ -126,12 +151,13 @@ read and write in batches (WorkerSettings.off_path_wait_ms)."""
 
 
 def client_overrides(
-    spec: ModelSpec, settings: WorkerSettings
+    specs: Sequence[ModelSpec], settings: WorkerSettings
 ) -> tuple[dict[str, str], dict[str, str]]:
     """The worker's own consumer and producer properties: where a new group starts, and
-    batched reads and writes for a model off the answer path."""
+    batched reads and writes when every model it hosts is off the answer path."""
     reading: dict[str, str] = {"auto.offset.reset": settings.auto_offset_reset}
-    if spec.role not in OFF_ANSWER_PATH or settings.off_path_wait_ms == 0:
+    off_path = all(s.role in OFF_ANSWER_PATH for s in specs)
+    if not off_path or settings.off_path_wait_ms == 0:
         return reading, {}
     linger_ms = settings.off_path_wait_ms // 10
     return reading | batched_fetch(settings.off_path_wait_ms), {"linger.ms": str(linger_ms)}
@@ -144,13 +170,16 @@ def build_worker(
     spec: ModelSpec,
     model: ModelRuntime,
     topics: Topics,
+    cohosted: Sequence[tuple[ModelSpec, ModelRuntime]] = (),
 ) -> WorkerService:
-    """A worker whose consumer group is ``<topic prefix>rdv.model.<name>``: every model
-    sees every request; replicas of one model share its partitions."""
-    client_id = f"rdv-worker-{spec.name}"
-    reading, writing = client_overrides(spec, settings)
+    """A worker whose consumer group is ``<topic prefix>rdv.model.<name>`` (with
+    co-hosted models, ``services.workers.cohost.cohost_group_id``): every model sees
+    every request; replicas of one model (or of one set) share its partitions."""
+    specs = [spec, *(s for s, _ in cohosted)]
+    client_id = "rdv-worker-" + "+".join(s.name for s in specs)
+    reading, writing = client_overrides(specs, settings)
     consumer = Consumer(
-        consumer_config(kafka, kafka.topic_prefix + spec.group_id, client_id, reading)
+        consumer_config(kafka, kafka.topic_prefix + cohost_group_id(specs), client_id, reading)
     )
     return WorkerService(
         spec=spec,
@@ -159,4 +188,5 @@ def build_worker(
         producer=Producer(producer_config(kafka, client_id) | writing),
         topics=topics,
         settings=settings,
+        cohosted=cohosted,
     )

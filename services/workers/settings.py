@@ -18,6 +18,12 @@ class WorkerSettings(BaseSettings):
     """The model spec: a YAML/JSON file or the inline form ``runtime:key=value,...``
     (see services.common.spec). ``--model`` wins over it."""
 
+    cohosted: list[str] = Field(default_factory=list)
+    """More model specs served by the same process from the same consumer (a JSON list
+    in RDV_WORKER_COHOSTED; the CLI's further ``--model`` flags): each request is read
+    once and every model scores it in turn (services.workers.cohost). For fast models;
+    a generative one is refused."""
+
     ops_host: str = "127.0.0.1"
     """Interface of the /healthz, /readyz and /metrics server (0.0.0.0 in a container)."""
 
@@ -50,6 +56,11 @@ class WorkerSettings(BaseSettings):
 
     flush_timeout_s: float = Field(default=10.0, gt=0)
     """How long to wait at shutdown for scores still in flight."""
+
+    idle_poll_ms: float = Field(default=250.0, gt=0, le=5000)
+    """How long one turn of the loop waits for a request when none is waiting. A
+    request ends the wait at once, so this bounds only how late an idle worker ticks
+    (lag gauge, health): a short wait only wakes an idle process more often."""
 
     lag_interval_s: float = Field(default=1.0, gt=0)
     """How often the consumer-lag gauge is refreshed."""

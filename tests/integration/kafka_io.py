@@ -18,6 +18,7 @@ from services.common.kafka import (
 )
 from services.common.loop import StreamRunner
 from services.common.settings import KafkaSettings
+from services.common.topics import Topics
 
 
 def produce_all(settings: KafkaSettings, records: list[Outbound]) -> None:
@@ -87,3 +88,13 @@ def running(runner: StreamRunner) -> Iterator[StreamRunner]:
         runner.stop()
         thread.join(30)
     assert not thread.is_alive()
+
+
+def committed_total(settings: KafkaSettings, topics: Topics, group: str) -> int:
+    """The sum of ``group``'s committed offsets over the requests topic's partitions."""
+    probe = Consumer(consumer_config(settings, group, "probe"))
+    try:
+        offsets = probe.committed(topics.requests, topics.partitions("requests"))
+    finally:
+        probe.close()
+    return sum(max(o, 0) for o in offsets.values())

@@ -24,7 +24,7 @@ from services.common.messages import DeadLetter, RequestEnvelope, Score
 from services.common.settings import KafkaSettings
 from services.common.topics import Topics
 from tests.factories import request, score_for
-from tests.integration.kafka_io import produce_all, read_exactly
+from tests.integration.kafka_io import committed_total, produce_all, read_exactly
 
 
 class Echo:
@@ -65,15 +65,6 @@ def runner(
 
 def outs(topic: str, reqs: list[RequestEnvelope]) -> list[Outbound]:
     return [Outbound(topic, message_key(r), encode(r)) for r in reqs]
-
-
-def committed_total(settings: KafkaSettings, topics: Topics, group: str) -> int:
-    probe = Consumer(consumer_config(settings, group, "probe"))
-    try:
-        offsets = probe.committed(topics.requests, topics.partitions("requests"))
-    finally:
-        probe.close()
-    return sum(max(o, 0) for o in offsets.values())
 
 
 def test_bad_records_go_to_dead_letters_and_the_loop_goes_on(

@@ -30,20 +30,23 @@ from services.workers.runtime import create_runtime
 from services.workers.service import WorkerService, build_worker
 from services.workers.settings import WorkerSettings
 from tests.factories import request
-from tests.integration.kafka_io import produce_all, read_exactly
+from tests.integration.kafka_io import committed_total, produce_all, read_exactly
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = "echo:name=fast,role=champion,endpoints=demo,latency_ms=1"
 
 
-def worker(settings: KafkaSettings, topics: Topics, model: str = FAST) -> WorkerService:
-    spec = load_spec(model)
+def worker(
+    settings: KafkaSettings, topics: Topics, model: str = FAST, *cohosted: str
+) -> WorkerService:
+    spec, *more = (load_spec(m) for m in (model, *cohosted))
     return build_worker(
         kafka=settings,
         settings=WorkerSettings(auto_offset_reset="earliest", lag_interval_s=0.2),
         spec=spec,
         model=create_runtime(spec.runtime, spec.params),
         topics=topics,
+        cohosted=[(m, create_runtime(m.runtime, m.params)) for m in more],
     )
 
 
@@ -115,6 +118,33 @@ def test_two_models_each_score_every_request(kafka_settings: KafkaSettings, topi
     ids = sorted(r.request_id for r in reqs)
     for name in ("fast", "slow"):
         assert sorted(s.request_id for s in scores if s.model == name) == ids
+
+
+def test_co_hosted_models_score_every_request_from_one_read_and_commit_after_both(
+    kafka_settings: KafkaSettings, topics: Topics
+) -> None:
+    reqs = [fresh(i) for i in range(12)]
+    others = [fresh(f"other {i}", endpoint="other") for i in range(3)]
+    send(kafka_settings, topics, [*reqs, *others])
+    chall = "echo:name=chall,role=challenger,endpoints=demo+other,max_size=4"
+
+    svc = worker(kafka_settings, topics, FAST, chall)
+    stats = svc.run(max_records=15, idle_timeout_s=60)
+
+    assert stats.records == 15  # each request read once, by the one consumer
+    scores = scores_of(read_exactly(kafka_settings, topics.scores, 12 + 15))
+    by_model = Counter(s.model for s in scores)
+    assert by_model == {"fast": 12, "chall": 15}  # fast serves demo only
+    assert {s.request_id for s in scores if s.model == "chall"} == {
+        r.request_id for r in [*reqs, *others]
+    }
+    assert {(s.model, s.role.value) for s in scores} == {
+        ("fast", "champion"),
+        ("chall", "challenger"),
+    }
+    group = kafka_settings.topic_prefix + "rdv.models.chall+fast"
+    committed = committed_total(kafka_settings, topics, group)
+    assert committed == 15  # every offset committed once both models' scores were acked
 
 
 def test_two_replicas_split_the_partitions_and_score_each_request_once(

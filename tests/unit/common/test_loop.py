@@ -454,7 +454,7 @@ class WaitRecorder(FakeConsumer):
 
 def test_a_turn_waits_until_the_processors_next_timer_at_most_the_idle_poll() -> None:
     consumer = WaitRecorder()
-    due: list[float | None] = [None, 0.03, 5.0, -1.0]
+    due: list[float | None] = [None, 0.03, 5.0, -1.0, 0.0004, 0.0]
     loop = StreamRunner(
         service="unit",
         consumer=consumer,  # type: ignore[arg-type]
@@ -466,9 +466,11 @@ def test_a_turn_waits_until_the_processors_next_timer_at_most_the_idle_poll() ->
         until_due=lambda: due.pop(0),
         idle_poll_s=0.25,
     )
-    for _ in range(4):
+    for _ in range(6):
         loop._turn(10)
-    assert consumer.waits == [0.25, 0.03, 0.25, 0.0]
+    # in the whole ms the client waits (it truncates): a timer 0.4 ms away waits 1 ms,
+    # not 0 ms turn after turn until it is due
+    assert [int(w * 1000) for w in consumer.waits] == [250, 30, 250, 0, 1, 0]
 
 
 def test_without_a_timer_hook_a_turn_waits_the_poll_timeout() -> None:

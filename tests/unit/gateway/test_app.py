@@ -4,6 +4,7 @@ load shedding, readiness and metrics, without a broker."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -257,3 +258,41 @@ def test_loop_lag_sees_a_blocked_loop() -> None:
         return lag.lag_ms
 
     assert asyncio.run(scenario()) >= 50
+
+
+def test_loop_lag_sees_a_blocked_loop_at_the_default_interval() -> None:
+    """A reading every 20 ms (fewer wake-ups of an idle gateway) still sees the stall,
+    and the stall still counts after the next few readings (the decay is per ms)."""
+
+    async def scenario() -> tuple[float, float]:
+        lag = LoopLag()
+        lag.start()
+        await asyncio.sleep(0.03)
+        time.sleep(0.08)  # the work that blocks the loop
+        await asyncio.sleep(0.005)
+        seen = lag.lag_ms
+        await asyncio.sleep(0.045)  # about two more readings
+        after = lag.lag_ms
+        await lag.stop()
+        return seen, after
+
+    seen, after = asyncio.run(scenario())
+    assert seen >= 50
+    assert seen > after >= seen * 0.9 ** (60 / 5)  # decayed by time (<= 60 ms of it)
+
+
+def test_no_route_dependency_runs_in_a_worker_thread(
+    settings: GatewaySettings, bus: FakeBus, topics: Topics
+) -> None:
+    """FastAPI runs a plain ``def`` dependency in a thread pool: a thread hand-off on
+    every request. Every dependency of every route is ``async def``."""
+    app = build_app(settings, bus=bus, topics=topics)
+    calls = []
+    stack = [r.dependant for r in app.routes if hasattr(r, "dependant")]
+    while stack:
+        dependant = stack.pop()
+        for dep in dependant.dependencies:
+            calls.append(dep.call)
+            stack.append(dep)
+    assert calls  # the routes do have dependencies
+    assert [c for c in calls if not inspect.iscoroutinefunction(c)] == []

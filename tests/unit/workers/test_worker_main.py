@@ -101,7 +101,7 @@ def test_only_models_off_the_answer_path_read_and_write_in_batches(
     role: str, batched: bool
 ) -> None:
     spec = load_spec(f"echo:name=m,role={role},endpoints=demo")
-    reading, writing = client_overrides(spec, WorkerSettings(off_path_wait_ms=400))
+    reading, writing = client_overrides([spec], WorkerSettings(off_path_wait_ms=400))
     assert reading["auto.offset.reset"] == "latest"
     if batched:
         assert (reading["fetch.wait.max.ms"], reading["fetch.min.bytes"]) == ("400", "65536")
@@ -109,5 +109,14 @@ def test_only_models_off_the_answer_path_read_and_write_in_batches(
     else:
         assert "fetch.wait.max.ms" not in reading
         assert writing == {}
-    off = client_overrides(spec, WorkerSettings(off_path_wait_ms=0))
+    off = client_overrides([spec], WorkerSettings(off_path_wait_ms=0))
     assert off == ({"auto.offset.reset": "latest"}, {})
+
+
+def test_co_hosted_models_read_in_batches_only_when_every_one_is_off_the_answer_path() -> None:
+    canary = load_spec("echo:name=c,role=canary,endpoints=demo")
+    champion = load_spec("echo:name=m,role=champion,endpoints=demo")
+    settings = WorkerSettings(off_path_wait_ms=400)
+    assert client_overrides([canary, champion], settings)[1] == {}
+    decoy = load_spec("echo:name=d,role=decoy,endpoints=demo")
+    assert client_overrides([canary, decoy], settings)[1] == {"linger.ms": "40"}
