@@ -3,7 +3,7 @@ rendezvous, three echo models co-hosted in one worker process, or with ``--layou
 separate`` one process each) against an in-process baseline (the same echo model
 inside a FastAPI handler), under open-loop load.
 
-    python -m bench.stream_overhead            # about 9 minutes
+    python -m bench.stream_overhead            # about 6 minutes
     python -m bench.stream_overhead --quick    # a smoke run, about 2 minutes
 
 Reports, each against the baseline measured in the same run: what a request costs at

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.rendezvous.mailbox import StoreCounters
@@ -62,7 +60,7 @@ class CounterSync:
         self._last: dict[str, int] = {}
 
     def update(self, counters: StoreCounters) -> None:
-        for name, value in asdict(counters).items():
+        for name, value in vars(counters).items():  # asdict would deep-copy every tick
             if name == "late_scores":
                 continue  # counted per endpoint and model where it happens
             delta = value - self._last.get(name, 0)
