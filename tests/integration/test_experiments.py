@@ -122,15 +122,17 @@ def test_compare_and_replay_on_archived_traffic(
     replay = run_rdv(kafka_settings, "replay", *args, "--archive", str(root))
     assert f"rp1: {N} sent, 0 failed" in replay.stdout
     replayed = "SELECT count(*) FROM scores WHERE request_id LIKE 'rp1:%'"
+    marked = "SELECT count(*) FROM requests WHERE replay = 'rp1'"
+    # the archive writes each table's file on its own schedule: wait for all three
     wait_for(
         lambda: (
             _count(root, replayed) == N
             and _count(root, "SELECT count(*) FROM decisions WHERE request_id LIKE 'rp1:%'") == N
+            and _count(root, marked) == N
         ),
         60,
-        lambda: f"replayed scores: {_count(root, replayed)}",
+        lambda: f"replayed scores: {_count(root, replayed)}, requests: {_count(root, marked)}",
     )
     assert _count(root, replayed + " AND model = 'chall'") == N  # the champion stayed out
-    assert _count(root, "SELECT count(*) FROM requests WHERE replay = 'rp1'") == N
     replies = _reply_ids(kafka_settings, stack.topics.replies, N)  # the live ones, no more
     assert not [rid for rid in replies if rid.startswith("rp1:")]  # no client answered

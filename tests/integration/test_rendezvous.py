@@ -209,13 +209,15 @@ def decode_origin(value: bytes | None) -> str:
 def test_a_request_for_an_endpoint_without_policy_is_answered_at_once(
     kafka_settings: KafkaSettings, topics: Topics, rendezvous: StreamRunner
 ) -> None:
-    stray = request("q", endpoint="nope", reply_topic=topics.replies)
+    # a deadline far off: "at once" is an answer long before it (a loaded test machine
+    # may take a second or two to pass a record round), not a wait for the deadline
+    stray = request("q", endpoint="nope", reply_topic=topics.replies, deadline_in_ms=60_000)
     began = time.time() * 1000
     send(kafka_settings, topics.requests, stray)
     reply = replies(kafka_settings, topics, 1)[stray.request_id]
     assert reply.error is not None
     assert reply.error.code == "unknown_endpoint"
-    assert reply.decided_ms - began < 1000
+    assert reply.decided_ms - began < 10_000
 
 
 def test_two_instances_share_the_partitions_and_answer_each_request_once(

@@ -4,11 +4,12 @@ load shedding, readiness and metrics, without a broker."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import anyio.to_thread
 import httpx
 import pytest
 
@@ -281,18 +282,20 @@ def test_loop_lag_sees_a_blocked_loop_at_the_default_interval() -> None:
     assert seen > after >= seen * 0.9 ** (60 / 5)  # decayed by time (<= 60 ms of it)
 
 
-def test_no_route_dependency_runs_in_a_worker_thread(
-    settings: GatewaySettings, bus: FakeBus, topics: Topics
+def test_a_request_is_served_without_a_thread_hand_off(
+    client: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """FastAPI runs a plain ``def`` dependency in a thread pool: a thread hand-off on
-    every request. Every dependency of every route is ``async def``."""
-    app = build_app(settings, bus=bus, topics=topics)
-    calls = []
-    stack = [r.dependant for r in app.routes if hasattr(r, "dependant")]
-    while stack:
-        dependant = stack.pop()
-        for dep in dependant.dependencies:
-            calls.append(dep.call)
-            stack.append(dep)
-    assert calls  # the routes do have dependencies
-    assert [c for c in calls if not inspect.iscoroutinefunction(c)] == []
+    """FastAPI runs a plain ``def`` dependency in anyio's thread pool: a thread
+    hand-off on every request. The gateway's routes and dependencies are ``async``."""
+    handed_off: list[object] = []
+    real = anyio.to_thread.run_sync
+
+    async def counting(func: Any, *args: Any, **kwargs: Any) -> Any:
+        handed_off.append(func)
+        return await real(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    assert client.post("/v1/infer/nope", json={"inputs": 1}).status_code == 404
+    assert client.get("/readyz").status_code in (200, 503)
+    assert client.get("/v1/models").status_code in (200, 403, 404, 501)
+    assert handed_off == []
