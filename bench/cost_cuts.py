@@ -1,11 +1,13 @@
-"""Cost cuts, each measured against today's settings in the same run: the
-stream_overhead stack (broker, gateway, rendezvous, three echo models: champion,
+"""Cost cuts, each measured against the settings as issue 12 was filed, in the same run:
+the stream_overhead stack (broker, gateway, rendezvous, three echo models: champion,
 challenger and a canary) at one steady rate, once per variant, each variant on a fresh
 stack whose broker JVM is warmed first; the first variant runs again at the end to show
-how far the machine drifted meanwhile.
+how far the machine drifted meanwhile. The capacity variants (run them with ``--only``)
+add worker processes, to show how the cost grows with models and endpoints.
 
-    python -m bench.cost_cuts                 # about 10 minutes
+    python -m bench.cost_cuts                 # about 18 minutes
     python -m bench.cost_cuts --quick         # a smoke run
+    python -m bench.cost_cuts --only "+ co-hosted models" --only "capacity: ..."
 
 Per variant: CPU-ms per request of each process and in total, Kafka requests per
 request (bench.cost), p50 and p99 latency. The last line is one JSON object.
