@@ -101,7 +101,7 @@ class WorkerService:
         self._nice = settings.nice
 
     def ready(self) -> bool:
-        """The model is loaded and the group gave this replica partitions."""
+        """Every hosted model is loaded and the group gave this replica partitions."""
         try:
             return all(m.ready for _, m in self.hosted) and self.runner.ready
         except RuntimeError:  # the assignment changed while it was read (a rebalance)
@@ -119,7 +119,7 @@ class WorkerService:
     def run(
         self, *, max_records: int | None = None, idle_timeout_s: float | None = None
     ) -> RunStats:
-        """Load the model, run the loop (see ``StreamRunner.run``), unload the model.
+        """Load the model(s), run the loop (see ``StreamRunner.run``), unload them.
         The consumer is closed in every case."""
         if self._nice:  # this thread runs the model: it, and the threads it starts
             os.nice(self._nice)

@@ -90,7 +90,7 @@ def workers(built: list[Obj], into: Path) -> dict[str, Worker]:
         if argv[:3] != ["python", "-m", "services.workers"]:
             continue
         env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
-        model = build_parser().parse_args(argv[3:]).model
+        (model,) = build_parser().parse_args(argv[3:]).model  # one model per Deployment
         spec = load_spec_file(mounted_file(pod, container, built, model, into))
         topics_path = env[env_name(WorkerSettings, "topics_file")]
         prefix = env.get(
