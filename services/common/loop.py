@@ -38,7 +38,6 @@ at-most-once. No input stops the loop; the error contract, per record:
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -370,16 +369,12 @@ class StreamRunner:
             self._waited.add(topic)
 
     def _wait_s(self) -> float:
-        """How long this turn waits for the first record: until the processor's next
-        timer, rounded up to the whole millisecond the client counts in (it truncates:
-        a timer 0.4 ms away would make the loop spin through polls that never wait)."""
+        """How long this turn waits for the first record (the consumer rounds a wait
+        under 1 ms up: kafka.clients.client_timeout)."""
         if self._until_due is None:
             return self._poll_timeout_s
         due = self._until_due()
-        if due is None:
-            return self._idle_poll_s
-        wait_ms = math.ceil(max(0.0, min(due, self._idle_poll_s)) * 1000.0)
-        return (wait_ms + 0.5) / 1000.0 if wait_ms else 0.0  # + 0.5: truncates to wait_ms
+        return self._idle_poll_s if due is None else max(0.0, min(due, self._idle_poll_s))
 
     def _process(self, batch: list[Inbound]) -> None:
         ctx = Context()

@@ -104,15 +104,9 @@ def configure(args: argparse.Namespace) -> Config:
         raise ConfigError(f"invalid settings: {exc}") from None
     if not settings.model:
         raise ConfigError("no model: give --model SPEC or set RDV_WORKER_MODEL")
-    spec = load_spec(settings.model)
-    model = create_runtime(spec.runtime, spec.params)
-    cohosted = []
-    for text in settings.cohosted:
-        more = load_spec(text)
-        cohosted.append((more, create_runtime(more.runtime, more.params)))
-    specs = [spec, *(s for s, _ in cohosted)]
-    models = [model, *(m for _, m in cohosted)]
-    check_cohosted(specs, [bool(getattr(m, "generative", False)) for m in models])
+    specs = [load_spec(text) for text in (settings.model, *settings.cohosted)]
+    (spec, model), *cohosted = [(s, create_runtime(s.runtime, s.params)) for s in specs]
+    check_cohosted([(spec, model), *cohosted])  # before touching the network
     topics = load_topics(settings.topics_file, prefix=kafka.topic_prefix)
     return Config(settings, kafka, spec, model, topics, tuple(cohosted))
 

@@ -30,13 +30,13 @@ def cohost_group_id(specs: Sequence[ModelSpec]) -> str:
     return "rdv.models." + "+".join(sorted(s.name for s in specs))
 
 
-def check_cohosted(specs: Sequence[ModelSpec], generative: Sequence[bool]) -> None:
-    """Raises ``ConfigError`` unless the specs can share one process."""
-    names = [s.name for s in specs]
+def check_cohosted(hosted: Sequence[tuple[ModelSpec, object]]) -> None:
+    """Raises ``ConfigError`` unless these (spec, runtime) pairs can share one process."""
+    names = [spec.name for spec, _ in hosted]
     if len(set(names)) != len(names):
         raise ConfigError(f"a process cannot host one model twice: {', '.join(names)}")
-    if len(specs) > 1 and any(generative):
-        chat = [s.name for s, g in zip(specs, generative, strict=True) if g]
+    chat = [spec.name for spec, model in hosted if getattr(model, "generative", False)]
+    if len(hosted) > 1 and chat:
         raise ConfigError(
             f"{', '.join(chat)} generate(s) token by token: a generative model runs in a "
             "process of its own (give it its own --model)"

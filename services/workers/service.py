@@ -54,34 +54,26 @@ class WorkerService:
         self.spec = spec
         self.model = model
         self.hosted = [(spec, model), *cohosted]
+        check_cohosted(self.hosted)  # so a generative model is always alone
         specs = [s for s, _ in self.hosted]
-        check_cohosted(specs, [bool(getattr(m, "generative", False)) for _, m in self.hosted])
         self.consumer = consumer
-        lag_interval_ms = settings.lag_interval_s * 1000.0
+        worker = ModelWorker
         if getattr(model, "generative", False):  # token by token: continuous batching
             from services.workers.chat import ChatWorker  # noqa: PLC0415
 
-            self.processor: ModelWorker | CoHosted = ChatWorker(
-                spec,
-                model,
+            worker = ChatWorker
+        workers = [
+            worker(
+                s,
+                m,
                 topics.scores,
                 lag=consumer.lag,
-                lag_interval_ms=lag_interval_ms,
+                lag_interval_ms=settings.lag_interval_s * 1000.0,
                 score_expired=settings.score_expired,
             )
-        else:
-            workers = [
-                ModelWorker(
-                    s,
-                    m,
-                    topics.scores,
-                    lag=consumer.lag,
-                    lag_interval_ms=lag_interval_ms,
-                    score_expired=settings.score_expired,
-                )
-                for s, m in self.hosted
-            ]
-            self.processor = workers[0] if len(workers) == 1 else CoHosted(workers)
+            for s, m in self.hosted
+        ]
+        self.processor = workers[0] if len(workers) == 1 else CoHosted(workers)
         name = "+".join(s.name for s in specs)
         self.runner = StreamRunner(
             service=f"worker.{name}",

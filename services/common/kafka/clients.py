@@ -4,6 +4,7 @@ when told to, and errors reported through one hook."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -155,6 +156,15 @@ def _record(msg: confluent_kafka.Message) -> Record:
     return Record(topic, partition, offset, msg.key(), msg.value(), headers, msg.timestamp()[1])
 
 
+def client_timeout(seconds: float) -> float:
+    """``seconds`` as the client counts them: it waits whole milliseconds and truncates,
+    so a wait under 1 ms would not wait at all (a loop waiting for a timer 0.4 ms away
+    would spin through polls until it is due). A positive wait is rounded up to whole
+    ms (+ 0.5 ms, so that the truncation lands on them); 0 stays 0."""
+    wait_ms = math.ceil(max(0.0, seconds) * 1000.0)
+    return (wait_ms + 0.5) / 1000.0 if wait_ms else 0.0
+
+
 class Consumer:
     """A group consumer that commits only offsets stored after output was produced."""
 
@@ -238,12 +248,14 @@ class Consumer:
         up to ``linger_s`` for more (0: only what has arrived already). So a lone record
         is handed over at once, and batches form by themselves under load.
         Transport errors are logged, not returned."""
-        first = self._consumer.poll(timeout_s)
+        first = self._consumer.poll(client_timeout(timeout_s))
         if first is None:
             return []
         msgs = [first]
         if max_records > 1:
-            msgs += self._consumer.consume(num_messages=max_records - 1, timeout=linger_s)
+            msgs += self._consumer.consume(
+                num_messages=max_records - 1, timeout=client_timeout(linger_s)
+            )
         out: list[Record] = []
         for msg in msgs:
             err = msg.error()

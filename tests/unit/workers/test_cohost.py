@@ -15,6 +15,10 @@ from services.workers.worker import ModelWorker
 from tests.unit.workers.test_worker import Scripted, StepClock, req
 
 
+class Generative(Scripted):
+    generative = True  # as the chat runtime says of itself
+
+
 def spec(name: str, endpoints: str = "demo", max_size: int = 32) -> ModelSpec:
     return parse_inline(
         f"echo:name={name},role=challenger,endpoints={endpoints},max_size={max_size}"
@@ -68,10 +72,11 @@ def test_a_set_has_its_own_group_and_a_lone_model_keeps_its_own() -> None:
 
 
 def test_one_model_twice_or_a_generative_model_in_a_set_is_refused() -> None:
+    echo, chat = Scripted(), Generative()
     with pytest.raises(ConfigError, match="cannot host one model twice"):
-        check_cohosted([spec("a"), spec("a")], [False, False])
+        check_cohosted([(spec("a"), echo), (spec("a"), echo)])
     with pytest.raises(ConfigError, match=r"chat.*process of its own"):
-        check_cohosted([spec("a"), spec("chat")], [False, True])
-    check_cohosted([spec("chat")], [True])  # alone it is fine
+        check_cohosted([(spec("a"), echo), (spec("chat"), chat)])
+    check_cohosted([(spec("chat"), chat)])  # alone it is fine
     with pytest.raises(ValueError, match="at least one"):
         CoHosted([])

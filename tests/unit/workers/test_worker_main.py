@@ -16,7 +16,12 @@ SPECS = Path(__file__).resolve().parents[3] / "models" / "specs"
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("RDV_WORKER_MODEL", "RDV_WORKER_OPS_PORT", "RDV_KAFKA_CLIENT_CONFIG"):
+    for var in (
+        "RDV_WORKER_MODEL",
+        "RDV_WORKER_COHOSTED",
+        "RDV_WORKER_OPS_PORT",
+        "RDV_KAFKA_CLIENT_CONFIG",
+    ):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -50,6 +55,21 @@ def test_help_documents_the_inline_form(capsys: pytest.CaptureFixture[str]) -> N
             ["--model", str(SPECS / "fast.yaml")],
             {"RDV_WORKER_TOPICS_FILE": "/nonexistent/topics.yaml"},
             "cannot read topics file",
+        ),
+        (
+            ["--model", str(SPECS / "fast.yaml"), "--model", str(SPECS / "fast.yaml")],
+            {},
+            "cannot host one model twice",
+        ),
+        (
+            ["--model", str(SPECS / "fast.yaml"), "--model", str(SPECS / "smol.yaml")],
+            {},
+            "a generative model runs in a process of its own",
+        ),
+        (
+            ["--model", str(SPECS / "fast.yaml")],
+            {"RDV_WORKER_COHOSTED": "not a list"},
+            "cohosted",
         ),
     ],
 )
