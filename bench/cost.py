@@ -51,6 +51,26 @@ def kafka_requests(metrics_url: str) -> dict[str, float]:
     return out
 
 
+def context_switches(pid: int) -> float:
+    """Context switches (voluntary and involuntary) of the process's live threads so far:
+    each is a thread that slept and woke, the cost of every hand-off between threads and
+    processes (a thread that ended takes its count with it); NaN once the process is gone."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return float("nan")
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        total += int(line.split()[1])
+        except OSError:
+            continue  # the thread ended meanwhile
+    return float(total)
+
+
 @dataclass
 class Reading:
     cpu: dict[str, float]  # process -> CPU ms so far
@@ -67,6 +87,9 @@ class CostMeter:
     def cpu(self) -> dict[str, float]:
         return {name: cpu_ms(pid) for name, pid in self.pids.items()}
 
+    def switches(self) -> dict[str, float]:
+        return {name: context_switches(pid) for name, pid in self.pids.items()}
+
     def kafka(self) -> dict[str, dict[str, float]]:
         return {name: kafka_requests(url) for name, url in self.metrics.items()}
 
@@ -77,9 +100,11 @@ def per_request(
     kafka_before: dict[str, dict[str, float]],
     kafka_after: dict[str, dict[str, float]],
     answered: int,
+    switches: tuple[dict[str, float], dict[str, float]] | None = None,
 ) -> dict[str, object]:
     """CPU-ms per request by process and in total, Kafka requests per request by type and
-    in total (and by process), for ``answered`` HTTP requests."""
+    in total (and by process), for ``answered`` HTTP requests; with ``switches`` (readings
+    before and after), context switches per request by process and in total too."""
     n = max(answered, 1)
     cpu = {name: round((cpu_after[name] - cpu_before[name]) / n, 3) for name in cpu_before}
     by_type: dict[str, float] = {}
@@ -90,7 +115,13 @@ def per_request(
             delta = count - before.get(request, 0.0)
             by_type[request] = by_type.get(request, 0.0) + delta
             by_process[name] = by_process.get(name, 0.0) + delta
+    out: dict[str, object] = {}
+    if switches is not None:
+        before_s, after_s = switches
+        per = {name: round((after_s[name] - before_s[name]) / n, 2) for name in before_s}
+        out["context_switches"] = {**per, "total": round(sum(per.values()), 2)}
     return {
+        **out,
         "cpu_ms": {**cpu, "total": round(sum(cpu.values()), 3)},
         "kafka_requests": {
             **{k: round(v / n, 2) for k, v in sorted(by_type.items()) if v},

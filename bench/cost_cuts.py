@@ -2,15 +2,17 @@
 the stream_overhead stack (broker, gateway, rendezvous, three echo models: champion,
 challenger and a canary) at one steady rate, once per variant, each variant on a fresh
 stack whose broker JVM is warmed first; the first variant runs again at the end to show
-how far the machine drifted meanwhile. The capacity variants (run them with ``--only``)
-add worker processes, to show how the cost grows with models and endpoints.
+how far the machine drifted meanwhile. The broker variants and the capacity variants
+(run them with ``--only``) try other broker settings, or add worker processes to show
+how the cost grows with models and endpoints.
 
-    python -m bench.cost_cuts                 # about 18 minutes
+    python -m bench.cost_cuts                 # about 23 minutes
     python -m bench.cost_cuts --quick         # a smoke run
     python -m bench.cost_cuts --only "+ co-hosted models" --only "capacity: ..."
 
-Per variant: CPU-ms per request of each process and in total, Kafka requests per
-request (bench.cost), p50 and p99 latency. The last line is one JSON object.
+Per variant: CPU-ms, Kafka requests and context switches per request of each process
+and in total (bench.cost), p50 and p99 latency, and the stack's idle CPU (ms per second
+over 15 s without load, after the load windows). The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from dataclasses import dataclass, field
 
 from bench.chaos_report import cpu_times, machine
-from bench.cost import STATS_INTERVAL_MS
+from bench.cost import STATS_INTERVAL_MS, CostMeter
 from bench.loadgen import summary
 from bench.stack import ECHO_MODELS, POLICY, BenchStack
 from bench.stream_overhead import costed, warm_up
@@ -45,13 +48,18 @@ OLD_WAKEUPS = {
 }
 """The idle wake-ups before this change: workers every 20 ms, the gateway's reply
 thread every 10 ms and its loop-lag timer every 5 ms."""
-TODAY = Variant("issue filed", {"RDV_WORKER_OFF_PATH_WAIT_MS": "0", **OLD_WAKEUPS})
+OLD_READERS = {"RDV_KAFKA_CLIENT_CONFIG": json.dumps({"fetch.wait.max.ms": "100"})}
+"""Every consumer's fetch held at most 100 ms, as before the control followers and the
+gateway's reply reader got a 1 s bound (kafka.config.assigned_reader); the group
+members' 100 ms bound is unchanged."""
+TODAY = Variant("issue filed", {"RDV_WORKER_OFF_PATH_WAIT_MS": "0", **OLD_WAKEUPS, **OLD_READERS})
 LINGER = {"RDV_KAFKA_CLIENT_CONFIG": json.dumps({"linger.ms": "1"})}
 VARIANTS = (
     TODAY,
-    Variant("canary reads in batches", OLD_WAKEUPS),
-    Variant("+ fewer idle wake-ups", {}),
-    Variant("+ co-hosted models", {}, cohost=True),
+    Variant("canary reads in batches", {**OLD_WAKEUPS, **OLD_READERS}),
+    Variant("+ fewer idle wake-ups", OLD_READERS),
+    Variant("+ co-hosted models", OLD_READERS, cohost=True),
+    Variant("+ assigned readers wait 1 s", {}, cohost=True),
     Variant("+ producers linger 1 ms", LINGER, cohost=True),
     Variant(
         "co-hosted, broker 1+1 threads",
@@ -60,6 +68,32 @@ VARIANTS = (
         broker={"num.network.threads": "1", "num.io.threads": "1"},
     ),
 )
+BROKER = (
+    Variant(
+        "co-hosted, broker no-op records every 5 s",
+        {},
+        cohost=True,
+        broker={"metadata.max.idle.interval.ms": "5000"},
+    ),
+    Variant("co-hosted, broker serial GC", {}, jvm=["-XX:+UseSerialGC"], cohost=True),
+    Variant("co-hosted, broker parallel GC", {}, jvm=["-XX:+UseParallelGC"], cohost=True),
+    Variant(
+        "co-hosted, broker G1, 1 GC + 2 JIT threads",
+        {},
+        jvm=[
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:ParallelGCThreads=1",
+            "-XX:ConcGCThreads=1",
+            "-XX:CICompilerCount=2",
+        ],
+        cohost=True,
+    ),
+)
+"""The broker's settings tried on the co-hosted stack: its controller's no-op metadata
+records every 5 s instead of Kafka's 500 ms (an idle broker's work), and its JVM
+(LocalBroker's default: G1 with a 20 ms pause goal) with other collectors or fewer GC
+and compiler threads on a two-core machine."""
 OTHER = {
     f"other{i}": f"echo:name=other{i},role=challenger,endpoints=other,latency_ms=0"
     for i in range(3)
@@ -77,7 +111,12 @@ or three more that score every request (challengers outside the policy)."""
 
 
 def run_variant(
-    variant: Variant, rate: float, seconds: float, repeats: int, warm_s: tuple[float, float]
+    variant: Variant,
+    rate: float,
+    seconds: float,
+    repeats: int,
+    warm_s: tuple[float, float],
+    idle_s: float,
 ) -> dict:
     with BenchStack(
         POLICY, env=variant.env, jvm_options=variant.jvm, broker_props=variant.broker
@@ -88,6 +127,7 @@ def run_variant(
         meter = stack.meter()
         warm_up(meter, stack.gateway_port, *warm_s)
         runs = [costed(meter, stack.gateway_port, rate, seconds) for _ in range(repeats)]
+        idle = idle_cpu(meter, idle_s)
     sums = [summary(r) for r, _ in runs]
     costs = [c for _, c in runs]
     row = {
@@ -98,15 +138,30 @@ def run_variant(
         "cpu_ms": _median(costs, "cpu_ms"),
         "kafka_requests": _median(costs, "kafka_requests"),
         "kafka_requests_by_process": _median(costs, "kafka_requests_by_process"),
+        "context_switches": _median(costs, "context_switches"),
+        "idle_cpu_ms_per_s": idle,
     }
     print(
         f"{variant.name:<30} CPU {row['cpu_ms']['total']:6.2f} ms/req "
         f"(broker {row['cpu_ms'].get('broker', float('nan')):5.2f})  "
         f"Kafka {row['kafka_requests']['total']:5.2f} req/req  "
-        f"p50 {row['p50']:6.2f}  p99 {row['p99']:7.2f} ms  ok {row['ok_share']:.3f}",
+        f"switches {row['context_switches']['total']:5.1f}/req  "
+        f"p50 {row['p50']:6.2f}  p99 {row['p99']:7.2f} ms  ok {row['ok_share']:.3f}  "
+        f"idle {idle['total']:5.1f} CPU-ms/s (broker {idle.get('broker', float('nan')):4.1f})",
         flush=True,
     )
     return row
+
+
+def idle_cpu(meter: CostMeter, seconds: float) -> dict[str, float]:
+    """CPU-ms per second of each process and in total while no request comes, over
+    ``seconds`` after the last window's answers (the stack's idle floor: empty fetches,
+    heartbeats, timers; at 100 req/s each 10 ms/s of it is 0.1 ms per request)."""
+    before = meter.cpu()
+    time.sleep(seconds)  # the measured window
+    after = meter.cpu()
+    out = {name: round((after[name] - before[name]) / seconds, 2) for name in before}
+    return {**out, "total": round(sum(out.values()), 2)}
 
 
 def _median(costs: list[dict], part: str) -> dict[str, float]:
@@ -118,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cost_cuts")
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke test)")
     parser.add_argument("--rate", type=float, default=100.0)
-    names = [v.name for v in (*VARIANTS, *CAPACITY)]
+    names = [v.name for v in (*VARIANTS, *BROKER, *CAPACITY)]
     parser.add_argument(
         "--only",
         action="append",
@@ -128,14 +183,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     seconds, repeats, warm_s = (4.0, 1, (5.0, 10.0)) if args.quick else (10.0, 3, (45.0, 150.0))
+    idle_s = 4.0 if args.quick else 15.0
     steal0 = cpu_times()
     print("machine:", json.dumps(machine()), flush=True)
     chosen = (
-        [next(v for v in (*VARIANTS, *CAPACITY) if v.name == n) for n in args.only]
+        [next(v for v in (*VARIANTS, *BROKER, *CAPACITY) if v.name == n) for n in args.only]
         if args.only
         else [*VARIANTS, TODAY]
     )
-    rows = [run_variant(v, args.rate, seconds, repeats, warm_s) for v in chosen]
+    rows = [run_variant(v, args.rate, seconds, repeats, warm_s, idle_s) for v in chosen]
     out = {
         "rate": args.rate,
         "seconds": seconds,

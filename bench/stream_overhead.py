@@ -80,12 +80,13 @@ def baseline_server() -> Iterator[tuple[int, int]]:
 def costed(meter: CostMeter, port: int, rate: float, duration_s: float) -> tuple[Run, dict]:
     """One open-loop run and what it cost (bench.cost): CPU-ms and Kafka requests per
     request sent."""
-    cpu0, kafka0 = meter.cpu(), meter.kafka()
+    cpu0, switches0, kafka0 = meter.cpu(), meter.switches(), meter.kafka()
     run = measure("127.0.0.1", port, "/v1/infer/bench", BODY, rate=rate, duration_s=duration_s)
-    cpu1 = meter.cpu()
+    cpu1, switches1 = meter.cpu(), meter.switches()
     if meter.metrics:
         settle_kafka_counts()
-    return run, per_request(cpu0, cpu1, kafka0, meter.kafka(), len(run.results))
+    n = len(run.results)
+    return run, per_request(cpu0, cpu1, kafka0, meter.kafka(), n, (switches0, switches1))
 
 
 def warm_up(meter: CostMeter, port: int, min_s: float, max_s: float) -> list[float]:
@@ -242,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
 def _cost_line(cost: dict) -> str:
     kafka = cost["kafka_requests"]
     text = f"CPU {cost['cpu_ms']['total']:.2f} ms/req"
+    if (switches := cost.get("context_switches")) is not None:
+        text += f", {switches['total']:.1f} context switches/req"
     return text + (f", Kafka {kafka['total']:.1f} req/req" if kafka["total"] else "")
 
 
@@ -250,7 +253,8 @@ def _median_cost(costs: list[dict]) -> dict:
     first = costs[0]
     return {
         part: {k: statistics.median(c[part].get(k, 0.0) for c in costs) for k in first[part]}
-        for part in ("cpu_ms", "kafka_requests", "kafka_requests_by_process")
+        for part in ("cpu_ms", "kafka_requests", "kafka_requests_by_process", "context_switches")
+        if part in first
     }
 
 

@@ -23,7 +23,13 @@ from prometheus_client import Counter
 
 from services.common.codec import decode_control
 from services.common.errors import KafkaUnavailableError, MessageError
-from services.common.kafka import Consumer, Record, consumer_config, retry_transient
+from services.common.kafka import (
+    Consumer,
+    Record,
+    assigned_reader,
+    consumer_config,
+    retry_transient,
+)
 from services.common.messages import ControlEntry
 from services.common.settings import KafkaSettings
 from services.common.topics import Topics
@@ -60,8 +66,14 @@ class ControlFollower:
         self._topic = topics.control
         self._partitions = topics.partitions("control")
         self._poll_s = poll_s
-        config = consumer_config(kafka, f"rdv-control-{uuid.uuid4().hex}", "rdv-control-follower")
-        self._consumer = Consumer(config | {"enable.auto.commit": "false"})
+        config = consumer_config(
+            kafka,
+            f"rdv-control-{uuid.uuid4().hex}",
+            "rdv-control-follower",
+            {"enable.auto.commit": "false"},
+            defaults=assigned_reader(),
+        )
+        self._consumer = Consumer(config)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="control-follower")
         self.applied = 0

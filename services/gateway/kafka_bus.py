@@ -25,6 +25,7 @@ from services.common.kafka import (
     Producer,
     Record,
     admin_config,
+    assigned_reader,
     consumer_config,
     producer_config,
 )
@@ -193,7 +194,9 @@ def connect(
     client_id = f"rdv-gateway-p{partition}"
     producer = Producer(producer_config(kafka, client_id), on_error=health.on_error)
     consumer = Consumer(
-        consumer_config(kafka, f"rdv-gateway-{uuid.uuid4().hex}", client_id),
+        consumer_config(
+            kafka, f"rdv-gateway-{uuid.uuid4().hex}", client_id, defaults=assigned_reader()
+        ),
         on_error=health.on_error,
     )
     admin = Admin(admin_config(kafka))

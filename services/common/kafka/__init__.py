@@ -16,6 +16,7 @@ from services.common.kafka.admin import (
 )
 from services.common.kafka.clients import Consumer, ErrorHook, Outbound, Producer, Record
 from services.common.kafka.config import (
+    ASSIGNED_READER_WAIT_MS,
     CLIENT_DEFAULTS,
     CONSUMER_DEFAULTS,
     CONSUMER_PINNED,
@@ -23,6 +24,7 @@ from services.common.kafka.config import (
     PRODUCER_DEFAULTS,
     PRODUCER_PINNED,
     admin_config,
+    assigned_reader,
     batched_fetch,
     consumer_config,
     is_permanent,
@@ -31,6 +33,7 @@ from services.common.kafka.config import (
 )
 
 __all__ = [
+    "ASSIGNED_READER_WAIT_MS",
     "CLIENT_DEFAULTS",
     "CONSUMER_DEFAULTS",
     "CONSUMER_PINNED",
@@ -45,6 +48,7 @@ __all__ = [
     "Reader",
     "Record",
     "admin_config",
+    "assigned_reader",
     "batched_fetch",
     "committed_offsets",
     "consumer_config",

@@ -71,6 +71,20 @@ def batched_fetch(wait_ms: int) -> dict[str, str]:
     return {"fetch.min.bytes": str(BATCH_FETCH_BYTES), "fetch.wait.max.ms": str(wait_ms)}
 
 
+ASSIGNED_READER_WAIT_MS = 1000
+
+
+def assigned_reader() -> dict[str, str]:
+    """Consumer properties for a reader that assigns its partitions itself, once, and is
+    never rebalanced (the control followers, the gateway's reply reader). The broker
+    holds its fetch until a record arrives (fetch.min.bytes stays 1, so no record waits
+    for the bound) or ASSIGNED_READER_WAIT_MS pass: an idle reader sends one empty fetch a
+    second instead of ten. Group members keep the 100 ms bound: librdkafka adds a newly
+    assigned partition to its fetches only once the fetch in flight has returned, so a
+    long bound would slow a fail-over. A default: the user's ``client_config`` wins."""
+    return {"fetch.wait.max.ms": str(ASSIGNED_READER_WAIT_MS), "fetch.min.bytes": "1"}
+
+
 CLASSIC_ONLY = ("session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy")
 """Consumer properties of the classic group protocol. With ``group.protocol=consumer``
 (KIP-848) the broker owns them (group.consumer.* broker and group configs) and
@@ -132,24 +146,30 @@ def consumer_config(
     group_id: str,
     client_id: str,
     overrides: Mapping[str, str] | None = None,
+    *,
+    defaults: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """A consumer's config. Where ``group.protocol`` is ``consumer`` (KIP-848, chosen in
     ``client_config`` or ``overrides``), the classic-only defaults are left out and the
-    broker's range assignor is asked for (it keeps co-partitioned topics together)."""
+    broker's range assignor is asked for (it keeps co-partitioned topics together).
+    ``defaults`` go over CONSUMER_DEFAULTS and under the user's ``client_config``;
+    ``overrides`` go over both."""
     base = {"bootstrap.servers": settings.bootstrap, "client.id": client_id, "group.id": group_id}
     layers = (base, settings.security_config(), settings.client_config, overrides or {})
     chosen = merge_config(*layers, pinned={})
-    defaults = dict(CONSUMER_DEFAULTS)
+    base_defaults = dict(CONSUMER_DEFAULTS) | dict(defaults or {})
     if chosen.get("group.protocol") == "consumer":
         for key in CLASSIC_ONLY:
-            defaults.pop(key)
+            base_defaults.pop(key)
             if key in chosen:
                 raise ConfigError(
                     f"Kafka property {key} is not used with group.protocol=consumer: the "
                     "broker's group.consumer.* settings govern the group"
                 )
-        defaults["group.remote.assignor"] = "range"
-    return merge_config(CLIENT_DEFAULTS, STATS_DEFAULTS, defaults, *layers, pinned=CONSUMER_PINNED)
+        base_defaults["group.remote.assignor"] = "range"
+    return merge_config(
+        CLIENT_DEFAULTS, STATS_DEFAULTS, base_defaults, *layers, pinned=CONSUMER_PINNED
+    )
 
 
 def admin_config(settings: KafkaSettings) -> dict[str, str]:

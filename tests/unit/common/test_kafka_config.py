@@ -18,6 +18,7 @@ from services.common.kafka import (
     PRODUCER_PINNED,
     admin,
     admin_config,
+    assigned_reader,
     consumer_config,
     merge_config,
     producer_config,
@@ -436,3 +437,15 @@ def test_read_since_gives_up_on_other_errors(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(admin.confluent_kafka, "Consumer", FakeReaderConsumer)
     with pytest.raises(KafkaUnavailableError, match="could not read t"):
         admin.read_since({}, "t", [0], 0, timeout_s=5)
+
+
+def test_reader_defaults_go_over_the_consumer_defaults_and_under_the_user_config() -> None:
+    reader = assigned_reader()
+    conf = consumer_config(_settings(), "g", "c", defaults=reader)
+    assert conf["fetch.wait.max.ms"] == reader["fetch.wait.max.ms"] != "100"
+    assert conf["fetch.min.bytes"] == "1"  # a record is answered at once, never held
+    mine = consumer_config(
+        _settings(client_config={"fetch.wait.max.ms": "250"}), "g", "c", defaults=reader
+    )
+    assert mine["fetch.wait.max.ms"] == "250"
+    assert consumer_config(_settings(), "g", "c")["fetch.wait.max.ms"] == "100"  # members
