@@ -6,7 +6,8 @@ Both get the same rate (``--rate``, 100 req/s) from bench.loadgen, alternating
 ``--repeats`` windows of ``--seconds`` after a warm-up of each; for each window: p50 and
 p99 from each request's scheduled time, the share answered 200, and the CPU-ms per
 request over every process of the stack (from /proc: the pids in .rdv/run and the
-broker) or of the baseline. The idle stack's CPU is measured first. The machine is
+broker) or of the baseline. The idle stack's CPU is measured first, in all and by
+process (``--settle`` seconds after the start, over ``--idle-seconds``). The machine is
 printed beside the figures; the last line is one JSON object.
 """
 
@@ -58,15 +59,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--port", type=int, default=8080, help="the stack's gateway")
     parser.add_argument("--kafka-port", type=int, default=9092, help="the stack's broker")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        help="seconds to wait before the idle window (a fresh broker compiles for a minute)",
+    )
+    parser.add_argument("--idle-seconds", type=float, default=10.0, help="the idle window")
     args = parser.parse_args(argv)
     steal0 = cpu_times()
     print("machine:", json.dumps(machine()), flush=True)
     pids = stack_pids(args.kafka_port)
-    idle0 = sum(cpu_ms(p) for p in pids.values())
-    time.sleep(10)
-    idle = (sum(cpu_ms(p) for p in pids.values()) - idle0) / 10_000 * 100
+    time.sleep(args.settle)  # nothing to wait on: the JIT just needs the time
+    idle0 = {name: cpu_ms(pid) for name, pid in pids.items()}
+    time.sleep(args.idle_seconds)  # the measured window
+    per = {n: round((cpu_ms(p) - idle0[n]) / args.idle_seconds, 2) for n, p in pids.items()}
+    idle = sum(per.values()) / 1000 * 100
     print(f"idle stack: {idle:.1f}% of a core ({len(pids)} processes)", flush=True)
-    out: dict[str, object] = {"rate": args.rate, "idle_pct_of_core": idle, "windows": []}
+    print("idle CPU-ms per second by process:", json.dumps(per), flush=True)
+    out: dict[str, object] = {
+        "rate": args.rate,
+        "idle_pct_of_core": idle,
+        "idle_cpu_ms_per_s": per,
+        "windows": [],
+    }
     with baseline_server() as (base_port, base_pid):
         window(args.port, pids, args.rate, 30.0)  # warm-up
         window(base_port, {"baseline": base_pid}, args.rate, 10.0)
