@@ -10,6 +10,7 @@ from pydantic import JsonValue
 
 from services.common.messages import (
     ErrorBody,
+    ModelRegistration,
     RequestEnvelope,
     ReturnAddress,
     Role,
@@ -61,6 +62,19 @@ def score_for(
         output=output,
         error=error,
         timings=Timings(received_ms=now, started_ms=now, finished_ms=now),
+    )
+
+
+def registration(name: str) -> ModelRegistration:
+    """A control entry registering an echo challenger ``name`` on ``demo``."""
+    return ModelRegistration(
+        name=name,
+        version="1",
+        role=Role.CHALLENGER,
+        endpoints=["demo"],
+        runtime="echo",
+        changed_by="t",
+        changed_ms=1,
     )
 
 

@@ -12,11 +12,12 @@ from collections.abc import Callable
 from services.common.codec import encode, message_key
 from services.common.kafka import ASSIGNED_READER_WAIT_MS, Outbound, Producer, producer_config
 from services.common.kafka.stats import REQUEST_COUNTS
-from services.common.messages import ModelRegistration, Reply, Role
+from services.common.messages import Reply
 from services.common.settings import KafkaSettings
 from services.common.topics import Topics
 from services.control.follower import ControlFollower
 from services.gateway import kafka_bus
+from tests.factories import registration
 
 STATS = {"statistics.interval.ms": "200"}
 IDLE_S = 4.0
@@ -86,15 +87,7 @@ def test_an_idle_control_follower_fetches_about_once_a_second_and_gets_records_a
         rate = _idle_fetch_rate("rdv-control-follower", before)
 
         def record(i: int) -> Outbound:
-            reg = ModelRegistration(
-                name=f"m{i}",
-                version="1",
-                role=Role.CHALLENGER,
-                endpoints=["demo"],
-                runtime="echo",
-                changed_by="t",
-                changed_ms=1,
-            )
+            reg = registration(f"m{i}")
             return Outbound(topics.control, message_key(reg), encode(reg))
 
         delays = _arrival_delays(settings, record, lambda: follower.applied)

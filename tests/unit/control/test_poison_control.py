@@ -10,23 +10,11 @@ from prometheus_client import REGISTRY
 
 from services.common.codec import encode, message_key
 from services.common.kafka import Record
-from services.common.messages import ModelRegistration, Role
 from services.common.settings import KafkaSettings
 from services.common.topics import load_topics
 from services.control.follower import ControlFollower
 from services.control.state import ControlState
-
-
-def _reg(name: str) -> ModelRegistration:
-    return ModelRegistration(
-        name=name,
-        version="1",
-        role=Role.CHALLENGER,
-        endpoints=["demo"],
-        runtime="echo",
-        changed_by="t",
-        changed_ms=1,
-    )
+from tests.factories import registration
 
 
 class FakeConsumer:
@@ -73,7 +61,7 @@ def test_garbage_is_counted_and_the_records_after_it_are_applied(value: bytes, r
         load_topics(prefix="unit."),
         lambda _s, kind, entry: changes.append((kind, entry)),
     )
-    good = _reg("m1")
+    good = registration("m1")
     follower._consumer = FakeConsumer(  # type: ignore[assignment]
         _records((b"model/x", value), (message_key(good), encode(good)))
     )
@@ -98,7 +86,7 @@ def test_a_failing_callback_skips_one_record_not_the_rest() -> None:
     follower = ControlFollower(
         KafkaSettings(bootstrap="127.0.0.1:1"), load_topics(prefix="unit."), on_change
     )
-    regs = [_reg("bad"), _reg("good")]
+    regs = [registration("bad"), registration("good")]
     follower._consumer = FakeConsumer(  # type: ignore[assignment]
         _records(*((message_key(r), encode(r)) for r in regs))
     )
