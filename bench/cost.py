@@ -131,6 +131,17 @@ def per_request(
     }
 
 
+def idle_cpu(meter: CostMeter, seconds: float) -> dict[str, float]:
+    """CPU-ms per second of each process and in total over ``seconds`` without load
+    (the idle floor: empty fetches, heartbeats, timers; at 100 req/s each 10 ms of it per
+    second is 0.1 ms per request)."""
+    before = meter.cpu()
+    time.sleep(seconds)  # the measured window
+    after = meter.cpu()
+    out = {name: round((after[name] - before[name]) / seconds, 2) for name in before}
+    return {**out, "total": round(sum(out.values()), 2)}
+
+
 def settle_kafka_counts() -> None:
     """Wait until every client has reported its counts for the window just ended."""
     time.sleep(KAFKA_SETTLE_S)  # librdkafka reports on its own interval: no event to wait on

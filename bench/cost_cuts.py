@@ -21,11 +21,10 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from dataclasses import dataclass, field
 
 from bench.chaos_report import cpu_times, machine
-from bench.cost import STATS_INTERVAL_MS, CostMeter
+from bench.cost import STATS_INTERVAL_MS, idle_cpu
 from bench.loadgen import summary
 from bench.stack import ECHO_MODELS, POLICY, BenchStack
 from bench.stream_overhead import costed, warm_up
@@ -151,17 +150,6 @@ def run_variant(
         flush=True,
     )
     return row
-
-
-def idle_cpu(meter: CostMeter, seconds: float) -> dict[str, float]:
-    """CPU-ms per second of each process and in total while no request comes, over
-    ``seconds`` after the last window's answers (the stack's idle floor: empty fetches,
-    heartbeats, timers; at 100 req/s each 10 ms/s of it is 0.1 ms per request)."""
-    before = meter.cpu()
-    time.sleep(seconds)  # the measured window
-    after = meter.cpu()
-    out = {name: round((after[name] - before[name]) / seconds, 2) for name in before}
-    return {**out, "total": round(sum(out.values()), 2)}
 
 
 def _median(costs: list[dict], part: str) -> dict[str, float]:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from bench.chaos_report import cpu_times, machine
-from bench.cost import cpu_ms
+from bench.cost import CostMeter, cpu_ms, idle_cpu
 from bench.loadgen import measure, summary
 from bench.stack import BODY
 from bench.stream_overhead import baseline_server
@@ -71,10 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     print("machine:", json.dumps(machine()), flush=True)
     pids = stack_pids(args.kafka_port)
     time.sleep(args.settle)  # nothing to wait on: the JIT just needs the time
-    idle0 = {name: cpu_ms(pid) for name, pid in pids.items()}
-    time.sleep(args.idle_seconds)  # the measured window
-    per = {n: round((cpu_ms(p) - idle0[n]) / args.idle_seconds, 2) for n, p in pids.items()}
-    idle = sum(per.values()) / 1000 * 100
+    per = idle_cpu(CostMeter(pids, {}), args.idle_seconds)
+    idle = per.pop("total") / 1000 * 100
     print(f"idle stack: {idle:.1f}% of a core ({len(pids)} processes)", flush=True)
     print("idle CPU-ms per second by process:", json.dumps(per), flush=True)
     out: dict[str, object] = {

@@ -77,12 +77,13 @@ ASSIGNED_READER_WAIT_MS = 1000
 def assigned_reader() -> dict[str, str]:
     """Consumer properties for a reader that assigns its partitions itself, once, and is
     never rebalanced (the control followers, the gateway's reply reader). The broker
-    holds its fetch until a record arrives (fetch.min.bytes stays 1, so no record waits
-    for the bound) or ASSIGNED_READER_WAIT_MS pass: an idle reader sends one empty fetch a
-    second instead of ten. Group members keep the 100 ms bound: librdkafka adds a newly
-    assigned partition to its fetches only once the fetch in flight has returned, so a
-    long bound would slow a fail-over. A default: the user's ``client_config`` wins."""
-    return {"fetch.wait.max.ms": str(ASSIGNED_READER_WAIT_MS), "fetch.min.bytes": "1"}
+    holds its fetch until a record arrives (CONSUMER_DEFAULTS' fetch.min.bytes of 1: no
+    record waits for the bound) or ASSIGNED_READER_WAIT_MS pass: an idle reader sends
+    one empty fetch a second instead of ten. Group members keep the 100 ms bound:
+    librdkafka adds a newly assigned partition to its fetches only once the fetch in
+    flight has returned, so a long bound would slow a fail-over. A default: the user's
+    ``client_config`` wins."""
+    return {"fetch.wait.max.ms": str(ASSIGNED_READER_WAIT_MS)}
 
 
 CLASSIC_ONLY = ("session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy")

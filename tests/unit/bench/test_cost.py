@@ -6,7 +6,7 @@ import math
 import os
 import threading
 
-from bench.cost import context_switches, per_request
+from bench.cost import CostMeter, context_switches, idle_cpu, per_request
 
 ROUNDS = 100
 
@@ -50,3 +50,19 @@ def test_per_request_divides_switches_by_the_answers_and_totals_them() -> None:
     assert cost["context_switches"] == {"a": 5.0, "b": 2.0, "total": 7.0}
     assert cost["cpu_ms"] == {"a": 1.0, "b": 3.0, "total": 4.0}
     assert "context_switches" not in per_request({"a": 0.0}, {"a": 1.0}, {}, {}, 1)
+
+
+class Readings(CostMeter):
+    """CPU readings from a script instead of /proc."""
+
+    def __init__(self, *readings: dict[str, float]) -> None:
+        super().__init__({}, {})
+        self.readings = list(readings)
+
+    def cpu(self) -> dict[str, float]:
+        return self.readings.pop(0)
+
+
+def test_idle_cpu_is_per_second_by_process_and_in_total() -> None:
+    meter = Readings({"a": 0.0, "b": 10.0}, {"a": 0.5, "b": 12.0})
+    assert idle_cpu(meter, 0.01) == {"a": 50.0, "b": 200.0, "total": 250.0}
