@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.chaos_report import cpu_times, machine
@@ -52,6 +54,22 @@ def window(port: int, pids: dict[str, int], rate: float, seconds: float) -> dict
     return {"p50": s["p50"], "p99": s["p99"], "ok_share": s["ok_share"], "cpu_ms": spent / n}
 
 
+def _seconds(*, allow_zero: bool) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds, above zero (or zero if allowed)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            bound = "0 or more" if allow_zero else "more than 0"
+            raise argparse.ArgumentTypeError(f"seconds must be {bound}, not {text!r}")
+        return value
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.make_up_load")
     parser.add_argument("--rate", type=float, default=100.0)
@@ -61,11 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kafka-port", type=int, default=9092, help="the stack's broker")
     parser.add_argument(
         "--settle",
-        type=float,
+        type=_seconds(allow_zero=True),
         default=0.0,
         help="seconds to wait before the idle window (a fresh broker compiles for a minute)",
     )
-    parser.add_argument("--idle-seconds", type=float, default=10.0, help="the idle window")
+    parser.add_argument(
+        "--idle-seconds", type=_seconds(allow_zero=False), default=10.0, help="the idle window"
+    )
     args = parser.parse_args(argv)
     steal0 = cpu_times()
     print("machine:", json.dumps(machine()), flush=True)
