@@ -51,21 +51,27 @@ OLD_READERS = {"RDV_KAFKA_CLIENT_CONFIG": json.dumps({"fetch.wait.max.ms": "100"
 """Every consumer's fetch held at most 100 ms, as before the control followers and the
 gateway's reply reader got a 1 s bound (kafka.config.assigned_reader); the group
 members' 100 ms bound is unchanged."""
-TODAY = Variant("issue filed", {"RDV_WORKER_OFF_PATH_WAIT_MS": "0", **OLD_WAKEUPS, **OLD_READERS})
+OLD_DECISIONS = {"RDV_RENDEZVOUS_DECISION_LINGER_MS": "0"}
+"""Decisions sent at once with the replies, as before the rendezvous's decision lane."""
+TODAY = Variant(
+    "issue filed",
+    {"RDV_WORKER_OFF_PATH_WAIT_MS": "0", **OLD_WAKEUPS, **OLD_READERS, **OLD_DECISIONS},
+)
 LINGER = {"RDV_KAFKA_CLIENT_CONFIG": json.dumps({"linger.ms": "1"})}
 VARIANTS = (
     TODAY,
-    Variant("canary reads in batches", {**OLD_WAKEUPS, **OLD_READERS}),
-    Variant("+ fewer idle wake-ups", OLD_READERS),
-    Variant("+ co-hosted models", OLD_READERS, cohost=True),
-    Variant("+ assigned readers wait 1 s", {}, cohost=True),
-    Variant("+ producers linger 1 ms", LINGER, cohost=True),
+    Variant("canary reads in batches", {**OLD_WAKEUPS, **OLD_READERS, **OLD_DECISIONS}),
+    Variant("+ fewer idle wake-ups", {**OLD_READERS, **OLD_DECISIONS}),
+    Variant("+ co-hosted models", {**OLD_READERS, **OLD_DECISIONS}, cohost=True),
+    Variant("+ assigned readers wait 1 s", OLD_DECISIONS, cohost=True),
+    Variant("+ producers linger 1 ms", LINGER | OLD_DECISIONS, cohost=True),
     Variant(
         "co-hosted, broker 1+1 threads",
-        {},
+        OLD_DECISIONS,
         cohost=True,
         broker={"num.network.threads": "1", "num.io.threads": "1"},
     ),
+    Variant("+ decisions lane 500 ms", {}, cohost=True),
 )
 BROKER = (
     Variant(

@@ -55,7 +55,7 @@ from services.common.errors import (
     MessageError,
     ProduceError,
 )
-from services.common.kafka import Consumer, Outbound, Producer, Record, is_permanent
+from services.common.kafka import Consumer, Lanes, Outbound, Producer, Record, is_permanent
 from services.common.offsets import OffsetTracker, Ticket
 
 log = logging.getLogger("rdv.loop")
@@ -237,7 +237,7 @@ class StreamRunner:
         *,
         service: str,
         consumer: Consumer,
-        producer: Producer,
+        producer: Producer | Lanes,
         decoders: Mapping[str, Decoder],
         processor: Processor,
         dead_letter_topic: str,

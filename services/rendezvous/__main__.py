@@ -34,6 +34,7 @@ from services.common.errors import ConfigError, RendezvousError
 from services.common.kafka import (
     Admin,
     Consumer,
+    Lanes,
     Producer,
     admin_config,
     consumer_config,
@@ -84,15 +85,19 @@ def build(
     once = ExactlyOnce(
         processor, topics.decisions, topics.dead_letters, stall_ms=settings.session_timeout_ms
     )
+    outputs = outputs_of(settings, kafka, topics, client_id, producer)
     consumer = Consumer(
         consumer_config(
             kafka, kafka.topic_prefix + settings.group_id, client_id, member_config(settings, kafka)
-        )
+        ),
+        before_revoke=(
+            (lambda: outputs.flush_lanes(REVOKE_FLUSH_S)) if isinstance(outputs, Lanes) else None
+        ),
     )
     runner = StreamRunner(
         service="rendezvous",
         consumer=consumer,
-        producer=Producer(producer_config(kafka, client_id)) if producer is None else producer,
+        producer=outputs,
         decoders={
             topics.requests: lambda b: decode(b, RequestEnvelope),
             topics.scores: lambda b: decode(b, Score),
@@ -107,6 +112,31 @@ def build(
         on_assign=lambda fresh: catch_up(kafka, topics, settings, once, fresh=fresh),
     )
     return runner, processor
+
+
+REVOKE_FLUSH_S = 2.0
+"""At most this long in a rebalance to send the decisions a lane still holds (well under
+the group session: a member that stalls its rebalance longer is expelled)."""
+
+
+def outputs_of(
+    settings: RendezvousSettings,
+    kafka: KafkaSettings,
+    topics: Topics,
+    client_id: str,
+    producer: Producer | None,
+) -> Producer | Lanes:
+    """The producer the loop writes with: ``producer`` when given (tests inject faults
+    into one), else a new one, with the decisions in a lane of their own that lingers
+    ``decision_linger_ms`` (none when it is 0)."""
+    if producer is not None:
+        return producer
+    main = Producer(producer_config(kafka, client_id))
+    if settings.decision_linger_ms == 0:
+        return main
+    config = producer_config(kafka, f"{client_id}-decisions")
+    lane = Producer(config | {"linger.ms": str(settings.decision_linger_ms)})
+    return Lanes(main, {topics.decisions: lane})
 
 
 def member_config(settings: RendezvousSettings, kafka: KafkaSettings) -> dict[str, str]:

@@ -86,6 +86,17 @@ class RendezvousSettings(BaseSettings):
     and the rendezvous's hosts) are read back, so no request is answered twice after a
     restart, however long it was down (services/rendezvous/readback.py)."""
 
+    decision_linger_ms: int = Field(default=500, ge=0, le=5000)
+    """Decisions (read by the archive, the comparison and a restarted rendezvous, never
+    by a waiting client) go through a producer of their own that waits up to this long
+    to send several in one Kafka request; replies leave at once. librdkafka sends one
+    request per partition, so the decisions topic's partitions (6) share out the batch:
+    at 100 answers a second, 500 ms turns about 100 requests a second into about 12.
+    A request's offset is committed only once its decision is written, as before; on a
+    rebalance and at shutdown the waiting decisions are sent at once; after a crash
+    the new owner records the decisions of replies it finds without one
+    (services/rendezvous/readback.py). 0: decisions go out at once with the replies."""
+
     flush_timeout_s: float = Field(default=10.0, gt=0)
     """How long to wait at shutdown for replies and decisions in flight."""
 

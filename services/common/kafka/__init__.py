@@ -1,7 +1,8 @@
 """The one package that owns ``confluent_kafka``; nothing else imports it.
 
 ``config`` merges client settings in a fixed order and pins what delivery depends on,
-``clients`` has the producer and the consumer, ``admin`` the cluster-level calls,
+``clients`` has the producer and the consumer, ``lanes`` producers chosen by topic,
+``admin`` the cluster-level calls,
 ``stats`` the Kafka requests each client sent (librdkafka's statistics, as a metric).
 """
 
@@ -31,6 +32,7 @@ from services.common.kafka.config import (
     merge_config,
     producer_config,
 )
+from services.common.kafka.lanes import Lanes
 
 __all__ = [
     "ASSIGNED_READER_WAIT_MS",
@@ -43,6 +45,7 @@ __all__ = [
     "Admin",
     "Consumer",
     "ErrorHook",
+    "Lanes",
     "Outbound",
     "Producer",
     "Reader",

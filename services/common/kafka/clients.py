@@ -168,11 +168,21 @@ def client_timeout(seconds: float) -> float:
 class Consumer:
     """A group consumer that commits only offsets stored after output was produced."""
 
-    def __init__(self, config: Mapping[str, str], on_error: ErrorHook | None = None) -> None:
+    def __init__(
+        self,
+        config: Mapping[str, str],
+        on_error: ErrorHook | None = None,
+        *,
+        before_revoke: Callable[[], object] | None = None,
+    ) -> None:
+        """``before_revoke`` runs in the rebalance callback, before partitions are given
+        up: outputs still waiting there (a producer lane's linger) can be sent before
+        another member takes the partitions over."""
         self._consumer = confluent_kafka.Consumer(
             {**config, "error_cb": _error_cb(on_error), "logger": CLIENT_LOG}
             | stats_callback(config)
         )
+        self._before_revoke = before_revoke
         self._assigned: set[tuple[str, int]] = set()
         self._fresh: set[tuple[str, int]] = set()
         self._revoked: set[tuple[str, int]] = set()
@@ -183,6 +193,8 @@ class Consumer:
             self._fresh.update((p.topic, p.partition) for p in parts)
 
         def on_revoke(_c: object, parts: list[confluent_kafka.TopicPartition]) -> None:
+            if self._before_revoke is not None and parts:
+                self._before_revoke()
             self._assigned.difference_update((p.topic, p.partition) for p in parts)
             self._revoked.update((p.topic, p.partition) for p in parts)
 
