@@ -48,9 +48,11 @@ def score_for(
     output: JsonValue = None,
     status: ScoreStatus = ScoreStatus.OK,
     error: ErrorBody | str | None = None,
+    copy: bool = False,
 ) -> Score:
     """A score of ``req``; an ``error`` given as text is read as older workers send it
-    (``"[code] message"`` or plain text: ``model_error``)."""
+    (``"[code] message"`` or plain text: ``model_error``). ``copy``: it carries a copy
+    of the request (``Score.request``), as this build's workers send."""
     now = time.time() * 1000
     return Score(
         request_id=req.request_id,
@@ -62,6 +64,7 @@ def score_for(
         output=output,
         error=error,
         timings=Timings(received_ms=now, started_ms=now, finished_ms=now),
+        request=req.header() if copy else None,
     )
 
 

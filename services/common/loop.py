@@ -57,6 +57,7 @@ from services.common.errors import (
 )
 from services.common.kafka import Consumer, Lanes, Outbound, Producer, Record, is_permanent
 from services.common.offsets import OffsetTracker, Ticket
+from services.common.pacing import Pacer
 
 log = logging.getLogger("rdv.loop")
 
@@ -251,7 +252,10 @@ class StreamRunner:
         metadata_timeout_s: float = 2.0,
         until_due: Callable[[], float | None] | None = None,
         idle_poll_s: float | None = None,
+        paced: Mapping[str, float] | None = None,
     ) -> None:
+        """``paced``: topics read in batches, at most once per so many seconds each
+        (services.common.pacing); their partitions stay paused in between."""
         self.service = service
         self._consumer = consumer
         self._producer = producer
@@ -278,6 +282,7 @@ class StreamRunner:
         self.stats = RunStats()
         self.last_turn: float | None = None  # monotonic seconds of the latest turn
         self._waited: set[str] = set()  # topics whose OLDEST_WAIT is not 0
+        self._pacer = Pacer(paced) if paced else None
 
     def stop(self) -> None:
         """Ask the loop to finish its turn and shut down (safe from signals, threads)."""
@@ -322,9 +327,13 @@ class StreamRunner:
     def _turn(self, max_records: int) -> bool:
         self.last_turn = time.monotonic()
         busy = self._busy is not None and self._busy()
+        if self._pacer is not None:
+            self._pace(self._pacer)
         records = self._consumer.consume(
             max_records, 0.0 if busy else self._wait_s(), 0.0 if busy else self._linger_s
         )
+        if self._pacer is not None and records:
+            self._pacer.read({rec.topic for rec in records})
         if self._on_revoke is not None and (gone := self._consumer.take_revoked()):
             self._tracker.retain(self._consumer.assignment)
             self._on_revoke(gone)  # their open work now belongs to another member
@@ -370,11 +379,23 @@ class StreamRunner:
 
     def _wait_s(self) -> float:
         """How long this turn waits for the first record (the consumer rounds a wait
-        under 1 ms up: kafka.clients.client_timeout)."""
+        under 1 ms up: kafka.clients.client_timeout): until the processor's next timer or
+        a paced topic's next read, whichever comes first."""
         if self._until_due is None:
-            return self._poll_timeout_s
-        due = self._until_due()
-        return self._idle_poll_s if due is None else max(0.0, min(due, self._idle_poll_s))
+            wait = self._poll_timeout_s
+        else:
+            due = self._until_due()
+            wait = self._idle_poll_s if due is None else max(0.0, min(due, self._idle_poll_s))
+        paced = None if self._pacer is None else self._pacer.until_next_s()
+        return wait if paced is None else min(wait, paced)
+
+    def _pace(self, pacer: Pacer) -> None:
+        """Pause the paced topics' partitions while closed, resume them while open."""
+        pacer.turn()
+        closed = pacer.closed()
+        mine = [tp for tp in self._consumer.assignment if tp[0] in pacer.topics]
+        self._consumer.pause([tp for tp in mine if tp[0] in closed])
+        self._consumer.resume([tp for tp in mine if tp[0] not in closed])
 
     def _process(self, batch: list[Inbound]) -> None:
         ctx = Context()

@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from services.common.chat import wants_stream
+
 SCHEMA_VERSION = 1
 SCORE_VERSION = 2
 """Scores are v2 since their error became an object (v1: text, still read)."""
@@ -114,6 +116,58 @@ class RequestEnvelope(BaseMessage):
             )
         return self
 
+    def header(self, traceparent: str | None = None) -> RequestHeader:
+        """What a score repeats of this request (see ``RequestHeader``)."""
+        return RequestHeader(
+            return_address=self.return_address,
+            deadline_epoch_ms=self.deadline_epoch_ms,
+            created_ms=self.created_ms,
+            trace_id=self.trace_id,
+            attributes=self.attributes,
+            stream=wants_stream(self.payload),
+            traceparent=traceparent,
+        )
+
+
+class RequestHeader(_Frozen):
+    """A request's envelope less its payload, repeated in each of its scores: a score
+    whose request the rendezvous has not read yet opens the request's mailbox itself,
+    so the rendezvous can read the requests topic in batches (one Kafka fetch for many
+    requests) without waiting for it. ``stream``: the payload asked for a streamed
+    answer; ``traceparent``: the request record's trace context, if it had one."""
+
+    model_config = ConfigDict(validate_by_name=True, serialize_by_alias=True)
+
+    return_address: ReturnAddress
+    deadline_epoch_ms: int = Field(alias="deadline_ms")
+    created_ms: int
+    trace_id: str
+    attributes: dict[str, str] = Field(default_factory=dict)
+    stream: bool = False
+    traceparent: str | None = None
+
+    @model_validator(mode="after")
+    def _deadline_after_creation(self) -> Self:
+        if self.deadline_epoch_ms <= self.created_ms:  # as RequestEnvelope's: checked here,
+            raise ValueError(  # so that a score's copy is refused when the score is read
+                f"deadline_ms ({self.deadline_epoch_ms}) must be after created_ms "
+                f"({self.created_ms})"
+            )
+        return self
+
+    def envelope(self, request_id: str, endpoint: str) -> RequestEnvelope:
+        """The request as far as the header tells it (no payload)."""
+        return RequestEnvelope(
+            request_id=request_id,
+            endpoint=endpoint,
+            payload=None,
+            return_address=self.return_address,
+            deadline_epoch_ms=self.deadline_epoch_ms,
+            created_ms=self.created_ms,
+            trace_id=self.trace_id,
+            attributes=self.attributes,
+        )
+
 
 class Timings(_Frozen):
     """When a worker got, started and finished a request (epoch ms, sub-ms precision)."""
@@ -172,6 +226,7 @@ class Score(BaseMessage):
     # rendezvous and the archive are upgraded before the workers.
     error: ErrorBody | None = None
     timings: Timings
+    request: RequestHeader | None = None  # None from workers that do not repeat it
 
     @field_validator("error", mode="before")
     @classmethod

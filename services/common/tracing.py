@@ -209,6 +209,16 @@ def sending(
     return traced, delivered
 
 
+def _carried(traceparent: str | None) -> Headers:
+    return () if traceparent is None else (("traceparent", traceparent.encode("latin-1")),)
+
+
+def traceparent_of(record: Record) -> str | None:
+    """The record's W3C ``traceparent`` header, if it has one."""
+    value = next((v for k, v in record.headers if k == "traceparent"), None)
+    return None if value is None else value.decode("latin-1")
+
+
 def score_span(record: Record, score: Score) -> Headers:
     """The worker's span for one request (child of the request record's context, over
     the model call's time) recorded; the headers for its score record."""
@@ -235,12 +245,19 @@ def score_span(record: Record, score: Score) -> Headers:
 
 
 def decision_span(
-    decision: Decision, error: ErrorBody | None, refs: Sequence[Record], requests_topic: str
+    decision: Decision,
+    error: ErrorBody | None,
+    refs: Sequence[Record],
+    requests_topic: str,
+    traceparent: str | None = None,
 ) -> Headers:
     """The rendezvous's span for one decision (child of the request record's context,
     from the request's arrival to the decision, linked to the score records among
-    ``refs``) recorded; the headers for its reply and decision records."""
+    ``refs``) recorded; the headers for its reply and decision records. Decided before
+    the request record was read (from a score's copy of the request), it is a child of
+    the request's ``traceparent`` as that copy gives it."""
     request = next((r for r in refs if r.topic == requests_topic), None)
+    parent = extract(request.headers if request is not None else _carried(traceparent))
     scores = [r for r in refs if r.topic != requests_topic]
     links = [
         Link(ctx)
@@ -265,7 +282,7 @@ def decision_span(
         attributes["rdv.policy_version"] = decision.policy_version
     span = _on().start_span(
         f"decide {decision.endpoint}",
-        context=Context() if request is None else extract(request.headers),
+        context=parent,
         kind=SpanKind.CONSUMER,
         attributes=attributes,
         links=links,

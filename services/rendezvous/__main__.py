@@ -109,6 +109,11 @@ def build(
         idle_poll_s=settings.idle_poll_ms / 1000.0,
         flush_timeout_s=settings.flush_timeout_s,
         on_revoke=once.revoked,
+        paced=(
+            {topics.requests: settings.request_read_interval_ms / 1000.0}
+            if settings.request_read_interval_ms
+            else None
+        ),
         on_assign=lambda fresh: catch_up(kafka, topics, settings, once, fresh=fresh),
     )
     return runner, processor

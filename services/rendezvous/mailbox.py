@@ -86,6 +86,8 @@ class Mailbox:
     grant: Grant | None = None  # a streaming request's granted model, once chosen
     learned: Learned | None = None  # the bandit's rewards, pinned at its first decision
     size: int = 0  # bytes of the records held (request and scores)
+    read: bool = True  # the request record was read (False: opened from a score's copy)
+    traceparent: str | None = None  # the request's trace context, from a score's copy
     _seq: int = field(default=-1, repr=False)  # which heap entry is current
     streams: bool = field(init=False)  # the client asked for a streamed answer
 
@@ -199,6 +201,7 @@ class MailboxStore:
         self._open_bytes = 0
         self._orphan_bytes = 0
         self._decided: OrderedDict[str, float] = OrderedDict()  # id -> when, oldest first
+        self._unread: set[str] = set()  # decided ids whose request record was not read yet
 
     def __len__(self) -> int:
         """Open mailboxes."""
@@ -228,29 +231,31 @@ class MailboxStore:
         return request_id in self._decided
 
     def open(
-        self, request: RequestEnvelope, ref: object, now_ms: float, wall_ms: float, size: int = 0
+        self,
+        request: RequestEnvelope,
+        ref: object | None,
+        now_ms: float,
+        wall_ms: float,
+        size: int = 0,
+        *,
+        streams: bool | None = None,
+        traceparent: str | None = None,
     ) -> Handled:
         """Open the request's mailbox (clock starts at ``now_ms``), attaching its orphans.
 
         The mailbox's deadline is ``now_ms + request.deadline_epoch_ms - wall_ms``; it is
         scheduled at that deadline until the caller calls ``schedule`` with an earlier
-        time. ``size`` is the request record's bytes.
+        time. ``size`` is the request record's bytes. ``ref`` None: opened from a
+        score's copy of the request (``Score.request``), before the request record was
+        read; ``streams`` then says whether it asked for a streamed answer, and
+        ``traceparent`` gives its trace context.
         """
         rid = request.request_id
-        if rid in self._decided:
-            self.counters.duplicate_requests += 1
-            return Handled(Outcome.ALREADY_DECIDED, release=(ref,))
-        existing = self._open.get(rid)
-        if existing is not None:
-            self.counters.duplicate_requests += 1
-            if ref not in existing.refs:  # the same record read again is kept once
-                existing.refs.append(ref)
-                existing.size += size
-                self._open_bytes += size
-            return Handled(Outcome.REDELIVERED, existing)
+        if (known := self._known(rid, ref, size)) is not None:
+            return known
         if request.deadline_epoch_ms - wall_ms > self.limits.max_deadline_ms:
             self.counters.rejected_deadline += 1
-            return Handled(Outcome.TOO_FAR, release=(ref,))
+            return Handled(Outcome.TOO_FAR, release=tuple(_some(ref)))
         group = self._orphans.get(rid)
         group_bytes = 0 if group is None else sum(o.size for o in group.scores.values())
         room = self.limits.max_open_bytes * (1.0 - self.limits.score_reserve)
@@ -262,10 +267,14 @@ class MailboxStore:
                 self.counters.rejected_bytes += 1
             released = self._drop_orphans(rid)
             self._remember(rid, now_ms)
-            return Handled(Outcome.FULL, release=(ref, *released))
+            return Handled(Outcome.FULL, release=(*_some(ref), *released))
         mailbox = Mailbox(
-            request, now_ms, now_ms + (request.deadline_epoch_ms - wall_ms), refs=[ref]
+            request, now_ms, now_ms + (request.deadline_epoch_ms - wall_ms), refs=_some(ref)
         )
+        if streams is not None:
+            mailbox.streams = streams
+        mailbox.read = ref is not None
+        mailbox.traceparent = traceparent
         mailbox.size = size
         if group is not None:
             del self._orphans[rid]
@@ -279,6 +288,26 @@ class MailboxStore:
         self._open[rid] = mailbox
         self.schedule(mailbox, mailbox.deadline_at_ms)
         return Handled(Outcome.OPENED, mailbox)
+
+    def _known(self, rid: str, ref: object | None, size: int) -> Handled | None:
+        """A request decided or open already (None when it is new)."""
+        if rid in self._decided:
+            if rid in self._unread:  # decided from its scores' copy: read only now
+                self._unread.discard(rid)
+            else:
+                self.counters.duplicate_requests += 1
+            return Handled(Outcome.ALREADY_DECIDED, release=tuple(_some(ref)))
+        existing = self._open.get(rid)
+        if existing is None:
+            return None
+        if existing.read or ref is None:
+            self.counters.duplicate_requests += 1
+        existing.read = existing.read or ref is not None
+        if ref is not None and ref not in existing.refs:  # the same record is kept once
+            existing.refs.append(ref)
+            existing.size += size
+            self._open_bytes += size
+        return Handled(Outcome.REDELIVERED, existing)
 
     def add_score(self, score: Score, ref: object, now_ms: float, size: int = 0) -> Handled:
         """File a score (``size``: its record's bytes): into its open mailbox, as late,
@@ -339,6 +368,8 @@ class MailboxStore:
         mailbox.next_check_ms = None
         self._open_bytes -= mailbox.size
         self._remember(request_id, now_ms)
+        if not mailbox.read:
+            self._unread.add(request_id)
         return mailbox
 
     def mark_decided(self, request_id: str, now_ms: float) -> tuple[object, ...]:
@@ -425,7 +456,7 @@ class MailboxStore:
         self._decided[request_id] = now_ms
         self._decided.move_to_end(request_id)
         while len(self._decided) > self.limits.max_decided:
-            self._decided.popitem(last=False)
+            self._unread.discard(self._decided.popitem(last=False)[0])
         self._forget_decided(now_ms)
 
     def _forget_decided(self, now_ms: float) -> None:
@@ -435,3 +466,8 @@ class MailboxStore:
             if at > horizon:
                 break
             del self._decided[rid]
+            self._unread.discard(rid)
+
+
+def _some(ref: object | None) -> list[object]:
+    return [] if ref is None else [ref]

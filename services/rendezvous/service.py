@@ -67,7 +67,7 @@ from services.common.messages import (
 from services.common.policy import Policy
 from services.common.topics import Topics
 from services.rendezvous import metrics
-from services.rendezvous.mailbox import Mailbox, MailboxStore, Outcome
+from services.rendezvous.mailbox import Handled, Mailbox, MailboxStore, Outcome
 
 log = logging.getLogger("rdv.rendezvous")
 
@@ -102,7 +102,7 @@ class Rendezvous:
                 if item.record.topic == self.topics.requests:
                     self._on_request(item.message, item.record, ctx, now, wall)
                 else:
-                    self._on_score(item.message, item.record, ctx, now)
+                    self._on_score(item.message, item.record, ctx, now, wall)
 
     def until_due_s(self) -> float | None:
         """Seconds until an open mailbox must be decided; None while none is open."""
@@ -147,6 +147,28 @@ class Rendezvous:
                 f"deadline_ms {req.deadline_epoch_ms} is more than "
                 f"{self.store.limits.max_deadline_ms:.0f} ms ahead; not accepted"
             )
+        self._opened(req, handled, ctx, now)
+
+    def _open_from(self, score: Score, ctx: Context, now: float, wall: float) -> None:
+        """Open the mailbox of a score's request from the score's copy of it, before the
+        request record is read (the requests topic is read in batches). A deadline too
+        far ahead leaves the score an orphan: the request record, once read, is refused
+        with the reason."""
+        if score.request is None:
+            return
+        req = score.request.envelope(score.request_id, score.endpoint)
+        handled = self.store.open(
+            req,
+            None,
+            now,
+            wall,
+            streams=score.request.stream,
+            traceparent=score.request.traceparent,
+        )
+        if handled.outcome is not Outcome.TOO_FAR:
+            self._opened(req, handled, ctx, now)
+
+    def _opened(self, req: RequestEnvelope, handled: Handled, ctx: Context, now: float) -> None:
         if handled.outcome is Outcome.FULL:
             verdict = error_verdict(
                 OVERLOADED, "overloaded", "the rendezvous has too many open requests or bytes"
@@ -158,7 +180,7 @@ class Rendezvous:
         if handled.mailbox is not None and handled.outcome is Outcome.OPENED:
             self._evaluate(handled.mailbox, ctx, now)
 
-    def _on_score(self, score: Score, rec: Record, ctx: Context, now: float) -> None:
+    def _on_score(self, score: Score, rec: Record, ctx: Context, now: float, wall: float) -> None:
         handled = self.store.add_score(score, rec, now, _size(rec))
         for ref in handled.release:
             ctx.release(_rec(ref))
@@ -166,6 +188,8 @@ class Rendezvous:
             metrics.LATE.labels(score.endpoint, score.model).inc()
         if handled.mailbox is not None and handled.outcome is Outcome.FILLED:
             self._evaluate(handled.mailbox, ctx, now)
+        elif handled.outcome is Outcome.ORPHANED and rec not in handled.release:
+            self._open_from(score, ctx, now, wall)
 
     # -- deciding ---------------------------------------------------------------------
 
@@ -267,7 +291,13 @@ class Rendezvous:
         )
         # the reply and the decision carry the decision span's context
         trace = (
-            tracing.decision_span(decision, reply.error, refs, self.topics.requests)
+            tracing.decision_span(
+                decision,
+                reply.error,
+                refs,
+                self.topics.requests,
+                None if box is None else box[0].traceparent,
+            )
             if tracing.enabled()
             else ()
         )

@@ -86,6 +86,14 @@ class RendezvousSettings(BaseSettings):
     and the rendezvous's hosts) are read back, so no request is answered twice after a
     restart, however long it was down (services/rendezvous/readback.py)."""
 
+    request_read_interval_ms: int = Field(default=100, ge=0, le=10_000)
+    """The requests topic is read in batches, once per this interval: each score carries
+    a copy of its request (``Score.request``), so a request's first score opens its
+    mailbox without waiting, and the request record, read later, is only checked off
+    (a request no model answered is still answered by its deadline, read at most this
+    late). One Kafka fetch brings many requests instead of one each. 0: every request
+    is read as soon as it arrives (needed for workers that send no copy)."""
+
     decision_linger_ms: int = Field(default=500, ge=0, le=5000)
     """Decisions (read by the archive, the comparison and a restarted rendezvous, never
     by a waiting client) go through a producer of their own that waits up to this long

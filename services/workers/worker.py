@@ -226,10 +226,16 @@ class ModelWorker:
             output=output,
             error=error,
             timings=timings,
+            request=req.header(),
         )
 
     def _emit(self, ctx: Context, record: Record, score: Score) -> None:
-        headers = tracing.score_span(record, score) if tracing.enabled() else ()
+        headers: tuple[tuple[str, bytes], ...] = ()
+        if tracing.enabled():
+            headers = tracing.score_span(record, score)
+            if score.request is not None and (parent := tracing.traceparent_of(record)):
+                copy = score.request.model_copy(update={"traceparent": parent})
+                score = score.model_copy(update={"request": copy})
         out = Outbound(self._topic, message_key(score), encode(score), headers)
         ctx.emit(out, source=record)
         _COUNTERS[score.status].labels(self.spec.name).inc()

@@ -66,7 +66,7 @@ def test_decisions_share_produce_requests_while_each_reply_leaves_at_once(
     reqs = [request(i, endpoint="t", reply_topic=topics.replies) for i in range(ANSWERS + 1)]
 
     def answer(req: RequestEnvelope) -> None:
-        score = score_for(req, model="champ", output="ok")
+        score = score_for(req, model="champ", output="ok", copy=True)
         sender.produce(Outbound(topics.requests, message_key(req), encode(req)))
         sender.produce(Outbound(topics.scores, message_key(score), encode(score)))
         sender.poll(0)

@@ -183,12 +183,14 @@ class Consumer:
             | stats_callback(config)
         )
         self._before_revoke = before_revoke
+        self._paused: set[tuple[str, int]] = set()
         self._assigned: set[tuple[str, int]] = set()
         self._fresh: set[tuple[str, int]] = set()
         self._revoked: set[tuple[str, int]] = set()
 
     def subscribe(self, topics: Iterable[str]) -> None:
         def on_assign(_c: object, parts: list[confluent_kafka.TopicPartition]) -> None:
+            self._paused.difference_update((p.topic, p.partition) for p in parts)  # unpaused
             self._assigned.update((p.topic, p.partition) for p in parts)
             self._fresh.update((p.topic, p.partition) for p in parts)
 
@@ -196,6 +198,7 @@ class Consumer:
             if self._before_revoke is not None and parts:
                 self._before_revoke()
             self._assigned.difference_update((p.topic, p.partition) for p in parts)
+            self._paused.difference_update((p.topic, p.partition) for p in parts)
             self._revoked.update((p.topic, p.partition) for p in parts)
 
         self._consumer.subscribe(list(topics), on_assign=on_assign, on_revoke=on_revoke)
@@ -249,6 +252,25 @@ class Consumer:
         them before it handles their records)."""
         fresh, self._fresh = frozenset(self._fresh), set()
         return fresh
+
+    def pause(self, parts: Iterable[tuple[str, int]]) -> None:
+        """Stop fetching these partitions (records fetched but not consumed yet are
+        dropped and fetched again after ``resume``)."""
+        todo = [p for p in parts if p not in self._paused]
+        if todo:
+            self._consumer.pause([confluent_kafka.TopicPartition(t, p) for t, p in todo])
+            self._paused.update(todo)
+
+    def resume(self, parts: Iterable[tuple[str, int]]) -> None:
+        """Fetch these paused partitions again, from the next record not consumed."""
+        todo = [p for p in parts if p in self._paused]
+        if todo:
+            self._consumer.resume([confluent_kafka.TopicPartition(t, p) for t, p in todo])
+            self._paused.difference_update(todo)
+
+    @property
+    def paused(self) -> frozenset[tuple[str, int]]:
+        return frozenset(self._paused)
 
     @property
     def assignment(self) -> frozenset[tuple[str, int]]:

@@ -138,6 +138,41 @@ def test_an_orphan_score_is_attached_when_its_request_arrives() -> None:
     assert store.orphan_count == 0
 
 
+def test_a_score_s_copy_opens_the_mailbox_and_the_request_record_joins_it_later() -> None:
+    store = MailboxStore()
+    req = request({"stream": True}, request_id="r1")
+    score = score_for(req, model="fast", copy=True)
+    assert store.add_score(score, "s1", NOW).outcome is Outcome.ORPHANED
+    assert score.request is not None
+    copy = score.request.envelope("r1", req.endpoint)
+    got = store.open(copy, None, NOW, float(req.created_ms), streams=True, traceparent="tp")
+    box = got.mailbox
+    assert got.outcome is Outcome.OPENED
+    assert box is not None
+    assert (box.refs, box.read, box.streams, box.traceparent) == (["s1"], False, True, "tp")
+    assert list(box.scores) == ["fast"]
+    later = store.open(req, "req", NOW + 40, float(req.created_ms) + 40, size=7)
+    assert (later.outcome, later.mailbox, later.release) == (Outcome.REDELIVERED, box, ())
+    assert (box.refs, box.read, box.size) == (["s1", "req"], True, 7)
+    assert store.counters.duplicate_requests == 0  # read once: no duplicate
+    assert _open(store, req, "req-again").outcome is Outcome.REDELIVERED
+    assert store.counters.duplicate_requests == 1
+
+
+def test_a_request_decided_from_its_copy_is_checked_off_when_read() -> None:
+    store = MailboxStore()
+    req = _req("r1")
+    store.add_score(score_for(req, model="fast", copy=True), "s1", NOW)
+    store.open(req.model_copy(update={"payload": None}), None, NOW, float(req.created_ms))
+    assert store.close("r1", NOW + 1).refs == ["s1"]
+    first = _open(store, req, "req")
+    assert (first.outcome, first.release) == (Outcome.ALREADY_DECIDED, ("req",))
+    assert store.counters.duplicate_requests == 0
+    again = _open(store, req, "req-again")  # read a second time: a duplicate
+    assert (again.outcome, again.release) == (Outcome.ALREADY_DECIDED, ("req-again",))
+    assert store.counters.duplicate_requests == 1
+
+
 def test_a_duplicate_orphan_is_handed_back() -> None:
     store = MailboxStore()
     req = _req("r1")

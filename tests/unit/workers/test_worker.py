@@ -104,6 +104,11 @@ def test_each_request_gets_an_ok_score_keyed_by_request_id_with_its_source() -> 
         assert out.topic == "scores"
         assert out.key == item.message.request_id.encode()
         assert source == (item.record,)  # the offset waits for the score's acknowledgement
+    for score, item in zip(scores, batch, strict=True):  # a copy of the request, no payload
+        assert score.request == item.message.header()
+        assert score.request.envelope(score.request_id, score.endpoint) == (
+            item.message.model_copy(update={"payload": None})
+        )
 
 
 def test_expired_requests_are_skipped_without_predicting() -> None:
