@@ -51,8 +51,14 @@ OLD_READERS = {"RDV_KAFKA_CLIENT_CONFIG": json.dumps({"fetch.wait.max.ms": "100"
 """Every consumer's fetch held at most 100 ms, as before the control followers and the
 gateway's reply reader got a 1 s bound (kafka.config.assigned_reader); the group
 members' 100 ms bound is unchanged."""
-OLD_DECISIONS = {"RDV_RENDEZVOUS_DECISION_LINGER_MS": "0"}
-"""Decisions sent at once with the replies, as before the rendezvous's decision lane."""
+OLD_LINGER = {"RDV_WORKER_COHOST_LINGER_MS": "0"}
+"""A co-hosted set's scores sent at once, as before its producer lingered 0.2 ms."""
+OLD_REQUESTS = {"RDV_RENDEZVOUS_REQUEST_READ_INTERVAL_MS": "0", **OLD_LINGER}
+"""Every request read by the rendezvous as soon as it arrives, as before scores carried
+a copy of their request (and scores sent at once)."""
+OLD_DECISIONS = {"RDV_RENDEZVOUS_DECISION_LINGER_MS": "0", **OLD_REQUESTS}
+"""Decisions sent at once with the replies, as before the rendezvous's decision lane
+(and every request read at once)."""
 TODAY = Variant(
     "issue filed",
     {"RDV_WORKER_OFF_PATH_WAIT_MS": "0", **OLD_WAKEUPS, **OLD_READERS, **OLD_DECISIONS},
@@ -71,7 +77,9 @@ VARIANTS = (
         cohost=True,
         broker={"num.network.threads": "1", "num.io.threads": "1"},
     ),
-    Variant("+ decisions lane 500 ms", {}, cohost=True),
+    Variant("+ decisions lane 500 ms", OLD_REQUESTS, cohost=True),
+    Variant("+ requests read every 100 ms", OLD_LINGER, cohost=True),
+    Variant("+ co-hosted scores linger 0.2 ms", {}, cohost=True),
 )
 BROKER = (
     Variant(

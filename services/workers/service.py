@@ -145,12 +145,14 @@ read and write in batches (WorkerSettings.off_path_wait_ms)."""
 def client_overrides(
     specs: Sequence[ModelSpec], settings: WorkerSettings
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """The worker's own consumer and producer properties: where a new group starts, and
-    batched reads and writes when every model it hosts is off the answer path."""
+    """The worker's own consumer and producer properties: where a new group starts,
+    batched reads and writes when every model it hosts is off the answer path, and a
+    short linger when it hosts several (their scores of a request share a request)."""
     reading: dict[str, str] = {"auto.offset.reset": settings.auto_offset_reset}
     off_path = all(s.role in OFF_ANSWER_PATH for s in specs)
     if not off_path or settings.off_path_wait_ms == 0:
-        return reading, {}
+        together = len(specs) > 1 and settings.cohost_linger_ms > 0
+        return reading, {"linger.ms": f"{settings.cohost_linger_ms:g}"} if together else {}
     linger_ms = settings.off_path_wait_ms // 10
     return reading | batched_fetch(settings.off_path_wait_ms), {"linger.ms": str(linger_ms)}
 
