@@ -52,7 +52,7 @@ OLD_READERS = {"RDV_KAFKA_CLIENT_CONFIG": json.dumps({"fetch.wait.max.ms": "100"
 gateway's reply reader got a 1 s bound (kafka.config.assigned_reader); the group
 members' 100 ms bound is unchanged."""
 OLD_LINGER = {"RDV_WORKER_COHOST_LINGER_MS": "0"}
-"""A co-hosted set's scores sent at once, as before its producer lingered 0.2 ms."""
+"""A co-hosted set's scores sent one by one, as before they were sent together."""
 OLD_REQUESTS = {"RDV_RENDEZVOUS_REQUEST_READ_INTERVAL_MS": "0", **OLD_LINGER}
 """Every request read by the rendezvous as soon as it arrives, as before scores carried
 a copy of their request (and scores sent at once)."""
@@ -79,7 +79,7 @@ VARIANTS = (
     ),
     Variant("+ decisions lane 500 ms", OLD_REQUESTS, cohost=True),
     Variant("+ requests read every 100 ms", OLD_LINGER, cohost=True),
-    Variant("+ co-hosted scores linger 0.2 ms", {}, cohost=True),
+    Variant("+ co-hosted scores sent together", {}, cohost=True),
 )
 BROKER = (
     Variant(

@@ -146,13 +146,17 @@ def client_overrides(
     specs: Sequence[ModelSpec], settings: WorkerSettings
 ) -> tuple[dict[str, str], dict[str, str]]:
     """The worker's own consumer and producer properties: where a new group starts,
-    batched reads and writes when every model it hosts is off the answer path, and a
-    short linger when it hosts several (their scores of a request share a request)."""
+    batched reads and writes when every model it hosts is off the answer path, and,
+    when it hosts several, a linger that a full set of scores cuts short (their scores
+    of a request share one produce request)."""
     reading: dict[str, str] = {"auto.offset.reset": settings.auto_offset_reset}
     off_path = all(s.role in OFF_ANSWER_PATH for s in specs)
     if not off_path or settings.off_path_wait_ms == 0:
-        together = len(specs) > 1 and settings.cohost_linger_ms > 0
-        return reading, {"linger.ms": f"{settings.cohost_linger_ms:g}"} if together else {}
+        if len(specs) == 1 or settings.cohost_linger_ms == 0:
+            return reading, {}
+        # a batch of the set's size is full: it leaves without waiting out the linger
+        linger = {"linger.ms": f"{settings.cohost_linger_ms:g}"}
+        return reading, linger | {"batch.num.messages": str(len(specs))}
     linger_ms = settings.off_path_wait_ms // 10
     return reading | batched_fetch(settings.off_path_wait_ms), {"linger.ms": str(linger_ms)}
 

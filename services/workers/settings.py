@@ -51,11 +51,12 @@ class WorkerSettings(BaseSettings):
     Kafka requests and fewer wake-ups per request; its scores arrive up to this much
     later, which nobody waits for. 0: read and write at once, as answering models do."""
 
-    cohost_linger_ms: float = Field(default=0.2, ge=0, le=100)
-    """A process hosting several answering models waits this long after queuing a score
-    before sending it, so the set's scores of one request leave in one Kafka produce
-    request (sent at once, the first often leaves alone while the others are queued:
-    docs/benchmarks.md). 0: each at once."""
+    cohost_linger_ms: float = Field(default=1.0, ge=0, le=100)
+    """A process hosting several answering models sends a request's scores together, in
+    one Kafka produce request: as soon as one score per hosted model is queued for a
+    partition (librdkafka's batch.num.messages), else after this long (a model that
+    skipped or was not sampled). Sent one by one, the first often leaves alone while
+    the others are queued (docs/benchmarks.md). 0: each at once."""
 
     startup_timeout_s: float = Field(default=30.0, gt=0)
     """How long to wait for the broker to create and confirm the topics at start."""

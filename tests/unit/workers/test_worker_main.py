@@ -137,13 +137,17 @@ def test_co_hosted_models_read_in_batches_only_when_every_one_is_off_the_answer_
     canary = load_spec("echo:name=c,role=canary,endpoints=demo")
     champion = load_spec("echo:name=m,role=champion,endpoints=demo")
     settings = WorkerSettings(off_path_wait_ms=400)
-    assert client_overrides([canary, champion], settings)[1] == {"linger.ms": "0.2"}
+    assert client_overrides([canary, champion], settings)[1] == {
+        "linger.ms": "1",
+        "batch.num.messages": "2",
+    }
     decoy = load_spec("echo:name=d,role=decoy,endpoints=demo")
     assert client_overrides([canary, decoy], settings)[1] == {"linger.ms": "40"}
 
 
 def test_a_co_hosted_answering_set_lingers_so_its_scores_share_a_produce_request() -> None:
     specs = [load_spec(f"echo:name={n},role=champion,endpoints=demo") for n in ("a", "b")]
-    assert client_overrides(specs, WorkerSettings())[1] == {"linger.ms": "0.2"}
+    writing = client_overrides(specs, WorkerSettings())[1]
+    assert writing == {"linger.ms": "1", "batch.num.messages": "2"}
     assert client_overrides(specs[:1], WorkerSettings())[1] == {}  # one model: at once
     assert client_overrides(specs, WorkerSettings(cohost_linger_ms=0))[1] == {}
