@@ -20,8 +20,12 @@ happens to records that are valid but unusable:
 - a request for an endpoint without a policy: answered with an ``unknown_endpoint``
   error (the client learns why); no dead letter;
 - a duplicate request: kept with its open mailbox (answered once) or, once decided,
-  released; no dead letter. Scores for a request never seen wait as orphans, then
-  expire (``orphan_ttl_ms``); duplicate and late scores are released; no dead letter.
+  released; no dead letter. A score that carries a copy of its request
+  (``Score.request``) opens the request's mailbox before the request record is read
+  (the requests topic is read in batches); that record, read later, is checked off the
+  same way, without counting as a duplicate. Scores without a copy for a request never
+  seen wait as orphans, then expire (``orphan_ttl_ms``); duplicate and late scores are
+  released; no dead letter.
 - while the store's byte budget is spent: a new request is answered ``overloaded``;
   a score for an open request is shed (released, counted).
 
@@ -225,7 +229,7 @@ class Rendezvous:
         self._answer(
             closed.request,
             verdict,
-            [_rec(r) for r in closed.refs],
+            self._request_first([_rec(r) for r in closed.refs]),
             ctx,
             now=now,
             box=(closed, policy),
@@ -240,6 +244,11 @@ class Rendezvous:
             Outbound(ret.topic, message_key(msg), encode(msg), partition=ret.partition)
         )
         metrics.GRANTS.labels(req.endpoint, grant.model).inc()
+
+    def _request_first(self, refs: list[Record]) -> list[Record]:
+        """The request record first, when it was read: the loop dead-letters an answer's
+        first source when the answer can never be delivered (its return address)."""
+        return sorted(refs, key=lambda rec: rec.topic != self.topics.requests)
 
     def _answer(
         self,

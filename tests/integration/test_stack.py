@@ -358,8 +358,13 @@ def test_a_request_the_rendezvous_cannot_answer_is_dead_lettered_and_it_keeps_se
     (letter,) = [
         decode(r.value, DeadLetter) for r in read_exactly(stack.kafka, stack.topics.dead_letters, 1)
     ]
-    assert (letter.service, letter.origin_topic) == ("rendezvous", stack.topics.requests)
+    # the request record, or, when the champion's score (with its copy of the request)
+    # was answered before the record was read (the requests topic is read in batches),
+    # that score: either names the request, and the record is released, not lost
+    assert letter.service == "rendezvous"
+    assert letter.origin_topic in (stack.topics.requests, stack.topics.scores)
     assert letter.key == lost.request_id
+    assert "replies[99]" in letter.error
     resp = stack.http.post("/v1/infer/guarded", json={"inputs": "next"})
     assert resp.status_code == 200, resp.text
     assert stack.not_ready() == []
