@@ -87,6 +87,13 @@ class ReturnAddress(_Frozen):
     partition: int | None = Field(default=None, ge=0)
 
 
+def _check_deadline(deadline_epoch_ms: int, created_ms: int) -> None:
+    if deadline_epoch_ms <= created_ms:
+        raise ValueError(
+            f"deadline_ms ({deadline_epoch_ms}) must be after created_ms ({created_ms})"
+        )
+
+
 class RequestEnvelope(BaseMessage):
     """One inference request, as the gateway puts it on the requests topic.
 
@@ -109,14 +116,10 @@ class RequestEnvelope(BaseMessage):
 
     @model_validator(mode="after")
     def _deadline_after_creation(self) -> Self:
-        if self.deadline_epoch_ms <= self.created_ms:
-            raise ValueError(
-                f"deadline_ms ({self.deadline_epoch_ms}) must be after created_ms "
-                f"({self.created_ms})"
-            )
+        _check_deadline(self.deadline_epoch_ms, self.created_ms)
         return self
 
-    def header(self, traceparent: str | None = None) -> RequestHeader:
+    def header(self) -> RequestHeader:
         """What a score repeats of this request (see ``RequestHeader``)."""
         return RequestHeader(
             return_address=self.return_address,
@@ -125,7 +128,6 @@ class RequestEnvelope(BaseMessage):
             trace_id=self.trace_id,
             attributes=self.attributes,
             stream=wants_stream(self.payload),
-            traceparent=traceparent,
         )
 
 
@@ -148,11 +150,8 @@ class RequestHeader(_Frozen):
 
     @model_validator(mode="after")
     def _deadline_after_creation(self) -> Self:
-        if self.deadline_epoch_ms <= self.created_ms:  # as RequestEnvelope's: checked here,
-            raise ValueError(  # so that a score's copy is refused when the score is read
-                f"deadline_ms ({self.deadline_epoch_ms}) must be after created_ms "
-                f"({self.created_ms})"
-            )
+        # as RequestEnvelope's: a bad copy is refused when its score is read, never later
+        _check_deadline(self.deadline_epoch_ms, self.created_ms)
         return self
 
     def envelope(self, request_id: str, endpoint: str) -> RequestEnvelope:

@@ -302,11 +302,13 @@ class MailboxStore:
             return None
         if existing.read or ref is None:
             self.counters.duplicate_requests += 1
-        existing.read = existing.read or ref is not None
         if ref is not None and ref not in existing.refs:  # the same record is kept once
-            existing.refs.append(ref)
+            # the request record leads its refs, as when it opened the mailbox (the loop
+            # dead-letters an answer's first source when it can never be delivered)
+            existing.refs.insert(0 if not existing.read else len(existing.refs), ref)
             existing.size += size
             self._open_bytes += size
+        existing.read = existing.read or ref is not None
         return Handled(Outcome.REDELIVERED, existing)
 
     def add_score(self, score: Score, ref: object, now_ms: float, size: int = 0) -> Handled:

@@ -229,7 +229,7 @@ class Rendezvous:
         self._answer(
             closed.request,
             verdict,
-            self._request_first([_rec(r) for r in closed.refs]),
+            [_rec(r) for r in closed.refs],
             ctx,
             now=now,
             box=(closed, policy),
@@ -244,11 +244,6 @@ class Rendezvous:
             Outbound(ret.topic, message_key(msg), encode(msg), partition=ret.partition)
         )
         metrics.GRANTS.labels(req.endpoint, grant.model).inc()
-
-    def _request_first(self, refs: list[Record]) -> list[Record]:
-        """The request record first, when it was read: the loop dead-letters an answer's
-        first source when the answer can never be delivered (its return address)."""
-        return sorted(refs, key=lambda rec: rec.topic != self.topics.requests)
 
     def _answer(
         self,

@@ -5,13 +5,17 @@ is answered before its record is read, and the record, read later, is only check
 from __future__ import annotations
 
 import itertools
+import json
+
+import pytest
 
 from services.common.codec import decode, encode
+from services.common.errors import MessageError
 from services.common.kafka import Record
 from services.common.loop import Context, Inbound
 from services.common.messages import Decision, Reply, RequestEnvelope, Score
 from services.common.policy import parse_policy
-from services.rendezvous.mailbox import MailboxStore
+from services.rendezvous.mailbox import MailboxStore, StoreLimits
 from services.rendezvous.service import Rendezvous
 from tests.factories import policy_doc, request, score_for
 from tests.unit.rendezvous.test_poison_rendezvous import TOPICS
@@ -84,3 +88,24 @@ def test_a_copy_whose_model_is_not_taken_yet_opens_a_mailbox_that_waits() -> Non
     [reply], [decision] = _answers(done)
     assert reply.model == "fast"
     assert sorted(decision.in_time) == ["fast", "slow"]
+
+
+def test_a_score_whose_copy_is_not_a_request_is_refused_when_read() -> None:
+    req = request("hi", reply_topic=TOPICS.replies)
+    bad = score_for(req, model="fast", copy=True).model_dump(mode="json", by_alias=True)
+    bad["request"]["deadline_ms"] = bad["request"]["created_ms"]  # a deadline at creation
+    with pytest.raises(MessageError, match="deadline_ms"):
+        decode(json.dumps(bad).encode(), Score)
+
+
+def test_a_copy_with_a_deadline_too_far_ahead_leaves_the_score_waiting() -> None:
+    store = MailboxStore(StoreLimits(max_deadline_ms=1000))
+    policy = parse_policy(policy_doc(), "t")
+    rdv = Rendezvous(policies={"demo": policy}, topics=TOPICS, store=store)
+    req = request("hi", deadline_in_ms=5000, reply_topic=TOPICS.replies)
+    first, _ = _feed(rdv, TOPICS.scores, score_for(req, model="fast", output=1, copy=True))
+    assert (first.emits, len(store), store.orphan_count) == ([], 0, 1)
+    later, req_rec = _feed(rdv, TOPICS.requests, req)  # the record is refused with the reason
+    [(failed, error)] = later.failures
+    assert failed == req_rec
+    assert "more than 1000 ms ahead" in str(error)

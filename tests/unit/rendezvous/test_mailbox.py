@@ -153,7 +153,7 @@ def test_a_score_s_copy_opens_the_mailbox_and_the_request_record_joins_it_later(
     assert list(box.scores) == ["fast"]
     later = store.open(req, "req", NOW + 40, float(req.created_ms) + 40, size=7)
     assert (later.outcome, later.mailbox, later.release) == (Outcome.REDELIVERED, box, ())
-    assert (box.refs, box.read, box.size) == (["s1", "req"], True, 7)
+    assert (box.refs, box.read, box.size) == (["req", "s1"], True, 7)  # the request leads
     assert store.counters.duplicate_requests == 0  # read once: no duplicate
     assert _open(store, req, "req-again").outcome is Outcome.REDELIVERED
     assert store.counters.duplicate_requests == 1
